@@ -1,0 +1,83 @@
+// Bindings for the quantization kernels: used by tests to check every ISA against gguf's
+// dequantization and a float64 reference, and by tools that inspect tensors.
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "backends/cpu/cpu_kernels.h"
+#include "formats/ggml_types.h"
+
+namespace nb = nanobind;
+using namespace pyresa;
+
+namespace {
+
+GgmlType checked_type(int type_id) {
+  if (!is_valid_type(type_id)) throw std::invalid_argument("unknown ggml type id " + std::to_string(type_id));
+  return static_cast<GgmlType>(type_id);
+}
+
+using Bytes = nb::ndarray<const uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using Floats = nb::ndarray<const float, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+
+template <typename T>
+nb::ndarray<nb::numpy, T, nb::ndim<1>> owned_array(std::vector<T>&& v) {
+  auto* heap = new std::vector<T>(std::move(v));
+  nb::capsule owner(heap, [](void* p) noexcept { delete static_cast<std::vector<T>*>(p); });
+  return nb::ndarray<nb::numpy, T, nb::ndim<1>>(heap->data(), {heap->size()}, owner);
+}
+
+const cpu::TypeKernels& kernels_of(GgmlType t) {
+  const auto& k = cpu::cpu_kernels().types[static_cast<int>(t)];
+  return k;
+}
+
+}  // namespace
+
+void bind_kernels(nb::module_& m) {
+  m.def("supported_isas", &cpu::supported_isas, "CPU kernel sets this machine can run, best last.");
+  m.def("set_cpu_isa", &cpu::set_cpu_isa, nb::arg("isa"), "Force a kernel set: 'auto', 'scalar', 'avx2', 'avx512'.");
+  m.def("cpu_isa", []() { return std::string(cpu::cpu_kernels().isa); });
+  m.def("row_size", [](int type_id, int64_t n) { return row_size(checked_type(type_id), n); });
+  m.def("type_name", [](int type_id) { return std::string(type_traits(checked_type(type_id)).name); });
+  m.def("vec_dot_type", [](int type_id) { return static_cast<int>(type_traits(checked_type(type_id)).vec_dot_type); });
+
+  m.def("dequantize_row", [](int type_id, Bytes data, int64_t n) {
+    GgmlType t = checked_type(type_id);
+    if (data.size() < row_size(t, n)) throw std::invalid_argument("dequantize_row: too few bytes for the row");
+    const auto& k = kernels_of(t);
+    if (!k.dequantize_row) throw std::invalid_argument(std::string("no dequantize kernel for ") + type_traits(t).name);
+    std::vector<float> out(n);
+    k.dequantize_row(data.data(), out.data(), n);
+    return owned_array(std::move(out));
+  }, nb::arg("type"), nb::arg("data"), nb::arg("n"));
+
+  m.def("quantize_row", [](int type_id, Floats x) {
+    GgmlType t = checked_type(type_id);
+    const auto& k = kernels_of(t);
+    if (!k.quantize_row) throw std::invalid_argument(std::string("no activation quantizer for ") + type_traits(t).name);
+    int64_t n = static_cast<int64_t>(x.size());
+    std::vector<uint8_t> out(row_size(t, n));
+    k.quantize_row(x.data(), out.data(), n);
+    return owned_array(std::move(out));
+  }, nb::arg("type"), nb::arg("x"));
+
+  m.def("vec_dot", [](int type_id, Bytes weight_row, Floats x) {
+    GgmlType t = checked_type(type_id);
+    int64_t n = static_cast<int64_t>(x.size());
+    if (weight_row.size() < row_size(t, n)) throw std::invalid_argument("vec_dot: weight row too short");
+    GgmlType at = type_traits(t).vec_dot_type;
+    const auto& wk = kernels_of(t);
+    const auto& ak = kernels_of(at);
+    if (!wk.vec_dot || !ak.quantize_row) throw std::invalid_argument(std::string("no dot kernel for ") + type_traits(t).name);
+    std::vector<uint8_t> act(row_size(at, n));
+    ak.quantize_row(x.data(), act.data(), n);
+    return wk.vec_dot(n, weight_row.data(), act.data());
+  }, nb::arg("type"), nb::arg("weight_row"), nb::arg("x"),
+     "Quantize x to the weight's activation format, then the ISA's dot product.");
+}

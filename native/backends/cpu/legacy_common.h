@@ -17,8 +17,7 @@ namespace pyresa::cpu::legacy {
 inline float q8_block_scale(float amax, fp16_t* d_stored) {
   const float d = amax / 127.0f;
   *d_stored = fp32_to_fp16(d);
-  const float dr = fp16_to_fp32(*d_stored);
-  return dr != 0.0f ? 1.0f / dr : 0.0f;
+  return amax != 0.0f ? 127.0f / amax : 0.0f;  // ggml's x86 quantizers use 127/amax
 }
 
 }  // namespace pyresa::cpu::legacy

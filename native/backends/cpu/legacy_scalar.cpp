@@ -77,9 +77,10 @@ float dot_bf16(int64_t n, const void* wv, const void* av) {
 // ---- activation quantizers --------------------------------------------------------------
 
 // One block of 32 floats -> scale and int8 quants; returns the sum of the quants.
-int quantize_block_q8(const float* x, fp16_t* d, int8_t* qs) {
+int quantize_block_q8(const float* x, fp16_t* d, int8_t* qs, float* d_unrounded = nullptr) {
   float amax = 0.0f;
   for (int j = 0; j < 32; ++j) amax = std::fmax(amax, std::fabs(x[j]));
+  if (d_unrounded) *d_unrounded = amax / 127.0f;
   const float inv = legacy::q8_block_scale(amax, d);
   int sum = 0;
   for (int j = 0; j < 32; ++j) {
@@ -100,8 +101,9 @@ void quantize_q8_0(const float* src, void* dst, int64_t n) {
 void quantize_q8_1(const float* src, void* dst, int64_t n) {
   block_q8_1* y = static_cast<block_q8_1*>(dst);
   for (int64_t b = 0; b < n / QK8_1; ++b) {
-    const int sum = quantize_block_q8(src + b * QK8_1, &y[b].d, y[b].qs);
-    y[b].s = fp32_to_fp16(h2f(y[b].d) * (float)sum);
+    float d = 0.0f;
+    const int sum = quantize_block_q8(src + b * QK8_1, &y[b].d, y[b].qs, &d);
+    y[b].s = fp32_to_fp16(d * (float)sum);  // the unrounded d, as ggml computes s
   }
 }
 

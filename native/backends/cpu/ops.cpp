@@ -9,7 +9,7 @@ void rms_norm(const float* x, const float* w, float* y, int n_rows, int64_t n, f
     const float* xr = x + r * n;
     float* yr = y + r * n;
     double sum = 0.0;  // double: the mean of squares over thousands of values must not drift
-    for (int64_t i = 0; i < n; ++i) sum += (double)xr[i] * xr[i];
+    for (int64_t i = 0; i < n; ++i) sum += (double)(xr[i] * xr[i]);
     const float scale = 1.0f / std::sqrt((float)(sum / n) + eps);
     for (int64_t i = 0; i < n; ++i) yr[i] = xr[i] * scale * w[i];
   }

@@ -74,6 +74,12 @@ static double time_matvec(Dot dot, const uint8_t* w, size_t row_bytes, int64_t r
 int main(int argc, char** argv) {
   const double min_time = argc > 1 ? std::atof(argv[1]) : 0.5;
   const bool quick = argc > 2 && std::string(argv[2]) == "quick";
+  const std::string want_types = argc > 3 ? argv[3] : "Q4_K,Q5_K,Q6_K";
+  const std::string want_isas = argc > 4 ? argv[4] : "";
+  auto wanted = [](const std::string& list, const std::string& name) {
+    if (list.empty()) return true;
+    return ("," + list + ",").find("," + name + ",") != std::string::npos;
+  };
   const std::vector<Type> types = {{"Q4_K", 12, 144, {0, 2}}, {"Q5_K", 13, 176, {0, 2}}, {"Q6_K", 14, 210, {208}}};
   const std::vector<int64_t> widths = {3584, 18944};
   struct Size { const char* name; double bytes; };
@@ -91,6 +97,7 @@ int main(int argc, char** argv) {
   std::normal_distribution<float> normal(0.0f, 1.0f);
   std::uniform_real_distribution<float> scale(1e-3f, 5e-2f);
   for (const Type& t : types) {
+    if (!wanted(want_types, t.name)) continue;
     for (int64_t n : widths) {
       const size_t row_bytes = (size_t)(n / 256) * t.block_bytes;
       std::vector<float> x(n);
@@ -105,7 +112,7 @@ int main(int argc, char** argv) {
         for (const auto& [name, k] : isas) {
           auto vd = k->types[t.id].vec_dot;
           auto quantize = k->types[(int)GgmlType::Q8_K].quantize_row;
-          if (!vd || !quantize) continue;
+          if (!vd || !quantize || !wanted(want_isas, name)) continue;
           std::vector<uint8_t> act(n / 256 * sizeof(block_q8_K));
           quantize(x.data(), act.data(), n);
           const double sec = time_matvec([&](const uint8_t* row) { return vd(n, row, act.data()); }, w.data(), row_bytes, rows,
@@ -114,7 +121,7 @@ int main(int argc, char** argv) {
           std::fflush(stdout);
         }
 #ifdef WITH_GGML
-        {
+        if (wanted(want_isas, "ggml")) {
           const auto* tt = ggml_get_type_traits_cpu((ggml_type)t.id);
           const auto* qt = ggml_get_type_traits_cpu(GGML_TYPE_Q8_K);
           std::vector<uint8_t> act(n / 256 * sizeof(block_q8_K));
@@ -166,13 +173,15 @@ def main():
     ap.add_argument("--min-time", type=float, default=0.5, help="seconds of timing per measurement")
     ap.add_argument("--quick", action="store_true", help="fewer sizes, shorter timings")
     ap.add_argument("--no-ggml", action="store_true", help="skip ggml's kernels as a reference")
+    ap.add_argument("--types", default="Q4_K,Q5_K,Q6_K", help="comma-separated subset of Q4_K,Q5_K,Q6_K")
+    ap.add_argument("--isas", default="", help="comma-separated subset of the ISAs (and 'ggml'); default all")
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         exe, has_ggml = build_harness(args.build_dir, tmp, not args.no_ggml)
         min_time = min(args.min_time, 0.2) if args.quick else args.min_time
-        proc = subprocess.Popen([str(exe), str(min_time)] + (["quick"] if args.quick else []),
+        proc = subprocess.Popen([str(exe), str(min_time), "quick" if args.quick else "full", args.types, args.isas],
                                 stdout=subprocess.PIPE, text=True)
         rows = []
         header = f"{'type':5} {'n':>6} {'size':>5} {'MB':>7}  {'isa':7} {'GB/s':>7}"

@@ -27,12 +27,6 @@ inline float hsum(__m256 v) {
 inline __m256i load256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
 inline __m128i load64(const void* p) { return _mm_loadl_epi64(static_cast<const __m128i*>(p)); }
 
-// Bytes 0-7: the eight 6-bit scales, bytes 8-15: the eight 6-bit mins.
-inline __m128i scales_mins_bytes(const uint8_t* packed) {
-  const ScalesMins sm = unpack_scales_mins(packed);
-  return _mm_loadu_si128(reinterpret_cast<const __m128i*>(&sm));
-}
-
 // int16 lanes all equal to lane j of v (v holds the same 8 int16 in both 128-bit halves).
 template <int j>
 inline __m256i broadcast_epi16(__m256i v) {
@@ -57,8 +51,9 @@ float vec_dot_q45_K(int64_t n, const void* w, const void* a) {
   __m256 acc = _mm256_setzero_ps(), acc_m = _mm256_setzero_ps();
   for (int64_t i = 0; i < n / QK_K; ++i) {
     const Block& x = wb[i];
+    prefetch_ahead(&x);
     const block_q8_K& y = ab[i];
-    const __m128i sm = scales_mins_bytes(x.scales);
+    const __m128i sm = unpack_scales_mins_sse(x.scales);  // 8 scales, 8 mins
     const __m256i sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
     const __m256i mins = mins_times_bsums(sm, y.bsums);
 
@@ -109,6 +104,7 @@ float vec_dot_q6_K(int64_t n, const void* w, const void* a) {
   __m256 acc = _mm256_setzero_ps();
   for (int64_t i = 0; i < n / QK_K; ++i) {
     const block_q6_K& x = wb[i];
+    prefetch_ahead(&x);
     const block_q8_K& y = ab[i];
     const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x.scales)));
     // sum_g scale_g * 32 * bsum_g, subtracted once instead of 32 per element.

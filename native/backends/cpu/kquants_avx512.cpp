@@ -48,9 +48,9 @@ float vec_dot_q45_K(int64_t n, const void* w, const void* a) {
   __m256 acc_m = _mm256_setzero_ps();
   for (int64_t i = 0; i < n / QK_K; ++i) {
     const Block& x = wb[i];
+    prefetch_ahead(&x);
     const block_q8_K& y = ab[i];
-    const ScalesMins sm_s = unpack_scales_mins(x.scales);
-    const __m128i sm = load128(&sm_s);                  // bytes: 8 scales, 8 mins
+    const __m128i sm = unpack_scales_mins_sse(x.scales);  // bytes: 8 scales, 8 mins
     const __m512i sc32 = _mm512_cvtepu8_epi32(sm);      // lanes 0-7: scales as (scale, 0) int16 pairs
     const __m256i mins_dup = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(sm, sm));  // m0 m0 m1 m1 ...
     const __m256i mins = _mm256_madd_epi16(load256(y.bsums), mins_dup);
@@ -93,6 +93,7 @@ float vec_dot_q6_K(int64_t n, const void* w, const void* a) {
   __m512 acc = _mm512_setzero_ps();
   for (int64_t i = 0; i < n / QK_K; ++i) {
     const block_q6_K& x = wb[i];
+    prefetch_ahead(&x);
     const block_q8_K& y = ab[i];
     const __m128i sc8 = load128(x.scales);
     const __m512i sc32 = _mm512_and_si512(_mm512_cvtepi8_epi32(sc8), low16);  // (scale, 0) int16 pairs

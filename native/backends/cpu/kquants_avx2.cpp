@@ -17,6 +17,13 @@ namespace {
 
 inline float h2f(fp16_t h) { return _cvtsh_ss(h); }
 
+// The two adjacent fp16 fields at p (d, dmin) converted together and multiplied by s.
+inline __m128 d_dmin_times(const fp16_t* p, float s) {
+  int32_t bits;
+  std::memcpy(&bits, p, 4);
+  return _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(bits)), _mm_set1_ps(s));
+}
+
 inline float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -80,8 +87,9 @@ float vec_dot_q45_K(int64_t n, const void* w, const void* a) {
     chunk(std::integral_constant<int, 2>{});
     chunk(std::integral_constant<int, 3>{});
 
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x.d) * y.d), _mm256_cvtepi32_ps(sumi), acc);
-    acc_m = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x.dmin) * y.d), _mm256_cvtepi32_ps(mins), acc_m);
+    const __m128 dd = d_dmin_times(&x.d, y.d);  // d*y.d, dmin*y.d
+    acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(dd), _mm256_cvtepi32_ps(sumi), acc);
+    acc_m = _mm256_fmadd_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dd)), _mm256_cvtepi32_ps(mins), acc_m);
   }
   return hsum(_mm256_sub_ps(acc, acc_m));
 }

@@ -23,6 +23,13 @@ namespace {
 
 inline float h2f(fp16_t h) { return _cvtsh_ss(h); }
 
+// The two adjacent fp16 fields at p (d, dmin) converted together and multiplied by s.
+inline __m128 d_dmin_times(const fp16_t* p, float s) {
+  int32_t bits;
+  std::memcpy(&bits, p, 4);
+  return _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(bits)), _mm_set1_ps(s));
+}
+
 inline __m512i load512(const void* p) { return _mm512_loadu_si512(p); }
 inline __m256i load256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
 inline __m128i load128(const void* p) { return _mm_loadu_si128(static_cast<const __m128i*>(p)); }
@@ -69,8 +76,9 @@ float vec_dot_q45_K(int64_t n, const void* w, const void* a) {
       const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, load512(y.qs + 64 * c));
       sumi = _mm512_dpwssd_epi32(sumi, dot, _mm512_permutexvar_epi32(pick[c], sc32));
     }
-    acc = _mm512_fmadd_ps(_mm512_set1_ps(h2f(x.d) * y.d), _mm512_cvtepi32_ps(sumi), acc);
-    acc_m = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x.dmin) * y.d), _mm256_cvtepi32_ps(mins), acc_m);
+    const __m128 dd = d_dmin_times(&x.d, y.d);  // d*y.d, dmin*y.d
+    acc = _mm512_fmadd_ps(_mm512_broadcastss_ps(dd), _mm512_cvtepi32_ps(sumi), acc);
+    acc_m = _mm256_fmadd_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dd)), _mm256_cvtepi32_ps(mins), acc_m);
   }
   return _mm512_reduce_add_ps(_mm512_sub_ps(acc, _mm512_zextps256_ps512(acc_m)));
 }

@@ -85,24 +85,40 @@ void dequantize_row_q8_K(const void* src, float* y, int64_t n) {
 
 // ---- activation quantization --------------------------------------------------------
 
+// Round to nearest, ties to even, for |v| < 2^22: adding 1.5 * 2^23 leaves the rounded integer
+// in the low mantissa bits (float addition rounds half to even, as cvtps2dq does). Unlike
+// lrint this vectorizes on the baseline ISA. |iscale * x| <= 127 here, so no clamp is needed.
+inline int32_t round_half_even_small(float v) {
+  const float shifted = v + 12582912.0f;
+  int32_t bits;
+  std::memcpy(&bits, &shifted, 4);
+  return (bits & 0x007fffff) - 0x00400000;
+}
+
 void quantize_row_q8_K(const float* x, void* dst, int64_t n) {
   auto* blocks = static_cast<block_q8_K*>(dst);
   for (int64_t i = 0; i < n / QK_K; ++i) {
     block_q8_K& b = blocks[i];
-    float amax = 0.0f, vmax = 0.0f;
+    // Largest |x| compared as integers (non-negative floats order like their bit patterns),
+    // which vectorizes; then the first element that has it gives the sign.
+    uint32_t bits[QK_K];
+    std::memcpy(bits, x, sizeof(bits));
+    int32_t amax_bits = 0;
     for (int l = 0; l < QK_K; ++l) {
-      const float ax = std::fabs(x[l]);
-      if (ax > amax) { amax = ax; vmax = x[l]; }
+      const int32_t ab = static_cast<int32_t>(bits[l] & 0x7fffffffu);
+      amax_bits = ab > amax_bits ? ab : amax_bits;
     }
+    float vmax = 0.0f;
+    for (int l = 0; l < QK_K && amax_bits != 0; ++l)
+      if (static_cast<int32_t>(bits[l] & 0x7fffffffu) == amax_bits) {
+        vmax = x[l];
+        break;
+      }
     const float iscale = q8k_iscale(vmax);
+    for (int l = 0; l < QK_K; ++l) b.qs[l] = static_cast<int8_t>(round_half_even_small(iscale * x[l]));
     for (int g = 0; g < QK_K / 16; ++g) {
       int sum = 0;
-      for (int l = 16 * g; l < 16 * g + 16; ++l) {
-        long q = std::lrint(iscale * x[l]);  // round half to even, as cvtps2dq does
-        q = q > 127 ? 127 : (q < -127 ? -127 : q);
-        b.qs[l] = static_cast<int8_t>(q);
-        sum += static_cast<int>(q);
-      }
+      for (int l = 16 * g; l < 16 * g + 16; ++l) sum += b.qs[l];
       b.bsums[g] = static_cast<int16_t>(sum);
     }
     b.d = vmax == 0.0f ? 0.0f : 1.0f / iscale;

@@ -8,6 +8,10 @@
 #include <cstdint>
 #include <cstring>
 
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
+
 #include "formats/ggml_types.h"
 
 // Dequantization must match gguf's (numpy) arithmetic bit for bit: y = (d*sc)*q - (dmin*m) with
@@ -47,6 +51,34 @@ inline ScalesMins unpack_scales_mins(const uint8_t* packed) {
   std::memcpy(out.m + 4, &m_hi, 4);
   return out;
 }
+
+// Software prefetch of the weight stream, this many bytes ahead of the block being read.
+// A matrix-vector product reads each weight once, in order; on the development machine
+// (Zen 5, one thread) the hardware prefetchers alone left Q4_K at ~24 GB/s from DRAM with
+// 18944-wide rows, and 16 KiB ahead brought it to ~41 GB/s, its in-cache speed. Prefetches
+// past the end of the matrix are harmless (they never fault).
+constexpr int kPrefetchBytes = 16384;
+
+template <typename Block>
+inline void prefetch_ahead(const Block* b) {
+  const char* p = reinterpret_cast<const char*>(b) + kPrefetchBytes;
+  for (size_t off = 0; off < sizeof(Block); off += 64) __builtin_prefetch(p + off, 0, 3);
+}
+
+#ifdef __AVX2__
+// The same unpacking in SIMD registers (no round trip through memory): bytes 0-7 of the result
+// are the scales, bytes 8-15 the mins. Reads 16 bytes at `packed`; the 4 past the scales are
+// the block's quants, so this never leaves the block.
+inline __m128i unpack_scales_mins_sse(const uint8_t* packed) {
+  const __m128i w = _mm_loadu_si128(reinterpret_cast<const __m128i*>(packed));  // w0 w1 w2 -
+  const __m128i a = _mm_shuffle_epi32(w, _MM_SHUFFLE(2, 1, 2, 0));             // w0 w2 w1 w2
+  const __m128i b = _mm_shuffle_epi32(w, _MM_SHUFFLE(1, 1, 0, 0));             // w0 w0 w1 w1
+  const __m128i low = _mm_and_si128(_mm_srlv_epi32(a, _mm_setr_epi32(0, 0, 0, 4)),
+                                    _mm_setr_epi32(0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f));
+  const __m128i high = _mm_and_si128(_mm_srli_epi32(b, 2), _mm_setr_epi32(0, 0x30303030, 0, 0x30303030));
+  return _mm_or_si128(low, high);
+}
+#endif
 
 // Q8_K, as ggml defines it: per block of 256, take the value `vmax` of largest magnitude
 // (the first one on ties), iscale = -127 / vmax, q = round_half_even(iscale * x), d = 1 / iscale.

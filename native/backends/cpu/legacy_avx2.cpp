@@ -251,7 +251,7 @@ void dequantize_q8_1(const void* src, float* dst, int64_t n) {
 
 // One block of 32 floats -> d and 32 int8 (round half to even, as the scalar kernels);
 // returns the quants as a vector for Q8_1's sum.
-inline __m256i quantize_block(const float* x, fp16_t* d, int8_t* qs) {
+inline __m256i quantize_block(const float* x, fp16_t* d, int8_t* qs, float* d_unrounded = nullptr) {
   const __m256 sign = _mm256_set1_ps(-0.0f);
   __m256 v[4];
   for (int k = 0; k < 4; ++k) v[k] = _mm256_loadu_ps(x + 8 * k);
@@ -260,7 +260,9 @@ inline __m256i quantize_block(const float* x, fp16_t* d, int8_t* qs) {
   __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
   m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
   m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-  const __m256 inv = _mm256_set1_ps(legacy::q8_block_scale(_mm_cvtss_f32(m4), d));
+  const float amax = _mm_cvtss_f32(m4);
+  if (d_unrounded) *d_unrounded = amax / 127.0f;
+  const __m256 inv = _mm256_set1_ps(legacy::q8_block_scale(amax, d));
   __m256i i[4];
   for (int k = 0; k < 4; ++k) i[k] = _mm256_cvtps_epi32(_mm256_mul_ps(v[k], inv));
   // saturating packs interleave 128-bit lanes; the permute puts elements back in order
@@ -279,9 +281,10 @@ void quantize_q8_0(const float* src, void* dst, int64_t n) {
 void quantize_q8_1(const float* src, void* dst, int64_t n) {
   auto* y = static_cast<block_q8_1*>(dst);
   for (int64_t b = 0; b < n / 32; ++b) {
-    const __m256i q = quantize_block(src + 32 * b, &y[b].d, y[b].qs);
+    float d = 0.0f;
+    const __m256i q = quantize_block(src + 32 * b, &y[b].d, y[b].qs, &d);
     const int sum = hsum_epi32(dot_u8_i8(_mm256_set1_epi8(1), q));
-    y[b].s = fp32_to_fp16(h2f(y[b].d) * (float)sum);
+    y[b].s = fp32_to_fp16(d * (float)sum);  // the unrounded d, as ggml computes s
   }
 }
 

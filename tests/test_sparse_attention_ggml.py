@@ -194,6 +194,18 @@ def test_random_selection_matches_numpy(isa, case, n_threads):
     assert np.abs(got - ref).max() <= 2e-6 * vmax
 
 
+@pytest.mark.parametrize("n_threads", [2, 3, 4])
+def test_real_threads_match_sequential_shares(n_threads):
+    # The same (ith, nth) shares on real threads with barriers: identical to running them in turn.
+    rng = np.random.default_rng(20)
+    q, K, V = make_inputs(rng, 9, 3, 64, 2000)
+    blocks = all_blocks(3, 1990)
+    one = _core.sparse_attention(q, K, V, 1990, 0.125, BS, blocks, n_threads=n_threads)
+    for _ in range(3):
+        many = _core.sparse_attention(q, K, V, 1990, 0.125, BS, blocks, n_threads=n_threads, threaded=True)
+        assert np.array_equal(one, many)
+
+
 def test_unsorted_and_adjacent_blocks(isa):
     rng = np.random.default_rng(21)
     q, K, V = make_inputs(rng, 9, 3, 64, 800)

@@ -141,6 +141,30 @@ class SpinBarrier {
   std::atomic<int> gen_{0};
 };
 
+// Runs the op `iters` times on n_threads real threads (compute, barrier, reduce, barrier),
+// as an engine's thread pool would. Returns seconds per call, thread start included once.
+double run_threaded(const cpu::SparseAttentionArgs& a, int n_threads, int iters) {
+  std::vector<float> ws(cpu::sparse_attention_workspace_floats(a.n_q_heads, a.n_kv_heads, a.D, n_threads));
+  const bool need_reduce = cpu::sparse_attention_chunks(a.n_kv_heads, a.n_sel, n_threads) > 1;
+  SpinBarrier barrier(n_threads);
+  auto work = [&](int ith) {
+    for (int i = 0; i < iters; ++i) {
+      cpu::sparse_attention_compute(a, ith, n_threads, ws.data());
+      if (need_reduce) {
+        barrier.wait();
+        cpu::sparse_attention_reduce(a, ith, n_threads, ws.data());
+      }
+      barrier.wait();
+    }
+  };
+  std::vector<std::thread> pool;
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int ith = 1; ith < n_threads; ++ith) pool.emplace_back(work, ith);
+  work(0);
+  for (auto& t : pool) t.join();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / iters;
+}
+
 }  // namespace
 
 void bind_resa_ops(nb::module_& m) {
@@ -206,54 +230,37 @@ void bind_resa_ops(nb::module_& m) {
      "(kmin, kmax), each [n_kv_heads, ceil(n_valid / block_size), D], from K [n_kv_heads, n_ctx, D] float16.");
 
   m.def("sparse_attention", [](F32_2 q, Half3 K, Half3 V, int64_t n_kv, float scale, int block_size, I32_2 blocks,
-                               int n_threads) {
+                               int n_threads, bool threaded) {
+    if (n_threads < 1) throw std::invalid_argument("n_threads must be >= 1");
     AttentionCall c = attention_call(q, K, V, n_kv, scale, block_size, blocks);
     const auto& a = c.args;
-    std::vector<float> ws(cpu::sparse_attention_workspace_floats(a.n_q_heads, a.n_kv_heads, a.D, n_threads));
     {
       nb::gil_scoped_release release;
-      for (int ith = 0; ith < n_threads; ++ith) cpu::sparse_attention_compute(a, ith, n_threads, ws.data());
-      for (int ith = 0; ith < n_threads; ++ith) cpu::sparse_attention_reduce(a, ith, n_threads, ws.data());
+      if (threaded) {
+        run_threaded(a, n_threads, 1);
+      } else {
+        std::vector<float> ws(cpu::sparse_attention_workspace_floats(a.n_q_heads, a.n_kv_heads, a.D, n_threads));
+        for (int ith = 0; ith < n_threads; ++ith) cpu::sparse_attention_compute(a, ith, n_threads, ws.data());
+        for (int ith = 0; ith < n_threads; ++ith) cpu::sparse_attention_reduce(a, ith, n_threads, ws.data());
+      }
     }
     const size_t nq = a.n_q_heads, D = a.D;
     return owned(std::move(c.out), {nq, D});
   }, nb::arg("q"), nb::arg("K"), nb::arg("V"), nb::arg("n_kv"), nb::arg("scale"), nb::arg("block_size"),
-     nb::arg("blocks"), nb::arg("n_threads") = 1,
+     nb::arg("blocks"), nb::arg("n_threads") = 1, nb::arg("threaded") = false,
      "out [n_q_heads, D] = attention of q [n_q_heads, D] over the selected blocks [n_kv_heads, n_sel] of\n"
      "K, V [n_kv_heads, n_ctx, D] float16 (keys >= n_kv masked). n_threads > 1 runs the (ith, nth) shares\n"
-     "one after another, then the combine: the threaded code path, deterministically.");
+     "one after another, then the reduce step; threaded=True runs them on real threads with barriers.");
 
   m.def("sparse_attention_chunks", &cpu::sparse_attention_chunks, nb::arg("n_kv_heads"), nb::arg("n_sel"), nb::arg("nth"));
 
   m.def("bench_sparse_attention", [](F32_2 q, Half3 K, Half3 V, int64_t n_kv, float scale, int block_size,
                                      I32_2 blocks, int n_threads, int iters) {
+    if (n_threads < 1 || iters < 1) throw std::invalid_argument("n_threads and iters must be >= 1");
     AttentionCall c = attention_call(q, K, V, n_kv, scale, block_size, blocks);
-    const auto& a = c.args;
-    std::vector<float> ws(cpu::sparse_attention_workspace_floats(a.n_q_heads, a.n_kv_heads, a.D, n_threads));
-    const bool need_reduce = cpu::sparse_attention_chunks(a.n_kv_heads, a.n_sel, n_threads) > 1;
-    double seconds = 0;
-    {
-      nb::gil_scoped_release release;
-      SpinBarrier barrier(n_threads);
-      auto work = [&](int ith) {
-        for (int i = 0; i < iters; ++i) {
-          cpu::sparse_attention_compute(a, ith, n_threads, ws.data());
-          if (need_reduce) {
-            barrier.wait();
-            cpu::sparse_attention_reduce(a, ith, n_threads, ws.data());
-          }
-          barrier.wait();
-        }
-      };
-      std::vector<std::thread> pool;
-      const auto t0 = std::chrono::steady_clock::now();
-      for (int ith = 1; ith < n_threads; ++ith) pool.emplace_back(work, ith);
-      work(0);
-      for (auto& t : pool) t.join();
-      seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    }
-    return seconds / iters;
+    nb::gil_scoped_release release;
+    return run_threaded(c.args, n_threads, iters);
   }, nb::arg("q"), nb::arg("K"), nb::arg("V"), nb::arg("n_kv"), nb::arg("scale"), nb::arg("block_size"),
      nb::arg("blocks"), nb::arg("n_threads"), nb::arg("iters"),
-     "Seconds per call with n_threads real threads (compute, barrier, reduce, barrier), thread start included once.");
+     "Seconds per call on n_threads real threads (compute, barrier, reduce, barrier), thread start included once.");
 }

@@ -98,11 +98,12 @@ void attend_tile(const float* q, int D, float scale, const char* krows, size_t k
                  size_t v_nb1, int n, float* m, float* l, float* acc) {
   using Vec = typename O::Vec;
   constexpr int W = O::W;
-  constexpr int U = unroll<O, GT>();
+  constexpr int UC = unroll<O, GT>();         // vectors of D per pass over the V rows
+  constexpr int UT = UC < W ? UC : W;          // tokens per pass over the K rows (<= tile)
 
   Vec dots[GT][W];
   int t = 0;
-  for (; t + U <= n; t += U) dot_tokens<O, GT, U>(q, D, krows, k_nb1, t, dots);
+  for (; t + UT <= n; t += UT) dot_tokens<O, GT, UT>(q, D, krows, k_nb1, t, dots);
   for (; t < n; ++t) dot_tokens<O, GT, 1>(q, D, krows, k_nb1, t, dots);
   for (; t < W; ++t)
     for (int g = 0; g < GT; ++g) dots[g][t] = O::zero();
@@ -127,7 +128,7 @@ void attend_tile(const float* q, int D, float scale, const char* krows, size_t k
 
   const int full = D - D % W;
   int c = 0;
-  for (; c + U * W <= full; c += U * W) accumulate_values<O, GT, U>(D, c, n, vrows, v_nb1, p, f, acc);
+  for (; c + UC * W <= full; c += UC * W) accumulate_values<O, GT, UC>(D, c, n, vrows, v_nb1, p, f, acc);
   for (; c < full; c += W) accumulate_values<O, GT, 1>(D, c, n, vrows, v_nb1, p, f, acc);
   if (full < D) {  // the last partial vector of D
     const int w = D - full;

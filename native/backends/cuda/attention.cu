@@ -1,0 +1,285 @@
+#include <climits>
+#include <stdexcept>
+
+#include "backends/cuda/attention.cuh"
+#include "backends/cuda/common.cuh"
+#include "backends/cuda/mma.cuh"
+
+namespace pyresa::cuda {
+
+namespace {
+
+constexpr int TT = 32;  // tokens per tile (two 16-token spans)
+
+template <int D, int NW>
+struct AttnSmem {
+  static constexpr int LD = D + 8;  // padded row: ldmatrix rows land in distinct banks
+  static constexpr size_t q_elems = (size_t)16 * NW * LD;
+  static constexpr size_t kv_elems = (size_t)2 * TT * LD;  // per operand, two stages
+  static constexpr size_t bytes = (q_elems + 2 * kv_elems) * sizeof(__half) + 2 * TT * sizeof(int);
+};
+
+__device__ __forceinline__ int span_start(const AttentionArgs& a, int h, int e, int n_spans, int spb) {
+  if (e >= n_spans) return -1;
+  if (!a.blocks) return 16 * e;
+  return a.blocks[h * a.blocks_stride + e / spb] * a.block_size + (e % spb) * 16;
+}
+
+template <int D, int NW>
+__global__ void __launch_bounds__(32 * NW) attention_kernel(AttentionArgs a) {
+  using S = AttnSmem<D, NW>;
+  constexpr int LD = S::LD;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  __half* Qs = reinterpret_cast<__half*>(smem_raw);
+  __half* Ks = Qs + S::q_elems;
+  __half* Vs = Ks + S::kv_elems;
+  int* tokpos = reinterpret_cast<int*>(Vs + S::kv_elems);
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int h = blockIdx.z, split = blockIdx.y, n_splits = gridDim.y;
+  const int G = a.n_head / a.n_kv_head, R = a.n_tok * G;
+  const int row0 = blockIdx.x * 16 * NW;
+  const int pos0 = *a.pos_dev + a.pos_offset;
+
+  // Q rows -> F16 in shared memory (rows past R are zero and fully masked).
+  for (int idx = tid; idx < 16 * NW * (D / 2); idx += 32 * NW) {
+    const int r = idx / (D / 2), c = (idx % (D / 2)) * 2;
+    const int gr = row0 + r;
+    float2 v = make_float2(0.0f, 0.0f);
+    if (gr < R) {
+      const int i = gr / G, g = gr % G;
+      v = *reinterpret_cast<const float2*>(a.q + i * a.q_stride + (int64_t)(h * G + g) * D + c);
+    }
+    *reinterpret_cast<__half2*>(Qs + r * LD + c) = __floats2half2_rn(v.x, v.y);
+  }
+
+  const int last_row = min(R - 1, row0 + 16 * NW - 1);
+  const int max_pos = pos0 + last_row / G;
+  const int spb = a.block_size / 16;
+  const int n_spans = a.blocks ? *a.n_sel_dev * spb : max_pos / 16 + 1;
+  const int n_tiles = (n_spans + 1) / 2;
+  const int t_begin = (int)((int64_t)n_tiles * split / n_splits);
+  const int t_end = (int)((int64_t)n_tiles * (split + 1) / n_splits);
+
+  const __half* Kh = a.K + h * a.head_stride;
+  const __half* Vh = a.V + h * a.head_stride;
+  auto load_tile = [&](int stage, int t) {
+    const int st0 = span_start(a, h, 2 * t, n_spans, spb);
+    const int st1 = span_start(a, h, 2 * t + 1, n_spans, spb);
+    for (int c = tid; c < TT * (D / 8); c += 32 * NW) {
+      const int tt = c / (D / 8), col = (c % (D / 8)) * 8;
+      const int st = tt < 16 ? st0 : st1;
+      const int tok = st < 0 ? 0 : st + (tt & 15);
+      const int bytes = st < 0 ? 0 : 16;
+      cp_async16(Ks + (stage * TT + tt) * LD + col, Kh + (int64_t)tok * D + col, bytes);
+      cp_async16(Vs + (stage * TT + tt) * LD + col, Vh + (int64_t)tok * D + col, bytes);
+    }
+    if (tid < TT) {
+      const int st = tid < 16 ? st0 : st1;
+      tokpos[stage * TT + tid] = st < 0 ? INT_MAX : st + (tid & 15);
+    }
+  };
+
+  const int g4 = lane >> 2, t4 = lane & 3;
+  const int rA = row0 + 16 * warp + g4, rB = rA + 8;
+  const int limA = rA < R ? pos0 + rA / G : -1;
+  const int limB = rB < R ? pos0 + rB / G : -1;
+  const float sl2 = a.scale * 1.4426950408889634f;
+
+  float o[D / 8][4];
+#pragma unroll
+  for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+  float mA = -INFINITY, mB = -INFINITY, lA = 0.0f, lB = 0.0f;
+
+  if (t_begin < t_end) load_tile(0, t_begin);
+  cp_async_commit();
+  for (int t = t_begin; t < t_end; ++t) {
+    const int stage = (t - t_begin) & 1;
+    if (t + 1 < t_end) load_tile(stage ^ 1, t + 1);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+
+    const __half* ks = Ks + stage * TT * LD;
+    const __half* vs = Vs + stage * TT * LD;
+    const int* tp = tokpos + stage * TT;
+    float s[4][4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t qa[4];
+      ldmatrix_x4(qa[0], qa[1], qa[2], qa[3],
+                  Qs + (16 * warp + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + 16 * kk + (lane >> 4) * 8);
+#pragma unroll
+      for (int np = 0; np < 2; ++np) {
+        uint32_t b0, b1, b2, b3;
+        ldmatrix_x4(b0, b1, b2, b3, ks + (16 * np + (lane & 7) + (lane >> 4) * 8) * LD + 16 * kk + ((lane >> 3) & 1) * 8);
+        mma_16816(s[2 * np], qa, b0, b1);
+        mma_16816(s[2 * np + 1], qa, b2, b3);
+      }
+    }
+    // Scale (log2 domain), mask, online softmax for the thread's two rows.
+    float tmA = -INFINITY, tmB = -INFINITY;
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int pos = tp[8 * nt + 2 * t4 + (e & 1)];
+        const int lim = e < 2 ? limA : limB;
+        const float v = pos <= lim ? s[nt][e] * sl2 : -INFINITY;
+        s[nt][e] = v;
+        if (e < 2) tmA = fmaxf(tmA, v);
+        else tmB = fmaxf(tmB, v);
+      }
+    tmA = fmaxf(tmA, __shfl_xor_sync(0xffffffffu, tmA, 1));
+    tmA = fmaxf(tmA, __shfl_xor_sync(0xffffffffu, tmA, 2));
+    tmB = fmaxf(tmB, __shfl_xor_sync(0xffffffffu, tmB, 1));
+    tmB = fmaxf(tmB, __shfl_xor_sync(0xffffffffu, tmB, 2));
+    const float nmA = fmaxf(mA, tmA), nmB = fmaxf(mB, tmB);
+    const float baseA = nmA == -INFINITY ? 0.0f : nmA, baseB = nmB == -INFINITY ? 0.0f : nmB;
+    const float alA = exp2f(mA - baseA), alB = exp2f(mB - baseB);  // 0 while m was -inf
+    mA = nmA;
+    mB = nmB;
+    lA *= alA;
+    lB *= alB;
+#pragma unroll
+    for (int i = 0; i < D / 8; ++i) {
+      o[i][0] *= alA;
+      o[i][1] *= alA;
+      o[i][2] *= alB;
+      o[i][3] *= alB;
+    }
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt) {
+      s[nt][0] = exp2f(s[nt][0] - baseA);
+      s[nt][1] = exp2f(s[nt][1] - baseA);
+      s[nt][2] = exp2f(s[nt][2] - baseB);
+      s[nt][3] = exp2f(s[nt][3] - baseB);
+      lA += s[nt][0] + s[nt][1];
+      lB += s[nt][2] + s[nt][3];
+    }
+    // O += P V: P from the score accumulators (two n-tiles of 8 = one k-step of 16).
+#pragma unroll
+    for (int k2 = 0; k2 < 2; ++k2) {
+      uint32_t pa[4];
+      pa[0] = pack_half2(s[2 * k2][0], s[2 * k2][1]);
+      pa[1] = pack_half2(s[2 * k2][2], s[2 * k2][3]);
+      pa[2] = pack_half2(s[2 * k2 + 1][0], s[2 * k2 + 1][1]);
+      pa[3] = pack_half2(s[2 * k2 + 1][2], s[2 * k2 + 1][3]);
+#pragma unroll
+      for (int dp = 0; dp < D / 16; ++dp) {
+        uint32_t b0, b1, b2, b3;
+        ldmatrix_x4_trans(b0, b1, b2, b3,
+                          vs + (16 * k2 + ((lane >> 3) & 1) * 8 + (lane & 7)) * LD + 16 * dp + (lane >> 4) * 8);
+        mma_16816(o[2 * dp], pa, b0, b1);
+        mma_16816(o[2 * dp + 1], pa, b2, b3);
+      }
+    }
+    __syncthreads();
+  }
+  cp_async_wait<0>();
+
+  lA += __shfl_xor_sync(0xffffffffu, lA, 1);
+  lA += __shfl_xor_sync(0xffffffffu, lA, 2);
+  lB += __shfl_xor_sync(0xffffffffu, lB, 1);
+  lB += __shfl_xor_sync(0xffffffffu, lB, 2);
+
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int r = half ? rB : rA;
+    if (r >= R) continue;
+    const float m = half ? mB : mA, l = half ? lB : lA;
+    if (n_splits == 1) {
+      const int i = r / G, hq = h * G + r % G;
+      float* dst = a.out + i * a.out_stride + (int64_t)hq * D;
+      const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+#pragma unroll
+      for (int nd = 0; nd < D / 8; ++nd)
+        *reinterpret_cast<float2*>(dst + 8 * nd + 2 * t4) = make_float2(o[nd][2 * half] * inv, o[nd][2 * half + 1] * inv);
+    } else {
+      const int64_t base = ((int64_t)(h * n_splits + split) * R + r);
+      float* dst = a.work + base * (D + 2);
+#pragma unroll
+      for (int nd = 0; nd < D / 8; ++nd)
+        *reinterpret_cast<float2*>(dst + 8 * nd + 2 * t4) = make_float2(o[nd][2 * half], o[nd][2 * half + 1]);
+      if (t4 == 0) {
+        dst[D] = m;
+        dst[D + 1] = l;
+      }
+    }
+  }
+}
+
+// out row r of KV head h = sum_s o_s 2^(m_s - M) / sum_s l_s 2^(m_s - M)
+template <int D>
+__global__ void combine_kernel(AttentionArgs a, int R, int G) {
+  const int r = blockIdx.x, h = blockIdx.y, d = threadIdx.x;
+  const int S = a.n_splits;
+  float M = -INFINITY;
+  for (int s = 0; s < S; ++s) {
+    const float* w = a.work + ((int64_t)(h * S + s) * R + r) * (D + 2);
+    if (w[D + 1] > 0.0f) M = fmaxf(M, w[D]);
+  }
+  float L = 0.0f, acc = 0.0f;
+  if (M != -INFINITY)
+    for (int s = 0; s < S; ++s) {
+      const float* w = a.work + ((int64_t)(h * S + s) * R + r) * (D + 2);
+      if (w[D + 1] > 0.0f) {
+        const float c = exp2f(w[D] - M);
+        L += w[D + 1] * c;
+        acc += w[d] * c;
+      }
+    }
+  const int i = r / G, hq = h * G + r % G;
+  a.out[i * a.out_stride + (int64_t)hq * D + d] = L > 0.0f ? acc / L : 0.0f;
+}
+
+template <int D, int NW>
+void launch(const AttentionArgs& a, cudaStream_t stream) {
+  const size_t smem = AttnSmem<D, NW>::bytes;
+  static bool configured[64] = {};
+  int dev = 0;
+  cudaGetDevice(&dev);
+  if (!configured[dev & 63]) {
+    PYRESA_CUDA_CHECK(cudaFuncSetAttribute(attention_kernel<D, NW>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    configured[dev & 63] = true;
+  }
+  const int G = a.n_head / a.n_kv_head, R = a.n_tok * G;
+  dim3 grid(ceil_div(R, 16 * NW), a.n_splits, a.n_kv_head);
+  attention_kernel<D, NW><<<grid, 32 * NW, smem, stream>>>(a);
+  PYRESA_CUDA_LAUNCH_CHECK();
+  if (a.n_splits > 1) {
+    combine_kernel<D><<<dim3(R, a.n_kv_head), D, 0, stream>>>(a, R, G);
+    PYRESA_CUDA_LAUNCH_CHECK();
+  }
+}
+
+template <int D>
+void launch_d(const AttentionArgs& a, cudaStream_t stream) {
+  const int R = a.n_tok * (a.n_head / a.n_kv_head);
+  if (R <= 16) launch<D, 1>(a, stream);
+  else if (R <= 64) launch<D, 4>(a, stream);
+  else launch<D, 8>(a, stream);
+}
+
+}  // namespace
+
+size_t attention_work_floats(int n_tok, int n_head, int n_kv_head, int D, int n_splits) {
+  if (n_splits <= 1) return 0;
+  return (size_t)n_kv_head * n_splits * n_tok * (n_head / n_kv_head) * (D + 2);
+}
+
+void attention(const AttentionArgs& a, cudaStream_t stream) {
+  if (a.n_tok <= 0) return;
+  if (a.n_kv_head <= 0 || a.n_head % a.n_kv_head) throw std::invalid_argument("attention: bad head counts");
+  if (a.block_size % 16) throw UnsupportedError("CUDA backend: block_size must be a multiple of 16");
+  if (a.n_splits > 1 && !a.work) throw std::invalid_argument("attention: n_splits > 1 needs a workspace");
+  switch (a.D) {
+    case 64: launch_d<64>(a, stream); break;
+    case 128: launch_d<128>(a, stream); break;
+    default: throw UnsupportedError("CUDA backend: head_dim must be 64 or 128, got " + std::to_string(a.D));
+  }
+}
+
+}  // namespace pyresa::cuda

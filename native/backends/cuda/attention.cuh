@@ -1,0 +1,42 @@
+// Attention over the F16 KV cache on tensor cores, flash style (online softmax, no score matrix
+// in memory). Rows are the (query token, query head) pairs of one GQA group, so each K/V tile is
+// read once per KV head for all of them: a decode step has `group` rows, a prefill chunk or a
+// rectification n_tokens * group. The keys are visited in tiles of 32 tokens made of two
+// 16-token spans: consecutive spans (dense) or spans of the selected blocks (block-sparse).
+// The span list is split over `n_splits` CTAs per KV head (flash-decoding); the partial results
+// are merged by a log-sum-exp combine.
+#pragma once
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace pyresa::cuda {
+
+struct AttentionArgs {
+  const float* q = nullptr;  // [n_tok][q_stride] F32 post-RoPE; query head hq at hq * D
+  int64_t q_stride = 0;
+  float* out = nullptr;      // [n_tok][out_stride]
+  int64_t out_stride = 0;
+  const __half* K = nullptr;  // this layer's cache: KV head h, token t at (h * head_stride + t * D)
+  const __half* V = nullptr;
+  int64_t head_stride = 0;
+  int n_tok = 0, n_head = 0, n_kv_head = 0, D = 0;
+  // Positions: query token i is at pos0 + i, pos0 = *pos_dev + pos_offset; it sees keys <= its position.
+  const int* pos_dev = nullptr;
+  int pos_offset = 0;
+  // Block-sparse: blocks[h * blocks_stride + j], j < *n_sel_dev, ascending; nullptr = dense.
+  const int32_t* blocks = nullptr;
+  int64_t blocks_stride = 0;
+  const int* n_sel_dev = nullptr;
+  int block_size = 16;  // multiple of 16
+  float scale = 1.0f;
+  int n_splits = 1;
+  // Workspace for n_splits > 1: n_kv_head * n_splits * rows * (D + 2) floats.
+  float* work = nullptr;
+};
+
+size_t attention_work_floats(int n_tok, int n_head, int n_kv_head, int D, int n_splits);
+void attention(const AttentionArgs& a, cudaStream_t stream);
+
+}  // namespace pyresa::cuda

@@ -1,0 +1,754 @@
+// The GPU engine: the forward pass written once over the CUDA ops (quant.cuh, gemm.cuh,
+// attention.cuh, resa.cuh, ops.cuh), the ReSA schedule, and decode-step graph capture.
+#include "engine/cuda_engine.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <stdexcept>
+#include <string>
+
+#include "backends/cpu/block_select.h"
+#include "backends/cuda/attention.cuh"
+#include "backends/cuda/common.cuh"
+#include "backends/cuda/gemm.cuh"
+#include "backends/cuda/ops.cuh"
+#include "backends/cuda/quant.cuh"
+#include "backends/cuda/resa.cuh"
+#include "engine/errors.h"
+
+namespace pyresa {
+
+using namespace cuda;
+
+bool cuda_runtime_available() { return cuda_device_count() > 0; }
+
+int cuda_device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return n;
+}
+
+std::string cuda_device_name(int device) {
+  cudaDeviceProp p{};
+  PYRESA_CUDA_CHECK(cudaGetDeviceProperties(&p, device));
+  return p.name;
+}
+
+namespace {
+
+constexpr int kMaxDecodeSplits = 128;
+constexpr size_t kAttnWorkBytes = size_t(64) << 20;
+constexpr int64_t kDequantScratchElems = int64_t(64) << 20;  // F16 weights per GEMM slice
+
+int env_int(const char* name, int def) {
+  const char* v = std::getenv(name);
+  return v && *v ? std::atoi(v) : def;
+}
+
+int pow2_floor(int x) {
+  int p = 1;
+  while (p * 2 <= x) p *= 2;
+  return p;
+}
+
+struct LayerDev {
+  DeviceWeight attn_norm, wq, wk, wv, wo, bq, bk, bv, ffn_norm, w_gate, w_up, w_down;
+};
+
+enum class StepKind { Prefill, Decode, SparseDecode, Rectify };
+
+}  // namespace
+
+struct CudaEngine::Impl {
+  ModelConfig c;
+  CudaEngineOptions opt;
+  int device = 0;
+  int n_sm = 132;
+  cudaStream_t stream = nullptr;
+
+  DeviceBuffer weights_buf;
+  DeviceWeight token_embd, output_norm, output;
+  std::vector<LayerDev> layers;
+
+  int cap = 0;  // KV capacity in tokens (n_ctx rounded up, plus a tile of slack)
+  DeviceBuffer k_cache, v_cache, desc;
+  DescLayout desc_layout;
+  int64_t head_stride = 0, layer_stride = 0;
+
+  // activations
+  int nb = 0;  // rows per forward (n_batch, at least rectify_every + 1)
+  DeviceBuffer x, q, k, v, attn, gate, up, act, wdeq, logits_all, logits1, attn_work, keys, blocks;
+  size_t act_rb_max = 0;
+  int logits_rows = 0;  // rows logits_all holds
+  DeviceBuffer ints;    // pos, n_sel, argmax out, tokens [nb]
+  int* d_pos = nullptr;
+  int* d_nsel = nullptr;
+  int32_t* d_argmax = nullptr;
+  int32_t* d_tokens = nullptr;
+  DeviceBuffer history;  // token at each position (device), for rectification and greedy loops
+  int32_t* h_pinned = nullptr;  // pinned staging for tokens and positions
+  int h_pinned_n = 0;
+
+  int n_past = 0;
+  int sparse_steps = 0;  // sparse decode steps since the last dense pass
+  AttentionSettings att;
+  AttentionStats st;
+  float theta_scale = 1.0f;
+  int gemm_min_tokens = 48;
+
+  // Graph cache: (kind, attention splits) -> executable graph.
+  std::map<std::pair<int, int>, cudaGraphExec_t> graphs;
+
+  // Activation reuse within a layer: what `act` currently holds.
+  const void* act_src = nullptr;
+  GgmlType act_fmt = GgmlType::Q8_K;
+  int act_rows = -1;
+
+  ~Impl() {
+    for (auto& g : graphs) cudaGraphExecDestroy(g.second);
+    if (h_pinned) cudaFreeHost(h_pinned);
+    if (stream) cudaStreamDestroy(stream);
+  }
+
+  // ---- setup -----------------------------------------------------------------------------
+
+  void upload(const ModelWeights& w) {
+    // One allocation for every tensor; tied embeddings share one upload.
+    std::map<const void*, size_t> offsets;
+    size_t total = 0;
+    auto plan = [&](const WeightView& v) {
+      if (!v.present() || offsets.count(v.data)) return;
+      offsets[v.data] = total;
+      total += (device_weight_bytes(v.type, v.rows, v.cols) + 255) & ~size_t(255);
+    };
+    plan(w.token_embd);
+    plan(w.output_norm);
+    plan(w.output);
+    for (const auto& L : w.layers)
+      for (const WeightView* v : {&L.attn_norm, &L.wq, &L.wk, &L.wv, &L.wo, &L.bq, &L.bk, &L.bv, &L.ffn_norm,
+                                  &L.w_gate, &L.w_up, &L.w_down})
+        plan(*v);
+    weights_buf = DeviceBuffer(total, "model weights");
+    std::map<const void*, DeviceWeight> done;
+    auto up = [&](const WeightView& v) -> DeviceWeight {
+      if (!v.present()) return DeviceWeight{};
+      auto it = done.find(v.data);
+      if (it != done.end()) return it->second;
+      DeviceWeight d = upload_weight(v.type, v.rows, v.cols, v.data, weights_buf.get<uint8_t>() + offsets[v.data]);
+      done[v.data] = d;
+      return d;
+    };
+    token_embd = up(w.token_embd);
+    output_norm = up(w.output_norm);
+    output = up(w.output);
+    for (const auto& L : w.layers) {
+      LayerDev d;
+      d.attn_norm = up(L.attn_norm);
+      d.wq = up(L.wq);
+      d.wk = up(L.wk);
+      d.wv = up(L.wv);
+      d.wo = up(L.wo);
+      d.bq = up(L.bq);
+      d.bk = up(L.bk);
+      d.bv = up(L.bv);
+      d.ffn_norm = up(L.ffn_norm);
+      d.w_gate = up(L.w_gate);
+      d.w_up = up(L.w_up);
+      d.w_down = up(L.w_down);
+      layers.push_back(d);
+    }
+  }
+
+  void check_types() {
+    auto ok = [](const DeviceWeight& w) { (void)act_type_for(w.type); };
+    ok(token_embd);
+    ok(output);
+    for (auto& L : layers)
+      for (const DeviceWeight* w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) ok(*w);
+  }
+
+  void allocate_desc() {
+    desc_layout.n_layer = c.n_layer;
+    desc_layout.n_kv_head = c.n_head_kv;
+    desc_layout.D = c.head_dim;
+    desc_layout.block_size = att.block_size;
+    desc_layout.max_blocks = ((cap + att.block_size - 1) / att.block_size + 31) / 32 * 32;
+    desc = DeviceBuffer(desc_layout.elems() * sizeof(__half), "ReSA block descriptors");
+    PYRESA_CUDA_CHECK(cudaMemset(desc.get(), 0, desc.bytes()));
+    keys = DeviceBuffer((size_t)c.n_head_kv * desc_layout.max_blocks * 4, "block selection keys");
+    blocks = DeviceBuffer((size_t)c.n_head_kv * desc_layout.max_blocks * 4, "selected blocks");
+  }
+
+  void allocate(int n_ctx) {
+    const int64_t E = c.n_embd, QD = (int64_t)c.n_head * c.head_dim, KVD = (int64_t)c.n_head_kv * c.head_dim;
+    const int64_t FF = c.n_ff;
+    cap = (n_ctx + 63) / 64 * 64 + 64;
+    head_stride = (int64_t)cap * c.head_dim;
+    layer_stride = head_stride * c.n_head_kv;
+    // Check the big allocation up front, so the error names the total.
+    const size_t kv = 2 * (size_t)c.n_layer * layer_stride * sizeof(__half);
+    size_t free_b = 0, total_b = 0;
+    PYRESA_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+    if (kv > free_b)
+      throw DeviceMemoryError("CUDA out of memory: the KV cache for n_ctx " + std::to_string(n_ctx) + " needs " +
+                              mib(kv) + ", device " + std::to_string(device) + " has " + mib(free_b) + " free of " +
+                              mib(total_b) + " (after " + mib(weights_buf.bytes()) + " of weights)");
+    k_cache = DeviceBuffer(kv / 2, "KV cache (keys)");
+    v_cache = DeviceBuffer(kv / 2, "KV cache (values)");
+    // Zeroed once: attention tiles may read (masked) slots nothing has written; they must be finite.
+    PYRESA_CUDA_CHECK(cudaMemset(k_cache.get(), 0, k_cache.bytes()));
+    PYRESA_CUDA_CHECK(cudaMemset(v_cache.get(), 0, v_cache.bytes()));
+    allocate_desc();
+
+    nb = std::max(opt.n_batch, 64);
+    const size_t f = sizeof(float);
+    x = DeviceBuffer(nb * E * f, "activations");
+    q = DeviceBuffer(nb * QD * f, "activations");
+    k = DeviceBuffer(nb * KVD * f, "activations");
+    v = DeviceBuffer(nb * KVD * f, "activations");
+    attn = DeviceBuffer(nb * QD * f, "activations");
+    gate = DeviceBuffer(nb * FF * f, "activations");
+    up = DeviceBuffer(nb * FF * f, "activations");
+    for (GgmlType t : {GgmlType::F32, GgmlType::F16, GgmlType::Q8_0, GgmlType::Q8_1, GgmlType::Q8_K})
+      for (int64_t cols : {E, QD, FF}) {
+        if ((t == GgmlType::Q8_K && cols % 256) || cols % 32) continue;
+        act_rb_max = std::max(act_rb_max, act_row_bytes(t, cols));
+      }
+    act = DeviceBuffer(nb * act_rb_max, "quantized activations");
+    int64_t max_w = 0;
+    for (auto& L : layers)
+      for (const DeviceWeight* w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down})
+        max_w = std::max(max_w, w->rows * w->cols);
+    max_w = std::max(max_w, std::min(output.rows * output.cols, kDequantScratchElems));
+    wdeq = DeviceBuffer(std::min(max_w, std::max(kDequantScratchElems, max_w)) * sizeof(__half), "GEMM weight scratch");
+    logits1 = DeviceBuffer(c.n_vocab * f, "logits");
+    attn_work = DeviceBuffer(kAttnWorkBytes, "attention workspace");
+    ints = DeviceBuffer((4 + nb) * sizeof(int32_t), "positions");
+    d_pos = ints.get<int>();
+    d_nsel = d_pos + 1;
+    d_argmax = d_pos + 2;
+    d_tokens = d_pos + 4;
+    PYRESA_CUDA_CHECK(cudaMemset(ints.get(), 0, ints.bytes()));
+    history = DeviceBuffer((size_t)(cap + 1) * sizeof(int32_t), "token history");
+    PYRESA_CUDA_CHECK(cudaMemset(history.get(), 0, history.bytes()));
+    h_pinned_n = nb + 8;
+    PYRESA_CUDA_CHECK(cudaMallocHost(&h_pinned, h_pinned_n * sizeof(int32_t)));
+  }
+
+  // ---- pieces of the forward ---------------------------------------------------------------
+
+  bool use_gemm(int n) const { return n >= gemm_min_tokens; }
+
+  // y[n][w.rows] (+)= W . f(src) where f is described by `prep`; src identifies the activation
+  // source so consecutive products of the same input reuse one quantization.
+  void linear(const DeviceWeight& w, const ActPrep& prep, const void* src_id, int n, float* y, int64_t ldy,
+              const DeviceWeight* bias, bool accumulate) {
+    const bool gemm = use_gemm(n) && w.cols % 32 == 0;
+    const GgmlType fmt = gemm ? GgmlType::F16 : act_type_for(w.type);
+    const size_t rb = act_row_bytes(fmt, w.cols);
+    if (act_src != src_id || act_fmt != fmt || act_rows != n) {
+      prepare_activations(prep, fmt, n, w.cols, act.get(), rb, stream);
+      act_src = src_id;
+      act_fmt = fmt;
+      act_rows = n;
+    }
+    const float* b = bias && bias->present() ? reinterpret_cast<const float*>(bias->data) : nullptr;
+    if (!gemm) {
+      MatvecOut o;
+      o.y = y;
+      o.ldy = ldy;
+      o.bias = b;
+      o.accumulate = accumulate;
+      matvec(w, act.get(), rb, n, o, stream);
+      return;
+    }
+    const int64_t slice = std::max<int64_t>(128, (int64_t)(wdeq.bytes() / sizeof(__half)) / w.cols / 128 * 128);
+    for (int64_t r0 = 0; r0 < w.rows; r0 += slice) {
+      const int64_t nr = std::min(slice, w.rows - r0);
+      dequantize_rows_f16(w, r0, nr, wdeq.get<__half>(), stream);
+      gemm_f16(act.get<__half>(), rb / 2, wdeq.get<__half>(), w.cols, y + r0, ldy, n, (int)nr, (int)w.cols,
+               b ? b + r0 : nullptr, accumulate, stream);
+    }
+  }
+
+  int attention_splits(int n_rows_per_head, int n_tiles, bool graph) const {
+    const int nw = n_rows_per_head <= 16 ? 1 : n_rows_per_head <= 64 ? 4 : 8;
+    const int row_tiles = (n_rows_per_head + 16 * nw - 1) / (16 * nw);
+    const int base = row_tiles * c.n_head_kv;
+    int s = std::max(1, (3 * n_sm + base - 1) / base);
+    s = std::min(s, std::max(1, n_tiles / 4));
+    const size_t per_split = (size_t)c.n_head_kv * n_rows_per_head * (c.head_dim + 2) * sizeof(float);
+    s = std::min<int>(s, (int)(kAttnWorkBytes / per_split));
+    s = std::min(s, kMaxDecodeSplits);
+    (void)graph;
+    return pow2_floor(std::max(1, s));
+  }
+
+  // One forward of n tokens whose ids are at d_tokens, at positions *d_pos + pos_offset ...
+  // Writes the logits of the last row (or all rows) to `logits` (device), if not null.
+  void forward(int n, int pos_offset, StepKind kind, int splits, float* logits, bool all_logits) {
+    const int64_t E = c.n_embd, QD = (int64_t)c.n_head * c.head_dim, KVD = (int64_t)c.n_head_kv * c.head_dim;
+    const int64_t FF = c.n_ff;
+    float* X = x.get<float>();
+    act_src = nullptr;
+    dequantize_rows_f32(token_embd, d_tokens, n, X, E, stream);
+    ResaParams rp;
+    rp.block_size = att.block_size;
+    rp.ratio = att.ratio;
+    rp.min_blocks = att.min_blocks;
+    rp.local_blocks = att.local_blocks;
+    const float scale = 1.0f / std::sqrt((float)c.head_dim);
+    for (int l = 0; l < c.n_layer; ++l) {
+      const LayerDev& L = layers[l];
+      __half* Kl = k_cache.get<__half>() + l * layer_stride;
+      __half* Vl = v_cache.get<__half>() + l * layer_stride;
+      ActPrep norm1;
+      norm1.transform = ActTransform::RmsNorm;
+      norm1.x = X;
+      norm1.ld_x = E;
+      norm1.norm_w = reinterpret_cast<const float*>(L.attn_norm.data);
+      norm1.eps = c.rms_eps;
+      linear(L.wq, norm1, &L.attn_norm, n, q.get<float>(), QD, &L.bq, false);
+      linear(L.wk, norm1, &L.attn_norm, n, k.get<float>(), KVD, &L.bk, false);
+      linear(L.wv, norm1, &L.attn_norm, n, v.get<float>(), KVD, &L.bv, false);
+
+      RopeStoreArgs r;
+      r.q = q.get<float>();
+      r.k = k.get<float>();
+      r.v = v.get<float>();
+      r.n = n;
+      r.n_head = c.n_head;
+      r.n_kv_head = c.n_head_kv;
+      r.D = c.head_dim;
+      r.theta_scale = theta_scale;
+      r.neox = c.rope_neox;
+      r.pos_dev = d_pos;
+      r.pos_offset = pos_offset;
+      r.K = Kl;
+      r.V = Vl;
+      r.head_stride = head_stride;
+      const bool single = kind == StepKind::Decode || kind == StepKind::SparseDecode;
+      if (single) {
+        r.desc = desc.get<__half>();
+        r.desc_layout = desc_layout;
+        r.layer = l;
+      }
+      rope_store(r, stream);
+      if (!single)
+        refresh_descriptors(desc.get<__half>(), desc_layout, l, Kl, head_stride, d_pos, pos_offset, n, stream);
+
+      AttentionArgs a;
+      a.q = q.get<float>();
+      a.q_stride = QD;
+      a.out = attn.get<float>();
+      a.out_stride = QD;
+      a.K = Kl;
+      a.V = Vl;
+      a.head_stride = head_stride;
+      a.n_tok = n;
+      a.n_head = c.n_head;
+      a.n_kv_head = c.n_head_kv;
+      a.D = c.head_dim;
+      a.pos_dev = d_pos;
+      a.pos_offset = pos_offset;
+      a.block_size = att.block_size;
+      a.scale = scale;
+      a.n_splits = splits;
+      a.work = attn_work.get<float>();
+      if (kind == StepKind::SparseDecode) {
+        select_blocks(q.get<float>(), c.n_head, desc.get<__half>(), desc_layout, l, rp, d_pos, keys.get<uint32_t>(),
+                      blocks.get<int32_t>(), desc_layout.max_blocks, d_nsel, stream);
+        a.blocks = blocks.get<int32_t>();
+        a.blocks_stride = desc_layout.max_blocks;
+        a.n_sel_dev = d_nsel;
+      }
+      cuda::attention(a, stream);
+
+      ActPrep plain;
+      plain.x = attn.get<float>();
+      plain.ld_x = QD;
+      linear(L.wo, plain, attn.get(), n, X, E, nullptr, true);
+
+      ActPrep norm2;
+      norm2.transform = ActTransform::RmsNorm;
+      norm2.x = X;
+      norm2.ld_x = E;
+      norm2.norm_w = reinterpret_cast<const float*>(L.ffn_norm.data);
+      norm2.eps = c.rms_eps;
+      linear(L.w_gate, norm2, &L.ffn_norm, n, gate.get<float>(), FF, nullptr, false);
+      linear(L.w_up, norm2, &L.ffn_norm, n, up.get<float>(), FF, nullptr, false);
+      ActPrep glu;
+      glu.transform = ActTransform::SwiGLU;
+      glu.x = gate.get<float>();
+      glu.up = up.get<float>();
+      glu.ld_x = FF;
+      linear(L.w_down, glu, gate.get(), n, X, E, nullptr, true);
+    }
+    if (!logits) return;
+    const int first = all_logits ? 0 : n - 1;
+    ActPrep fin;
+    fin.transform = ActTransform::RmsNorm;
+    fin.x = X + first * E;
+    fin.ld_x = E;
+    fin.norm_w = reinterpret_cast<const float*>(output_norm.data);
+    fin.eps = c.rms_eps;
+    linear(output, fin, &output_norm, n - first, logits, c.n_vocab, nullptr, false);
+  }
+
+  // ---- steps ---------------------------------------------------------------------------------
+
+  void set_pos_host(int pos) { set_device_int(d_pos, pos, stream); }
+
+  // Host tokens -> d_tokens and the history at n_past. Caller syncs before reusing the staging.
+  void stage_tokens(const int32_t* tokens, int n) {
+    std::memcpy(h_pinned + 1, tokens, n * sizeof(int32_t));
+    PYRESA_CUDA_CHECK(cudaMemcpyAsync(d_tokens, h_pinned + 1, n * sizeof(int32_t), cudaMemcpyHostToDevice, stream));
+    PYRESA_CUDA_CHECK(cudaMemcpyAsync(history.get<int32_t>() + n_past, d_tokens, n * sizeof(int32_t),
+                                      cudaMemcpyDeviceToDevice, stream));
+  }
+
+  bool sparse_mode() const { return att.mode != "dense"; }
+
+  void count_step(bool sparse) {
+    const int64_t n_tokens = n_past + 1;
+    const int64_t nbk = cpu::resa_block_count(n_tokens, att.block_size);
+    cpu::ResaSelectParams p;
+    p.block_size = att.block_size;
+    p.ratio = att.ratio;
+    p.min_blocks = att.min_blocks;
+    p.local_blocks = att.local_blocks;
+    const int64_t nsel = sparse ? cpu::resa_select_count(n_tokens, p) : nbk;
+    const int64_t lh = (int64_t)c.n_layer * c.n_head_kv;
+    st.decode_steps++;
+    st.blocks_read += nsel * lh;
+    st.blocks_total += nbk * lh;
+  }
+
+  // A graph-captured single-token step: d_tokens[0] holds the token; ends with the argmax in
+  // d_argmax / d_tokens[0] / history and the position advanced by one.
+  void run_step(StepKind kind, bool want_argmax) {
+    const int f = att.rectify_every;
+    int splits, n_rows;
+    if (kind == StepKind::Rectify) {
+      n_rows = (f + 1) * (c.n_head / c.n_head_kv);
+      splits = attention_splits(n_rows, (n_past + 1 + 31) / 32, true);
+    } else {
+      n_rows = c.n_head / c.n_head_kv;
+      int n_tiles;
+      if (kind == StepKind::SparseDecode) {
+        cpu::ResaSelectParams p;
+        p.block_size = att.block_size;
+        p.ratio = att.ratio;
+        p.min_blocks = att.min_blocks;
+        p.local_blocks = att.local_blocks;
+        n_tiles = (int)((cpu::resa_select_count(n_past + 1, p) * (att.block_size / 16) + 1) / 2);
+      } else {
+        n_tiles = (n_past + 1 + 31) / 32;
+      }
+      splits = attention_splits(n_rows, n_tiles, true);
+    }
+    auto body = [&]() {
+      if (kind == StepKind::Rectify) gather_rectify_tokens();
+      forward(kind == StepKind::Rectify ? f + 1 : 1, kind == StepKind::Rectify ? -f : 0, kind, splits,
+              logits1.get<float>(), false);
+      argmax(logits1.get<float>(), c.n_vocab, d_tokens, history.get<int32_t>(), d_pos, stream);
+      advance_position(d_pos, 1, stream);
+    };
+    (void)want_argmax;
+    const auto key = std::make_pair((int)kind, splits);
+    auto it = graphs.find(key);
+    if (it != graphs.end()) {
+      PYRESA_CUDA_CHECK(cudaGraphLaunch(it->second, stream));
+    } else if (env_int("PYRESA_CUDA_GRAPHS", 1) == 0) {
+      body();
+    } else {
+      body();  // first time eagerly (kernel attributes are set outside capture), then capture
+      cudaGraph_t g;
+      PYRESA_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+      // The captured copy must not run now: end the capture before launching anything else.
+      try {
+        capture_only(body);
+      } catch (...) {
+        cudaStreamEndCapture(stream, &g);
+        throw;
+      }
+      PYRESA_CUDA_CHECK(cudaStreamEndCapture(stream, &g));
+      cudaGraphExec_t exec;
+      PYRESA_CUDA_CHECK(cudaGraphInstantiate(&exec, g, 0));
+      cudaGraphDestroy(g);
+      graphs[key] = exec;
+    }
+    n_past++;
+  }
+  template <typename F>
+  void capture_only(F&& body) { body(); }
+
+  void gather_rectify_tokens() {
+    // d_tokens[0 .. f] = history[pos - f .. pos] (the new token was stored at pos = *d_pos).
+    gather_tokens(history.get<int32_t>(), d_pos, -att.rectify_every, att.rectify_every + 1, d_tokens, stream);
+  }
+
+  void drop_graphs() {
+    for (auto& g : graphs) cudaGraphExecDestroy(g.second);
+    graphs.clear();
+  }
+
+  // One single-token step from the current state (token in d_tokens[0] and history[n_past]).
+  void single_step() {
+    if (att.mode == "resa" && sparse_steps >= att.rectify_every && n_past >= att.rectify_every) {
+      run_step(StepKind::Rectify, true);
+      st.rectifications++;
+      sparse_steps = 0;
+    } else if (sparse_mode()) {
+      count_step(true);
+      run_step(StepKind::SparseDecode, true);
+      sparse_steps++;
+    } else {
+      count_step(false);
+      run_step(StepKind::Decode, true);
+    }
+  }
+
+  void prefill(int n, float* logits, bool all_logits, bool on_device) {
+    const int64_t V = c.n_vocab;
+    for (int s = 0; s < n; s += nb) {
+      const int m = std::min(nb, n - s);
+      const bool last = s + m == n;
+      float* dst = nullptr;
+      if (all_logits || last) {
+        if (on_device) {
+          dst = logits ? logits + (all_logits ? (int64_t)s * V : 0) : logits1.get<float>();
+        } else if (all_logits) {
+          if (logits_rows < nb) {
+            logits_all = DeviceBuffer((size_t)nb * V * sizeof(float), "logits");
+            logits_rows = nb;
+          }
+          dst = logits_all.get<float>();
+        } else {
+          dst = logits1.get<float>();
+        }
+      }
+      set_pos_host(n_past);
+      stage_tokens_chunk(s, m);
+      const int splits = attention_splits(m * (c.n_head / c.n_head_kv), (n_past + m + 31) / 32, false);
+      forward(m, 0, StepKind::Prefill, splits, dst, all_logits);
+      if (!on_device && logits && all_logits) {
+        PYRESA_CUDA_CHECK(cudaMemcpyAsync(logits + (int64_t)s * V, dst, (size_t)m * V * sizeof(float),
+                                          cudaMemcpyDeviceToHost, stream));
+      }
+      if (last && !all_logits && dst != logits1.get<float>())
+        PYRESA_CUDA_CHECK(cudaMemcpyAsync(logits1.get<float>(), dst, V * sizeof(float), cudaMemcpyDeviceToDevice, stream));
+      PYRESA_CUDA_CHECK(cudaStreamSynchronize(stream));  // staging buffer reused by the next chunk
+      n_past += m;
+    }
+    if (logits && !all_logits && !on_device) {
+      PYRESA_CUDA_CHECK(cudaMemcpyAsync(logits, logits1.get(), V * sizeof(float), cudaMemcpyDeviceToHost, stream));
+      PYRESA_CUDA_CHECK(cudaStreamSynchronize(stream));
+    }
+    set_pos_host(n_past);
+    sparse_steps = 0;
+  }
+
+  const int32_t* chunk_src = nullptr;
+  void stage_tokens_chunk(int s, int m) { stage_tokens(chunk_src + s, m); }
+};
+
+// ---- public interface ------------------------------------------------------------------------
+
+CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, CudaEngineOptions options)
+    : impl_(new Impl) {
+  Impl& m = *impl_;
+  m.c = std::move(config);
+  m.opt = options;
+  if (options.n_ctx <= 0) throw std::invalid_argument("n_ctx must be positive");
+  const int n_dev = cuda_device_count();
+  if (n_dev == 0) throw UnsupportedError("no CUDA device is available");
+  if (options.device < 0 || options.device >= n_dev)
+    throw std::invalid_argument("CUDA device " + std::to_string(options.device) + " does not exist (" +
+                                std::to_string(n_dev) + " present)");
+  m.device = options.device;
+  PYRESA_CUDA_CHECK(cudaSetDevice(m.device));
+  cudaDeviceProp prop{};
+  PYRESA_CUDA_CHECK(cudaGetDeviceProperties(&prop, m.device));
+  if (prop.major < 8)
+    throw UnsupportedError(std::string("pyresa's CUDA kernels need compute capability 8.0+, ") + prop.name + " has " +
+                           std::to_string(prop.major) + "." + std::to_string(prop.minor));
+  m.n_sm = prop.multiProcessorCount;
+  if (m.c.head_dim != 64 && m.c.head_dim != 128)
+    throw UnsupportedError("CUDA backend: head_dim must be 64 or 128, got " + std::to_string(m.c.head_dim));
+  if (m.c.n_head / m.c.n_head_kv > 16) throw UnsupportedError("CUDA backend: at most 16 query heads per KV head");
+  PYRESA_CUDA_CHECK(cudaStreamCreateWithFlags(&m.stream, cudaStreamNonBlocking));
+  m.theta_scale = std::pow(m.c.rope_freq_base, -2.0f / m.c.head_dim);
+  m.gemm_min_tokens = env_int("PYRESA_CUDA_GEMM_MIN_TOKENS", 48);
+  m.upload(weights);
+  m.check_types();
+  m.opt.n_batch = std::max(options.n_batch, m.att.rectify_every + 1);
+  m.allocate(options.n_ctx);
+  PYRESA_CUDA_CHECK(cudaDeviceSynchronize());
+}
+
+CudaEngine::~CudaEngine() {
+  if (impl_) cudaSetDevice(impl_->device);
+}
+
+const ModelConfig& CudaEngine::config() const { return impl_->c; }
+int CudaEngine::n_ctx() const { return impl_->opt.n_ctx; }
+int CudaEngine::n_past() const { return impl_->n_past; }
+int CudaEngine::device() const { return impl_->device; }
+size_t CudaEngine::kv_bytes() const { return impl_->k_cache.bytes() + impl_->v_cache.bytes(); }
+size_t CudaEngine::device_bytes() const {
+  const Impl& m = *impl_;
+  size_t s = 0;
+  for (const DeviceBuffer* b : {&m.weights_buf, &m.k_cache, &m.v_cache, &m.desc, &m.x, &m.q, &m.k, &m.v, &m.attn,
+                                &m.gate, &m.up, &m.act, &m.wdeq, &m.logits_all, &m.logits1, &m.attn_work, &m.keys,
+                                &m.blocks, &m.ints, &m.history})
+    s += b->bytes();
+  return s;
+}
+
+void CudaEngine::truncate(int n) {
+  Impl& m = *impl_;
+  if (n < 0 || n > m.n_past)
+    throw std::invalid_argument("truncate(" + std::to_string(n) + ") outside [0, " + std::to_string(m.n_past) + "]");
+  PYRESA_CUDA_CHECK(cudaSetDevice(m.device));
+  const int removed = m.n_past - n;
+  m.sparse_steps = std::max(0, m.sparse_steps - removed);
+  m.n_past = n;
+  if (removed > 0 && n % m.att.block_size != 0) {
+    // The block now ending the context lost tokens: rebuild its min/max from what remains.
+    const int first = n / m.att.block_size * m.att.block_size;
+    m.set_pos_host(first);
+    for (int l = 0; l < m.c.n_layer; ++l)
+      refresh_descriptors(m.desc.get<__half>(), m.desc_layout, l, m.k_cache.get<__half>() + l * m.layer_stride,
+                          m.head_stride, m.d_pos, 0, n - first, m.stream);
+  }
+  m.set_pos_host(n);
+  PYRESA_CUDA_CHECK(cudaStreamSynchronize(m.stream));
+}
+
+void CudaEngine::eval(const int32_t* tokens, int n, bool all_logits, float* logits, bool on_device) {
+  Impl& m = *impl_;
+  if (n <= 0) throw std::invalid_argument("eval needs at least one token");
+  if (m.n_past + n > m.opt.n_ctx)
+    throw ContextFullError("context full: " + std::to_string(m.n_past) + " tokens in the cache + " + std::to_string(n) +
+                           " new > n_ctx " + std::to_string(m.opt.n_ctx));
+  for (int i = 0; i < n; ++i)
+    if (tokens[i] < 0 || tokens[i] >= m.c.n_vocab)
+      throw std::invalid_argument("token id " + std::to_string(tokens[i]) + " outside the vocabulary [0, " +
+                                  std::to_string(m.c.n_vocab) + ")");
+  PYRESA_CUDA_CHECK(cudaSetDevice(m.device));
+  if (n == 1 && !all_logits) {
+    m.set_pos_host(m.n_past);
+    m.stage_tokens(tokens, 1);
+    m.single_step();
+    if (logits) {
+      PYRESA_CUDA_CHECK(cudaMemcpyAsync(logits, m.logits1.get(), (size_t)m.c.n_vocab * sizeof(float),
+                                        on_device ? cudaMemcpyDeviceToDevice : cudaMemcpyDeviceToHost, m.stream));
+    }
+    PYRESA_CUDA_CHECK(cudaStreamSynchronize(m.stream));
+    return;
+  }
+  m.chunk_src = tokens;
+  m.prefill(n, logits, all_logits, on_device);
+}
+
+int32_t CudaEngine::eval_greedy(const int32_t* tokens, int n) {
+  Impl& m = *impl_;
+  eval(tokens, n, false, nullptr);
+  if (n > 1) {  // prefill left the last logits in logits1; the step path already took the argmax
+    m.set_pos_host(m.n_past - 1);
+    argmax(m.logits1.get<float>(), m.c.n_vocab, m.d_tokens, m.history.get<int32_t>(), m.d_pos, m.stream);
+    m.set_pos_host(m.n_past);
+  }
+  int32_t out = 0;
+  PYRESA_CUDA_CHECK(cudaMemcpyAsync(&m.h_pinned[0], m.d_tokens, sizeof(int32_t), cudaMemcpyDeviceToHost, m.stream));
+  PYRESA_CUDA_CHECK(cudaStreamSynchronize(m.stream));
+  out = m.h_pinned[0];
+  return out;
+}
+
+std::vector<int32_t> CudaEngine::decode_greedy(int32_t token, int n_new) {
+  Impl& m = *impl_;
+  if (n_new <= 0) return {};
+  if (m.n_past + n_new > m.opt.n_ctx)
+    throw ContextFullError("context full: " + std::to_string(m.n_past) + " + " + std::to_string(n_new) + " > n_ctx " +
+                           std::to_string(m.opt.n_ctx));
+  if (token < 0 || token >= m.c.n_vocab) throw std::invalid_argument("token id outside the vocabulary");
+  PYRESA_CUDA_CHECK(cudaSetDevice(m.device));
+  const int start = m.n_past;
+  m.set_pos_host(m.n_past);
+  m.stage_tokens(&token, 1);
+  for (int i = 0; i < n_new; ++i) m.single_step();  // each step's argmax feeds the next
+  std::vector<int32_t> out(n_new);
+  PYRESA_CUDA_CHECK(cudaMemcpyAsync(out.data(), m.history.get<int32_t>() + start + 1, n_new * sizeof(int32_t),
+                                    cudaMemcpyDeviceToHost, m.stream));
+  PYRESA_CUDA_CHECK(cudaStreamSynchronize(m.stream));
+  return out;
+}
+
+void CudaEngine::set_attention(const AttentionSettings& s) {
+  Impl& m = *impl_;
+  if (s.mode != "dense" && s.mode != "sparse" && s.mode != "resa")
+    throw std::invalid_argument("attention mode must be 'dense', 'sparse' or 'resa', got '" + s.mode + "'");
+  if (s.block_size <= 0 || s.block_size % 16)
+    throw UnsupportedError("CUDA backend: block_size must be a positive multiple of 16");
+  if (!(s.ratio >= 0.0) || s.min_blocks < 0 || s.local_blocks < 0)
+    throw std::invalid_argument("ratio, min_blocks and local_blocks must be >= 0");
+  if (s.rectify_every < 1) throw std::invalid_argument("rectify_every must be >= 1");
+  if (s.rectify_every + 1 > m.nb)
+    throw std::invalid_argument("rectify_every + 1 must fit in n_batch (" + std::to_string(m.nb) + ")");
+  PYRESA_CUDA_CHECK(cudaSetDevice(m.device));
+  const bool rebuild = s.block_size != m.att.block_size;
+  m.att = s;
+  m.drop_graphs();
+  if (rebuild) {
+    m.allocate_desc();
+    m.set_pos_host(0);
+    for (int l = 0; l < m.c.n_layer && m.n_past > 0; ++l)
+      refresh_descriptors(m.desc.get<__half>(), m.desc_layout, l, m.k_cache.get<__half>() + l * m.layer_stride,
+                          m.head_stride, m.d_pos, 0, m.n_past, m.stream);
+    m.set_pos_host(m.n_past);
+    PYRESA_CUDA_CHECK(cudaStreamSynchronize(m.stream));
+  }
+}
+
+const AttentionSettings& CudaEngine::attention() const { return impl_->att; }
+AttentionStats CudaEngine::stats() const { return impl_->st; }
+void CudaEngine::reset_stats() { impl_->st = AttentionStats{}; }
+
+void CudaEngine::fill_synthetic(int n_tokens, uint64_t seed) {
+  Impl& m = *impl_;
+  if (n_tokens < 0 || n_tokens > m.opt.n_ctx) throw std::invalid_argument("fill_synthetic: n_tokens outside [0, n_ctx]");
+  PYRESA_CUDA_CHECK(cudaSetDevice(m.device));
+  fill_kv_random(m.k_cache.get<__half>(), m.v_cache.get<__half>(), m.c.n_layer, m.c.n_head_kv, m.head_stride,
+                 m.c.head_dim, n_tokens, seed, m.stream);
+  // (layers are contiguous: layer l, head h is head index l * n_kv_head + h at head_stride)
+  m.set_pos_host(0);
+  for (int l = 0; l < m.c.n_layer && n_tokens > 0; ++l)
+    refresh_descriptors(m.desc.get<__half>(), m.desc_layout, l, m.k_cache.get<__half>() + l * m.layer_stride,
+                        m.head_stride, m.d_pos, 0, n_tokens, m.stream);
+  std::vector<int32_t> hist(n_tokens);
+  uint64_t s = seed | 1;
+  for (auto& t : hist) {
+    s ^= s << 13;
+    s ^= s >> 7;
+    s ^= s << 17;
+    t = (int32_t)(s % (uint64_t)m.c.n_vocab);
+  }
+  if (n_tokens)
+    PYRESA_CUDA_CHECK(cudaMemcpy(m.history.get(), hist.data(), n_tokens * sizeof(int32_t), cudaMemcpyHostToDevice));
+  m.n_past = n_tokens;
+  m.sparse_steps = 0;
+  m.set_pos_host(n_tokens);
+  PYRESA_CUDA_CHECK(cudaStreamSynchronize(m.stream));
+}
+
+void CudaEngine::synchronize() { PYRESA_CUDA_CHECK(cudaStreamSynchronize(impl_->stream)); }
+
+}  // namespace pyresa

@@ -1,0 +1,610 @@
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "backends/cuda/quant.cuh"
+
+namespace pyresa::cuda {
+
+namespace {
+
+// ---- layouts ---------------------------------------------------------------------------------
+
+constexpr int kQ6Ql = 128, kQ6Qh = 64, kQ6Sc = 16;
+
+__host__ __device__ inline size_t align16(size_t n) { return (n + 15) & ~size_t(15); }
+
+// Q6_K planes of a matrix with nblk = rows * blocks_per_row blocks.
+struct Q6Planes {
+  const uint8_t* ql;
+  const uint8_t* qh;
+  const int8_t* sc;
+  const uint16_t* d;
+};
+__host__ __device__ inline Q6Planes q6_planes(const uint8_t* base, int64_t nblk) {
+  Q6Planes p;
+  p.ql = base;
+  p.qh = base + nblk * kQ6Ql;
+  p.sc = reinterpret_cast<const int8_t*>(base + nblk * (kQ6Ql + kQ6Qh));
+  p.d = reinterpret_cast<const uint16_t*>(base + nblk * (kQ6Ql + kQ6Qh + kQ6Sc));
+  return p;
+}
+
+// Activation row planes: quants first, then the per-block scale fields.
+struct ActLayout {
+  int64_t nb;       // blocks
+  size_t d_off;     // Q8_0/Q8_1: fp16 d[nb]; Q8_K: float d[nb]
+  size_t s_off;     // Q8_1: fp16 s[nb]
+  size_t bsum_off;  // Q8_K: int16 bsums[nb][16]
+};
+__host__ __device__ inline ActLayout act_layout(GgmlType t, int64_t cols) {
+  ActLayout l{};
+  if (t == GgmlType::Q8_K) {
+    l.nb = cols / QK_K;
+    l.d_off = cols;
+    l.bsum_off = cols + 4 * l.nb;
+  } else {
+    l.nb = cols / 32;
+    l.d_off = cols;
+    l.s_off = cols + 2 * l.nb;
+  }
+  return l;
+}
+
+// ---- small device helpers -------------------------------------------------------------------
+
+__device__ __forceinline__ uint32_t ld_u32_a2(const uint8_t* p) {  // 2-byte aligned 32-bit load
+  const uint16_t* h = reinterpret_cast<const uint16_t*>(p);
+  return (uint32_t)h[0] | ((uint32_t)h[1] << 16);
+}
+__device__ __forceinline__ uint16_t ld_u16(const uint8_t* p) { return *reinterpret_cast<const uint16_t*>(p); }
+__device__ __forceinline__ int sum_group(int v, int width) {  // sum over aligned groups of `width` lanes
+  for (int o = 1; o < width; o <<= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+// Bits 0..3 of x moved to bit 4 of bytes 0..3.
+__device__ __forceinline__ int spread_bit4(uint32_t x) {
+  return (int)(((x & 1u) | ((x & 2u) << 7) | ((x & 4u) << 14) | ((x & 8u) << 21)) << 4);
+}
+
+// Q4_K/Q5_K scales: header words w0 (scale bytes 0-3), w1 (4-7), w2 (8-11).
+__device__ __forceinline__ void q4k_scale_min(uint32_t w0, uint32_t w1, uint32_t w2, int j, int& sc, int& m) {
+  const uint32_t sc_w = j < 4 ? (w0 & 0x3f3f3f3fu) : ((w2 & 0x0f0f0f0fu) | ((w0 >> 2) & 0x30303030u));
+  const uint32_t m_w = j < 4 ? (w1 & 0x3f3f3f3fu) : (((w2 >> 4) & 0x0f0f0f0fu) | ((w1 >> 2) & 0x30303030u));
+  sc = (sc_w >> (8 * (j & 3))) & 0xff;
+  m = (m_w >> (8 * (j & 3))) & 0xff;
+}
+
+// ---- activation preparation ------------------------------------------------------------------
+
+template <ActTransform T>
+__device__ __forceinline__ float act_value(const ActPrep& p, const float* xr, const float* ur, int64_t i, float scale) {
+  const float x = xr[i];
+  if constexpr (T == ActTransform::RmsNorm) return __fmul_rn(__fmul_rn(x, scale), p.norm_w[i]);
+  if constexpr (T == ActTransform::SwiGLU) return __fmul_rn(__fdiv_rn(x, __fadd_rn(1.0f, expf(-x))), ur[i]);
+  return x;
+}
+
+template <ActTransform T, GgmlType A>
+__global__ void prepare_kernel(ActPrep p, int64_t cols, uint8_t* out, size_t out_row_bytes) {
+  const int row = blockIdx.x;
+  const float* xr = p.x + row * p.ld_x;
+  const float* ur = T == ActTransform::SwiGLU ? p.up + row * p.ld_x : nullptr;
+  uint8_t* o = out + row * out_row_bytes;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+  float scale = 1.0f;
+  if constexpr (T == ActTransform::RmsNorm) {
+    __shared__ double partial[32];
+    double s = 0.0;  // float products summed in double, as the CPU does
+    for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) s += (double)(xr[i] * xr[i]);
+    for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+    if (lane == 0) partial[warp] = s;
+    __syncthreads();
+    if (warp == 0) {
+      s = lane < n_warps ? partial[lane] : 0.0;
+      for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+      if (lane == 0) partial[0] = s;
+    }
+    __syncthreads();
+    scale = 1.0f / sqrtf((float)(partial[0] / (double)cols) + p.eps);
+  }
+  if constexpr (A == GgmlType::F32 || A == GgmlType::F16) {
+    for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) {
+      const float v = act_value<T>(p, xr, ur, i, scale);
+      if constexpr (A == GgmlType::F32) reinterpret_cast<float*>(o)[i] = v;
+      else reinterpret_cast<__half*>(o)[i] = __float2half_rn(v);
+    }
+  } else if constexpr (A == GgmlType::Q8_0 || A == GgmlType::Q8_1) {
+    const ActLayout l = act_layout(A, cols);
+    for (int64_t b = warp; b < l.nb; b += n_warps) {
+      const float v = act_value<T>(p, xr, ur, b * 32 + lane, scale);
+      const float amax = warp_max(fabsf(v));
+      const float d = amax / 127.0f;
+      const float inv = amax != 0.0f ? 127.0f / amax : 0.0f;
+      int q = __float2int_rn(v * inv);
+      q = max(-127, min(127, q));
+      reinterpret_cast<int8_t*>(o)[b * 32 + lane] = (int8_t)q;
+      const int sum = __reduce_add_sync(0xffffffffu, q);
+      if (lane == 0) {
+        reinterpret_cast<uint16_t*>(o + l.d_off)[b] = f2h(d);
+        if constexpr (A == GgmlType::Q8_1) reinterpret_cast<uint16_t*>(o + l.s_off)[b] = f2h(d * (float)sum);
+      }
+    }
+  } else {  // Q8_K: lane holds elements 8*lane .. 8*lane+7 of a 256-block
+    const ActLayout l = act_layout(A, cols);
+    for (int64_t b = warp; b < l.nb; b += n_warps) {
+      float v[8];
+      int amax_bits = 0;
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        v[i] = act_value<T>(p, xr, ur, b * QK_K + 8 * lane + i, scale);
+        amax_bits = max(amax_bits, (int)(__float_as_uint(v[i]) & 0x7fffffffu));
+      }
+      amax_bits = __reduce_max_sync(0xffffffffu, (unsigned)amax_bits);
+      int first = 256;
+      float first_v = 0.0f;
+#pragma unroll
+      for (int i = 7; i >= 0; --i)
+        if ((int)(__float_as_uint(v[i]) & 0x7fffffffu) == amax_bits) { first = 8 * lane + i; first_v = v[i]; }
+      const int first_all = __reduce_min_sync(0xffffffffu, (unsigned)first);
+      float vmax = __shfl_sync(0xffffffffu, first_v, (first_all & 255) >> 3);
+      if (amax_bits == 0) vmax = 0.0f;
+      const float iscale = vmax == 0.0f ? 0.0f : -127.0f / vmax;
+      int qsum = 0;
+      uint32_t packed[2] = {0, 0};
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        const int q = __float2int_rn(iscale * v[i]);
+        qsum += q;
+        packed[i >> 2] |= (uint32_t)(q & 0xff) << (8 * (i & 3));
+      }
+      reinterpret_cast<uint2*>(o)[(b * QK_K) / 8 + lane] = make_uint2(packed[0], packed[1]);
+      qsum += __shfl_xor_sync(0xffffffffu, qsum, 1);  // groups of 16 = lane pairs
+      if ((lane & 1) == 0) reinterpret_cast<int16_t*>(o + l.bsum_off)[b * 16 + lane / 2] = (int16_t)qsum;
+      if (lane == 0) reinterpret_cast<float*>(o + l.d_off)[b] = vmax == 0.0f ? 0.0f : 1.0f / iscale;
+    }
+  }
+}
+
+template <ActTransform T>
+void launch_prepare(const ActPrep& p, GgmlType a, int n_rows, int64_t cols, void* out, size_t rb, cudaStream_t s) {
+  auto* o = static_cast<uint8_t*>(out);
+  const int threads = 256;
+  switch (a) {
+    case GgmlType::F32: prepare_kernel<T, GgmlType::F32><<<n_rows, threads, 0, s>>>(p, cols, o, rb); break;
+    case GgmlType::F16: prepare_kernel<T, GgmlType::F16><<<n_rows, threads, 0, s>>>(p, cols, o, rb); break;
+    case GgmlType::Q8_0: prepare_kernel<T, GgmlType::Q8_0><<<n_rows, threads, 0, s>>>(p, cols, o, rb); break;
+    case GgmlType::Q8_1: prepare_kernel<T, GgmlType::Q8_1><<<n_rows, threads, 0, s>>>(p, cols, o, rb); break;
+    case GgmlType::Q8_K: prepare_kernel<T, GgmlType::Q8_K><<<n_rows, threads, 0, s>>>(p, cols, o, rb); break;
+    default: throw std::invalid_argument("prepare_activations: unsupported activation format");
+  }
+  PYRESA_CUDA_LAUNCH_CHECK();
+}
+
+// ---- matrix-vector products --------------------------------------------------------------------
+// One warp per weight row. K-quants: 8 lanes per 256-superblock (4 superblocks per warp step);
+// legacy: 4 lanes per 32-block (8 blocks per step); float: lanes stride over elements.
+// Each lane accumulates NT tokens; integer sums are reduced inside the lane group before the
+// float scaling, so each block's float term is the CPU's.
+
+constexpr int kRowsPerCta = 4;
+
+template <GgmlType W, int NT>
+__global__ void __launch_bounds__(32 * kRowsPerCta) matvec_kernel(DeviceWeight w, const uint8_t* act, size_t arb,
+                                                                  int n_tokens, MatvecOut out) {
+  const int lane = threadIdx.x & 31;
+  const int64_t row = (int64_t)blockIdx.x * kRowsPerCta + (threadIdx.x >> 5);
+  if (row >= w.rows) return;
+  float acc[NT], acc_m[NT];
+#pragma unroll
+  for (int t = 0; t < NT; ++t) acc[t] = acc_m[t] = 0.0f;
+  const int64_t cols = w.cols;
+
+  if constexpr (W == GgmlType::F32 || W == GgmlType::F16 || W == GgmlType::BF16) {
+    for (int64_t c = lane; c < cols; c += 32) {
+      float wv;
+      if constexpr (W == GgmlType::F32) wv = reinterpret_cast<const float*>(w.data + row * w.row_bytes)[c];
+      else if constexpr (W == GgmlType::F16) wv = h2f(reinterpret_cast<const uint16_t*>(w.data + row * w.row_bytes)[c]);
+      else wv = bf2f(reinterpret_cast<const uint16_t*>(w.data + row * w.row_bytes)[c]);
+#pragma unroll
+      for (int t = 0; t < NT; ++t)
+        if (t < n_tokens) acc[t] = fmaf(wv, reinterpret_cast<const float*>(act + t * arb)[c], acc[t]);
+    }
+  } else if constexpr (W == GgmlType::Q4_K || W == GgmlType::Q5_K || W == GgmlType::Q6_K) {
+    const int64_t nb = cols / QK_K;
+    const int j = lane & 7;
+    const ActLayout al = act_layout(GgmlType::Q8_K, cols);
+    for (int64_t b = lane >> 3; b < nb; b += 4) {
+      int qa_lo_off, qa_hi_off, g_lo, g_hi;
+      int wlo[4], whi[4];
+      int sc_lo = 0, sc_hi = 0, m_lo = 0, m_hi = 0;
+      float d = 0.0f, dmin = 0.0f;
+      if constexpr (W == GgmlType::Q6_K) {
+        const Q6Planes pl = q6_planes(w.data, w.rows * nb);
+        const int64_t blk = row * nb + b;
+        const int h = j >> 2, k2 = (j >> 1) & 1, lh = j & 1;
+        const uint4 ql = *reinterpret_cast<const uint4*>(pl.ql + blk * kQ6Ql + 64 * h + 32 * k2 + 16 * lh);
+        const uint4 qh = *reinterpret_cast<const uint4*>(pl.qh + blk * kQ6Qh + 32 * h + 16 * lh);
+        const uint32_t qlw[4] = {ql.x, ql.y, ql.z, ql.w}, qhw[4] = {qh.x, qh.y, qh.z, qh.w};
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          wlo[i] = (int)((qlw[i] & 0x0f0f0f0fu) | (((qhw[i] >> (2 * k2)) & 0x03030303u) << 4));
+          whi[i] = (int)(((qlw[i] >> 4) & 0x0f0f0f0fu) | (((qhw[i] >> (2 * k2 + 4)) & 0x03030303u) << 4));
+        }
+        g_lo = 8 * h + 2 * k2 + lh;
+        g_hi = g_lo + 4;
+        sc_lo = pl.sc[blk * kQ6Sc + g_lo];
+        sc_hi = pl.sc[blk * kQ6Sc + g_hi];
+        d = h2f(pl.d[blk]);
+        qa_lo_off = 128 * h + 32 * k2 + 16 * lh;
+        qa_hi_off = qa_lo_off + 64;
+      } else {
+        const uint8_t* blk = w.data + row * w.row_bytes + b * (W == GgmlType::Q4_K ? 144 : 176);
+        const uint4 hdr = *reinterpret_cast<const uint4*>(blk);
+        const int c = j >> 1, hh = j & 1;
+        const uint4 qs = *reinterpret_cast<const uint4*>(blk + (W == GgmlType::Q4_K ? 16 : 48) + 32 * c + 16 * hh);
+        const uint32_t qsw[4] = {qs.x, qs.y, qs.z, qs.w};
+        if constexpr (W == GgmlType::Q4_K) {
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            wlo[i] = (int)(qsw[i] & 0x0f0f0f0fu);
+            whi[i] = (int)((qsw[i] >> 4) & 0x0f0f0f0fu);
+          }
+        } else {
+          const uint4 qh = *reinterpret_cast<const uint4*>(blk + 16 + 16 * hh);
+          const uint32_t qhw[4] = {qh.x, qh.y, qh.z, qh.w};
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            wlo[i] = (int)((qsw[i] & 0x0f0f0f0fu) | (((qhw[i] >> (2 * c)) & 0x01010101u) << 4));
+            whi[i] = (int)(((qsw[i] >> 4) & 0x0f0f0f0fu) | (((qhw[i] >> (2 * c + 1)) & 0x01010101u) << 4));
+          }
+        }
+        q4k_scale_min(hdr.y, hdr.z, hdr.w, 2 * c, sc_lo, m_lo);
+        q4k_scale_min(hdr.y, hdr.z, hdr.w, 2 * c + 1, sc_hi, m_hi);
+        d = h2f((uint16_t)(hdr.x & 0xffff));
+        dmin = h2f((uint16_t)(hdr.x >> 16));
+        qa_lo_off = 64 * c + 16 * hh;
+        qa_hi_off = qa_lo_off + 32;
+        g_lo = 4 * c + hh;
+        g_hi = g_lo + 2;
+      }
+#pragma unroll
+      for (int t = 0; t < NT; ++t) {
+        if (t >= n_tokens) break;
+        const uint8_t* a = act + t * arb;
+        const int8_t* aq = reinterpret_cast<const int8_t*>(a) + b * QK_K;
+        const uint4 alo = *reinterpret_cast<const uint4*>(aq + qa_lo_off);
+        const uint4 ahi = *reinterpret_cast<const uint4*>(aq + qa_hi_off);
+        int dlo = 0, dhi = 0;
+        dlo = __dp4a(wlo[0], (int)alo.x, dlo);
+        dlo = __dp4a(wlo[1], (int)alo.y, dlo);
+        dlo = __dp4a(wlo[2], (int)alo.z, dlo);
+        dlo = __dp4a(wlo[3], (int)alo.w, dlo);
+        dhi = __dp4a(whi[0], (int)ahi.x, dhi);
+        dhi = __dp4a(whi[1], (int)ahi.y, dhi);
+        dhi = __dp4a(whi[2], (int)ahi.z, dhi);
+        dhi = __dp4a(whi[3], (int)ahi.w, dhi);
+        const int16_t* bs = reinterpret_cast<const int16_t*>(a + al.bsum_off) + b * 16;
+        const float ad = reinterpret_cast<const float*>(a + al.d_off)[b];
+        if constexpr (W == GgmlType::Q6_K) {
+          int sq = sc_lo * (dlo - 32 * bs[g_lo]) + sc_hi * (dhi - 32 * bs[g_hi]);
+          sq = sum_group(sq, 8);
+          if (j == 0) acc[t] += __fmul_rn(__fmul_rn(ad, d), (float)sq);
+        } else {
+          int sq = sc_lo * dlo + sc_hi * dhi;
+          int sm = m_lo * bs[g_lo] + m_hi * bs[g_hi];
+          sq = sum_group(sq, 8);
+          sm = sum_group(sm, 8);
+          if (j == 0) acc[t] += __fmul_rn(ad, __fsub_rn(__fmul_rn(d, (float)sq), __fmul_rn(dmin, (float)sm)));
+        }
+      }
+    }
+  } else {  // legacy 32-element blocks, 4 lanes per block
+    constexpr int kBytes = W == GgmlType::Q4_0 ? 18 : W == GgmlType::Q4_1 ? 20 : W == GgmlType::Q5_0 ? 22
+                         : W == GgmlType::Q5_1 ? 24 : 34;
+    const int64_t nb = cols / 32;
+    const int sub = lane & 3;
+    const ActLayout al = act_layout(W == GgmlType::Q4_1 || W == GgmlType::Q5_1 ? GgmlType::Q8_1 : GgmlType::Q8_0, cols);
+    for (int64_t b = lane >> 2; b < nb; b += 8) {
+      const uint8_t* blk = w.data + row * w.row_bytes + b * kBytes;
+      const float wd = h2f(ld_u16(blk));
+      float wm = 0.0f;
+      int w0, w1;  // W == Q8_0: elements 8sub..8sub+7; nibble formats: 4sub..+3 and 16+4sub..+3
+      if constexpr (W == GgmlType::Q8_0) {
+        w0 = (int)ld_u32_a2(blk + 2 + 8 * sub);
+        w1 = (int)ld_u32_a2(blk + 6 + 8 * sub);
+      } else {
+        constexpr int qs_off = W == GgmlType::Q4_0 ? 2 : W == GgmlType::Q4_1 ? 4 : W == GgmlType::Q5_0 ? 6 : 8;
+        const uint32_t q = ld_u32_a2(blk + qs_off + 4 * sub);
+        w0 = (int)(q & 0x0f0f0f0fu);
+        w1 = (int)((q >> 4) & 0x0f0f0f0fu);
+        if constexpr (W == GgmlType::Q5_0 || W == GgmlType::Q5_1) {
+          const uint32_t qh = ld_u32_a2(blk + (W == GgmlType::Q5_0 ? 2 : 4));
+          w0 |= spread_bit4((qh >> (4 * sub)) & 0xfu);
+          w1 |= spread_bit4((qh >> (16 + 4 * sub)) & 0xfu);
+        }
+        if constexpr (W == GgmlType::Q4_1 || W == GgmlType::Q5_1) wm = h2f(ld_u16(blk + 2));
+        // Q4_0 stores q + 8, Q5_0 q + 16: subtract per byte (values then fit int8).
+        if constexpr (W == GgmlType::Q4_0) { w0 = (int)__vsub4(w0, 0x08080808u); w1 = (int)__vsub4(w1, 0x08080808u); }
+        if constexpr (W == GgmlType::Q5_0) { w0 = (int)__vsub4(w0, 0x10101010u); w1 = (int)__vsub4(w1, 0x10101010u); }
+      }
+#pragma unroll
+      for (int t = 0; t < NT; ++t) {
+        if (t >= n_tokens) break;
+        const uint8_t* a = act + t * arb;
+        const int8_t* aq = reinterpret_cast<const int8_t*>(a) + b * 32;
+        int a0, a1;
+        if constexpr (W == GgmlType::Q8_0) {
+          const uint2 v = *reinterpret_cast<const uint2*>(aq + 8 * sub);
+          a0 = (int)v.x;
+          a1 = (int)v.y;
+        } else {
+          a0 = *reinterpret_cast<const int*>(aq + 4 * sub);
+          a1 = *reinterpret_cast<const int*>(aq + 16 + 4 * sub);
+        }
+        int isum = __dp4a(w0, a0, 0);
+        isum = __dp4a(w1, a1, isum);
+        isum = sum_group(isum, 4);
+        if (sub == 0) {
+          const float ad = h2f(reinterpret_cast<const uint16_t*>(a + al.d_off)[b]);
+          acc[t] += __fmul_rn(__fmul_rn(wd, ad), (float)isum);
+          if constexpr (W == GgmlType::Q4_1 || W == GgmlType::Q5_1)
+            acc_m[t] += __fmul_rn(wm, h2f(reinterpret_cast<const uint16_t*>(a + al.s_off)[b]));
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < NT; ++t) {
+    if (t >= n_tokens) break;
+    const float v = warp_sum(acc[t]) + warp_sum(acc_m[t]);
+    if (lane == 0) {
+      float* y = out.y + t * out.ldy + row;
+      float r = out.bias ? v + out.bias[row] : v;
+      *y = out.accumulate ? *y + r : r;
+    }
+  }
+}
+
+
+// ---- dequantization ----------------------------------------------------------------------------
+// Chunk = 32 consecutive elements of a row (a legacy block, a K-quant sub-block). Arithmetic as
+// the CPU's scalar code: two roundings, no fused multiply-add, so the values agree bit for bit.
+
+template <GgmlType W>
+__device__ void dequant_chunk(const DeviceWeight& w, int64_t row, int64_t chunk, float* y) {
+  const uint8_t* r = w.data + row * w.row_bytes;
+  if constexpr (W == GgmlType::F32) {
+    for (int i = 0; i < 32; ++i) y[i] = reinterpret_cast<const float*>(r)[chunk * 32 + i];
+  } else if constexpr (W == GgmlType::F16) {
+    for (int i = 0; i < 32; ++i) y[i] = h2f(reinterpret_cast<const uint16_t*>(r)[chunk * 32 + i]);
+  } else if constexpr (W == GgmlType::BF16) {
+    for (int i = 0; i < 32; ++i) y[i] = bf2f(reinterpret_cast<const uint16_t*>(r)[chunk * 32 + i]);
+  } else if constexpr (W == GgmlType::Q4_K || W == GgmlType::Q5_K) {
+    const int64_t b = chunk / 8;
+    const int j = (int)(chunk % 8), c = j / 2;
+    const uint8_t* blk = r + b * (W == GgmlType::Q4_K ? 144 : 176);
+    const uint32_t* hw = reinterpret_cast<const uint32_t*>(blk);
+    int sc, m;
+    q4k_scale_min(hw[1], hw[2], hw[3], j, sc, m);
+    const float d = h2f((uint16_t)(hw[0] & 0xffff)), dmin = h2f((uint16_t)(hw[0] >> 16));
+    const float d0 = __fmul_rn(d, (float)sc), m0 = __fmul_rn(dmin, (float)m);
+    const uint8_t* qs = blk + (W == GgmlType::Q4_K ? 16 : 48) + 32 * c;
+    for (int l = 0; l < 32; ++l) {
+      int q = (j & 1) ? (qs[l] >> 4) : (qs[l] & 0xF);
+      if constexpr (W == GgmlType::Q5_K) q |= ((blk[16 + l] >> j) & 1) << 4;
+      y[l] = __fsub_rn(__fmul_rn(d0, (float)q), m0);
+    }
+  } else if constexpr (W == GgmlType::Q6_K) {
+    const int64_t nb = w.cols / QK_K;
+    const Q6Planes pl = q6_planes(w.data, w.rows * nb);
+    const int64_t blk = row * nb + chunk / 8;
+    const int e0 = (int)(chunk % 8) * 32;  // first element in the superblock
+    const float d = h2f(pl.d[blk]);
+    for (int i = 0; i < 32; ++i) {
+      const int e = e0 + i, h = e / 128, k = (e % 128) / 32, l = e % 32;
+      const uint8_t ql = pl.ql[blk * kQ6Ql + 64 * h + 32 * (k & 1) + l];
+      const uint8_t qh = pl.qh[blk * kQ6Qh + 32 * h + l];
+      const int q = ((k < 2 ? ql & 0xF : ql >> 4) | (((qh >> (2 * k)) & 3) << 4)) - 32;
+      y[i] = __fmul_rn(__fmul_rn(d, (float)pl.sc[blk * kQ6Sc + e / 16]), (float)q);
+    }
+  } else {
+    constexpr int kBytes = W == GgmlType::Q4_0 ? 18 : W == GgmlType::Q4_1 ? 20 : W == GgmlType::Q5_0 ? 22
+                         : W == GgmlType::Q5_1 ? 24 : 34;
+    const uint8_t* blk = r + chunk * kBytes;
+    const float d = h2f(ld_u16(blk));
+    if constexpr (W == GgmlType::Q8_0) {
+      for (int i = 0; i < 32; ++i) y[i] = __fmul_rn(d, (float)(int8_t)blk[2 + i]);
+    } else {
+      constexpr int qs_off = W == GgmlType::Q4_0 ? 2 : W == GgmlType::Q4_1 ? 4 : W == GgmlType::Q5_0 ? 6 : 8;
+      uint32_t qh = 0;
+      if constexpr (W == GgmlType::Q5_0 || W == GgmlType::Q5_1) qh = ld_u32_a2(blk + (W == GgmlType::Q5_0 ? 2 : 4));
+      float m = 0.0f;
+      if constexpr (W == GgmlType::Q4_1 || W == GgmlType::Q5_1) m = h2f(ld_u16(blk + 2));
+      for (int i = 0; i < 32; ++i) {
+        int q = i < 16 ? (blk[qs_off + i] & 0xF) : (blk[qs_off + i - 16] >> 4);
+        if constexpr (W == GgmlType::Q5_0 || W == GgmlType::Q5_1) q |= ((qh >> i) & 1) << 4;
+        if constexpr (W == GgmlType::Q4_0) y[i] = __fmul_rn(d, (float)(q - 8));
+        else if constexpr (W == GgmlType::Q5_0) y[i] = __fmul_rn(d, (float)(q - 16));
+        else y[i] = __fadd_rn(__fmul_rn(d, (float)q), m);
+      }
+    }
+  }
+}
+
+template <GgmlType W>
+__global__ void dequant_rows_f32_kernel(DeviceWeight w, const int32_t* rows, float* dst, int64_t ld) {
+  const int64_t n_chunks = w.cols / 32;
+  const int64_t row = rows[blockIdx.y];
+  for (int64_t c = blockIdx.x * blockDim.x + threadIdx.x; c < n_chunks; c += gridDim.x * blockDim.x) {
+    float y[32];
+    dequant_chunk<W>(w, row, c, y);
+    float* o = dst + blockIdx.y * ld + c * 32;
+    for (int i = 0; i < 32; ++i) o[i] = y[i];
+  }
+}
+
+template <GgmlType W>
+__global__ void dequant_rows_f16_kernel(DeviceWeight w, int64_t r0, int64_t n_rows, __half* dst) {
+  const int64_t n_chunks = w.cols / 32;
+  const int64_t total = n_rows * n_chunks;
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t row = i / n_chunks, c = i % n_chunks;
+    float y[32];
+    dequant_chunk<W>(w, r0 + row, c, y);
+    uint4* o = reinterpret_cast<uint4*>(dst + row * w.cols + c * 32);
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      __half2 h[4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) h[e] = __floats2half2_rn(y[8 * k + 2 * e], y[8 * k + 2 * e + 1]);
+      o[k] = *reinterpret_cast<uint4*>(h);
+    }
+  }
+}
+
+template <template <GgmlType> class F, typename... Args>
+void dispatch_type(GgmlType t, Args&&... args) {
+  switch (t) {
+    case GgmlType::F32: F<GgmlType::F32>::run(args...); break;
+    case GgmlType::F16: F<GgmlType::F16>::run(args...); break;
+    case GgmlType::BF16: F<GgmlType::BF16>::run(args...); break;
+    case GgmlType::Q4_0: F<GgmlType::Q4_0>::run(args...); break;
+    case GgmlType::Q4_1: F<GgmlType::Q4_1>::run(args...); break;
+    case GgmlType::Q5_0: F<GgmlType::Q5_0>::run(args...); break;
+    case GgmlType::Q5_1: F<GgmlType::Q5_1>::run(args...); break;
+    case GgmlType::Q8_0: F<GgmlType::Q8_0>::run(args...); break;
+    case GgmlType::Q4_K: F<GgmlType::Q4_K>::run(args...); break;
+    case GgmlType::Q5_K: F<GgmlType::Q5_K>::run(args...); break;
+    case GgmlType::Q6_K: F<GgmlType::Q6_K>::run(args...); break;
+    default: throw UnsupportedError(std::string("CUDA backend: no kernels for weight type ") + type_traits(t).name);
+  }
+}
+
+template <GgmlType W>
+struct MatvecLaunch {
+  static void run(const DeviceWeight& w, const uint8_t* act, size_t arb, int n, const MatvecOut& out, cudaStream_t s) {
+    const int grid = ceil_div(w.rows, kRowsPerCta);
+    for (int t0 = 0; t0 < n; t0 += 8) {
+      const int m = n - t0 < 8 ? n - t0 : 8;
+      MatvecOut o = out;
+      o.y = out.y + t0 * out.ldy;
+      const uint8_t* a = act + t0 * arb;
+      if (m == 1) matvec_kernel<W, 1><<<grid, 32 * kRowsPerCta, 0, s>>>(w, a, arb, m, o);
+      else if (m == 2) matvec_kernel<W, 2><<<grid, 32 * kRowsPerCta, 0, s>>>(w, a, arb, m, o);
+      else if (m <= 4) matvec_kernel<W, 4><<<grid, 32 * kRowsPerCta, 0, s>>>(w, a, arb, m, o);
+      else matvec_kernel<W, 8><<<grid, 32 * kRowsPerCta, 0, s>>>(w, a, arb, m, o);
+      PYRESA_CUDA_LAUNCH_CHECK();
+    }
+  }
+};
+
+template <GgmlType W>
+struct DequantF32Launch {
+  static void run(const DeviceWeight& w, const int32_t* rows, int n, float* dst, int64_t ld, cudaStream_t s) {
+    const int chunks = (int)(w.cols / 32);
+    dim3 grid(ceil_div(chunks, 128), n);
+    dequant_rows_f32_kernel<W><<<grid, 128, 0, s>>>(w, rows, dst, ld);
+    PYRESA_CUDA_LAUNCH_CHECK();
+  }
+};
+
+template <GgmlType W>
+struct DequantF16Launch {
+  static void run(const DeviceWeight& w, int64_t r0, int64_t n_rows, __half* dst, cudaStream_t s) {
+    const int64_t total = n_rows * (w.cols / 32);
+    const int grid = (int)std::min<int64_t>((total + 255) / 256, 132 * 32);
+    dequant_rows_f16_kernel<W><<<grid, 256, 0, s>>>(w, r0, n_rows, dst);
+    PYRESA_CUDA_LAUNCH_CHECK();
+  }
+};
+
+}  // namespace
+
+int64_t DeviceWeight::blocks_per_row() const { return cols / type_traits(type).block_size; }
+
+size_t device_weight_bytes(GgmlType type, int64_t rows, int64_t cols) { return row_size(type, cols) * rows; }
+
+DeviceWeight upload_weight(GgmlType type, int64_t rows, int64_t cols, const void* src, uint8_t* dst) {
+  DeviceWeight w;
+  w.type = type;
+  w.rows = rows;
+  w.cols = cols;
+  w.data = dst;
+  w.row_bytes = row_size(type, cols);
+  const size_t bytes = w.row_bytes * rows;
+  if (type != GgmlType::F32 && type != GgmlType::F16 && type != GgmlType::BF16 && cols % 32 != 0)
+    throw UnsupportedError("CUDA backend: rows must hold whole blocks");
+  if (type == GgmlType::Q6_K) {
+    const int64_t nblk = rows * (cols / QK_K);
+    std::vector<uint8_t> planes(bytes);
+    const auto* blocks = static_cast<const block_q6_K*>(src);
+    uint8_t* ql = planes.data();
+    uint8_t* qh = ql + nblk * kQ6Ql;
+    uint8_t* sc = qh + nblk * kQ6Qh;
+    uint8_t* d = sc + nblk * kQ6Sc;
+    for (int64_t i = 0; i < nblk; ++i) {
+      std::memcpy(ql + i * kQ6Ql, blocks[i].ql, kQ6Ql);
+      std::memcpy(qh + i * kQ6Qh, blocks[i].qh, kQ6Qh);
+      std::memcpy(sc + i * kQ6Sc, blocks[i].scales, kQ6Sc);
+      std::memcpy(d + i * 2, &blocks[i].d, 2);
+    }
+    PYRESA_CUDA_CHECK(cudaMemcpy(dst, planes.data(), bytes, cudaMemcpyHostToDevice));
+  } else {
+    PYRESA_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
+  }
+  return w;
+}
+
+GgmlType act_type_for(GgmlType t) {
+  switch (t) {
+    case GgmlType::F32: case GgmlType::F16: case GgmlType::BF16: return GgmlType::F32;
+    case GgmlType::Q4_1: case GgmlType::Q5_1: return GgmlType::Q8_1;
+    case GgmlType::Q4_0: case GgmlType::Q5_0: case GgmlType::Q8_0: return GgmlType::Q8_0;
+    case GgmlType::Q4_K: case GgmlType::Q5_K: case GgmlType::Q6_K: return GgmlType::Q8_K;
+    default: throw UnsupportedError(std::string("CUDA backend: no kernels for weight type ") + type_traits(t).name);
+  }
+}
+
+size_t act_row_bytes(GgmlType a, int64_t cols) {
+  switch (a) {
+    case GgmlType::F32: return align16(4 * cols);
+    case GgmlType::F16: return align16(2 * cols);
+    case GgmlType::Q8_0: return align16(cols + 2 * (cols / 32));
+    case GgmlType::Q8_1: return align16(cols + 4 * (cols / 32));
+    case GgmlType::Q8_K: return align16(cols + 4 * (cols / QK_K) + 32 * (cols / QK_K));
+    default: throw std::invalid_argument("act_row_bytes: not an activation format");
+  }
+}
+
+void prepare_activations(const ActPrep& p, GgmlType a, int n_rows, int64_t cols, void* out, size_t rb,
+                         cudaStream_t s) {
+  if (n_rows <= 0) return;
+  if ((a == GgmlType::Q8_0 || a == GgmlType::Q8_1) && cols % 32) throw std::invalid_argument("Q8 rows need cols % 32 == 0");
+  if (a == GgmlType::Q8_K && cols % QK_K) throw std::invalid_argument("Q8_K rows need cols % 256 == 0");
+  switch (p.transform) {
+    case ActTransform::Plain: launch_prepare<ActTransform::Plain>(p, a, n_rows, cols, out, rb, s); break;
+    case ActTransform::RmsNorm: launch_prepare<ActTransform::RmsNorm>(p, a, n_rows, cols, out, rb, s); break;
+    case ActTransform::SwiGLU: launch_prepare<ActTransform::SwiGLU>(p, a, n_rows, cols, out, rb, s); break;
+  }
+}
+
+void matvec(const DeviceWeight& w, const void* act, size_t arb, int n_tokens, const MatvecOut& out, cudaStream_t s) {
+  if (n_tokens <= 0) return;
+  dispatch_type<MatvecLaunch>(w.type, w, static_cast<const uint8_t*>(act), arb, n_tokens, out, s);
+}
+
+void dequantize_rows_f32(const DeviceWeight& w, const int32_t* rows, int n, float* dst, int64_t ld, cudaStream_t s) {
+  if (n <= 0) return;
+  if (w.cols % 32) throw UnsupportedError("CUDA backend: embedding rows must be a multiple of 32 long");
+  dispatch_type<DequantF32Launch>(w.type, w, rows, n, dst, ld, s);
+}
+
+void dequantize_rows_f16(const DeviceWeight& w, int64_t r0, int64_t n_rows, __half* dst, cudaStream_t s) {
+  if (n_rows <= 0) return;
+  if (w.cols % 32) throw UnsupportedError("CUDA backend: rows must be a multiple of 32 long for the GEMM path");
+  dispatch_type<DequantF16Launch>(w.type, w, r0, n_rows, dst, s);
+}
+
+}  // namespace pyresa::cuda

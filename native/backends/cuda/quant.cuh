@@ -1,0 +1,68 @@
+// Weights on the GPU and the formats activations are quantized to for integer dot products.
+//
+// Weights keep ggml's block layouts, copied as they are, except Q6_K: its 210-byte blocks are
+// only 2-byte aligned, so at upload each matrix is split into four aligned planes (ql, qh,
+// scales, d) and the kernels read 16 bytes per load. The values are untouched.
+//
+// Activations are quantized exactly as the CPU backend does (same rounding rules, same formats:
+// Q8_0 / Q8_1 for the legacy types, Q8_K for the K-quants, F32 for float weights), so every
+// integer block sum equals the CPU's and only the float accumulation order differs. On the GPU
+// an activation row is stored as planes too: the int8 quants (16-byte aligned), then the scales.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "backends/cuda/common.cuh"
+#include "formats/ggml_types.h"
+
+namespace pyresa::cuda {
+
+struct DeviceWeight {
+  GgmlType type = GgmlType::F32;
+  int64_t rows = 0, cols = 0;
+  const uint8_t* data = nullptr;  // raw ggml rows, or the Q6_K planes (ql, qh, scales, d)
+  size_t row_bytes = 0;           // raw ggml row size
+  bool present() const { return data != nullptr; }
+  int64_t blocks_per_row() const;
+};
+
+// Device bytes a weight occupies once uploaded (equal to the ggml size).
+size_t device_weight_bytes(GgmlType type, int64_t rows, int64_t cols);
+// Copies (and for Q6_K re-lays out) rows x cols ggml data from host `src` to device `dst`.
+DeviceWeight upload_weight(GgmlType type, int64_t rows, int64_t cols, const void* src, uint8_t* dst);
+
+// The activation format a weight type's dot products take (F32, Q8_0, Q8_1 or Q8_K).
+GgmlType act_type_for(GgmlType weight_type);
+// Bytes of one activation row of `cols` values in a format (F32, F16, Q8_0, Q8_1, Q8_K); multiple of 16.
+size_t act_row_bytes(GgmlType act_type, int64_t cols);
+
+// out row t = format(transform(x row t)), transform one of:
+enum class ActTransform { Plain, RmsNorm, SwiGLU };
+struct ActPrep {
+  ActTransform transform = ActTransform::Plain;
+  const float* x = nullptr;      // [n_rows][ld_x]
+  const float* up = nullptr;     // SwiGLU: silu(x) * up, same layout as x
+  const float* norm_w = nullptr; // RmsNorm: x / rms(x) * norm_w
+  float eps = 1e-5f;
+  int64_t ld_x = 0;
+};
+void prepare_activations(const ActPrep& p, GgmlType act_type, int n_rows, int64_t cols, void* out,
+                         size_t out_row_bytes, cudaStream_t stream);
+
+// y[t][r] (+)= W[r] . act[t]  (+ bias[r]) for t < n_tokens, act in act_type_for(W.type).
+struct MatvecOut {
+  float* y = nullptr;
+  int64_t ldy = 0;
+  const float* bias = nullptr;
+  bool accumulate = false;  // y += result (a residual add fused into the product)
+};
+void matvec(const DeviceWeight& w, const void* act, size_t act_row_bytes, int n_tokens, const MatvecOut& out,
+            cudaStream_t stream);
+
+// Rows of W to float (embedding lookup): dst[i][:] = W[rows[i]], rows on the device.
+void dequantize_rows_f32(const DeviceWeight& w, const int32_t* rows, int n, float* dst, int64_t ld_dst,
+                         cudaStream_t stream);
+// Rows [r0, r0 + n_rows) of W to F16, row-major [n_rows][cols] (for the tensor-core GEMM).
+void dequantize_rows_f16(const DeviceWeight& w, int64_t r0, int64_t n_rows, __half* dst, cudaStream_t stream);
+
+}  // namespace pyresa::cuda

@@ -1,0 +1,236 @@
+#include <cmath>
+#include <stdexcept>
+
+#include "backends/cuda/common.cuh"
+#include "backends/cuda/resa.cuh"
+
+namespace pyresa::cuda {
+
+namespace {
+
+// F16 bits -> a signed key that orders like the value (-0 just below +0), as the CPU's refresh.
+__device__ __forceinline__ int order_key(uint16_t h) {
+  const int16_t s = (int16_t)h;
+  return (int16_t)(s ^ ((s >> 15) & 0x7fff));
+}
+__device__ __forceinline__ uint16_t from_key(int k) {
+  const int16_t s = (int16_t)k;
+  return (uint16_t)(int16_t)(s ^ ((s >> 15) & 0x7fff));
+}
+
+__global__ void refresh_kernel(__half* desc, DescLayout L, int layer, const __half* K, int64_t head_stride,
+                               const int* pos_dev, int pos_offset, int n_tokens) {
+  const int first = *pos_dev + pos_offset;
+  const int n_valid = first + n_tokens;
+  const int blk = first / L.block_size + blockIdx.x;
+  if (blk * L.block_size >= n_valid || blk >= L.max_blocks) return;
+  const int h = blockIdx.y;
+  const __half* kh = K + h * head_stride;
+  const int t0 = blk * L.block_size, t1 = min(t0 + L.block_size, n_valid);
+  uint16_t* dd = reinterpret_cast<uint16_t*>(desc);
+  for (int d = threadIdx.x; d < L.D; d += blockDim.x) {
+    int lo = 32767, hi = -32768;
+    for (int t = t0; t < t1; ++t) {
+      const int k = order_key(__half_as_ushort(kh[(int64_t)t * L.D + d]));
+      lo = min(lo, k);
+      hi = max(hi, k);
+    }
+    dd[L.index(layer, h, blk, 0, d)] = from_key(lo);
+    dd[L.index(layer, h, blk, 1, d)] = from_key(hi);
+  }
+}
+
+__device__ __forceinline__ void select_counts(int n_tokens, const ResaParams& p, int& n_blocks, int& n_local,
+                                              int& n_sel) {
+  n_blocks = n_tokens <= 0 ? 0 : (n_tokens + p.block_size - 1) / p.block_size;
+  const double by_ratio = ceil(p.ratio * (double)n_blocks);
+  n_sel = by_ratio >= (double)n_blocks ? n_blocks : (int)by_ratio;
+  n_sel = max(n_sel, min(n_blocks, p.min_blocks));
+  n_sel = max(n_sel, min(n_blocks, p.local_blocks));
+  n_local = min(p.local_blocks, n_blocks);
+}
+
+__device__ __forceinline__ uint32_t score_key(float s) {
+  if (isnan(s)) s = -INFINITY;
+  const uint32_t b = __float_as_uint(s);
+  return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
+constexpr int kScoreThreads = 256;
+
+__global__ void __launch_bounds__(kScoreThreads) score_kernel(const float* q, int n_head, const __half* desc,
+                                                             DescLayout L, int layer, ResaParams p,
+                                                             const int* pos_dev, uint32_t* keys) {
+  __shared__ float qp[256];
+  const int h = blockIdx.y, D = L.D, G = n_head / L.n_kv_head;
+  int n_blocks, n_local, n_sel;
+  select_counts(*pos_dev + 1, p, n_blocks, n_local, n_sel);
+  const int n_scored = n_blocks - n_local, n_pick = n_sel - n_local;
+  if (n_pick <= 0 || n_pick >= n_scored) return;  // nothing to rank
+  const int b0 = blockIdx.x * kScoreThreads;
+  if (b0 >= n_scored) return;
+  for (int j = threadIdx.x; j < D; j += blockDim.x) {
+    float s = 0.0f;
+    for (int g = 0; g < G; ++g) s += q[(int64_t)(h * G + g) * D + j];
+    qp[j] = s / (float)G;
+  }
+  __syncthreads();
+  const int b = b0 + threadIdx.x;
+  if (b >= n_scored) return;
+  const uint4* base = reinterpret_cast<const uint4*>(desc + L.index(layer, h, b, 0, 0));  // chunk 0 of block b
+  const uint4* maxb = reinterpret_cast<const uint4*>(desc + L.index(layer, h, b, 1, 0));
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (int c = 0; c < D / 8; ++c) {
+    const uint4 mn = base[c * 32], mx = maxb[c * 32];  // next chunk: 32 blocks x 8 halves further
+    const __half* hn = reinterpret_cast<const __half*>(&mn);
+    const __half* hx = reinterpret_cast<const __half*>(&mx);
+#pragma unroll
+    for (int l = 0; l < 8; ++l) {
+      const float x = qp[8 * c + l];
+      const float a = __fmul_rn(x, __half2float(hx[l]));
+      const float bb = __fmul_rn(x, __half2float(hn[l]));
+      acc[l] = __fadd_rn(acc[l], a > bb ? a : bb);
+    }
+  }
+  const float s = __fadd_rn(__fadd_rn(__fadd_rn(acc[0], acc[4]), __fadd_rn(acc[1], acc[5])),
+                            __fadd_rn(__fadd_rn(acc[2], acc[6]), __fadd_rn(acc[3], acc[7])));
+  keys[(int64_t)h * L.max_blocks + b] = score_key(s);
+}
+
+constexpr int kSelThreads = 1024;
+
+// Exclusive block-wide scan of two counters.
+__device__ void block_scan2(int& a, int& b, int* sm /* 2*32 */) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  int ia = a, ib = b;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const int ta = __shfl_up_sync(0xffffffffu, ia, o), tb = __shfl_up_sync(0xffffffffu, ib, o);
+    if (lane >= o) { ia += ta; ib += tb; }
+  }
+  if (lane == 31) { sm[warp] = ia; sm[32 + warp] = ib; }
+  __syncthreads();
+  if (warp == 0) {
+    int wa = sm[lane], wb = sm[32 + lane];
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const int ta = __shfl_up_sync(0xffffffffu, wa, o), tb = __shfl_up_sync(0xffffffffu, wb, o);
+      if (lane >= o) { wa += ta; wb += tb; }
+    }
+    sm[lane] = wa;
+    sm[32 + lane] = wb;
+  }
+  __syncthreads();
+  const int pa = warp ? sm[warp - 1] : 0, pb = warp ? sm[32 + warp - 1] : 0;
+  a = pa + ia - a;
+  b = pb + ib - b;
+  __syncthreads();
+}
+
+__global__ void __launch_bounds__(kSelThreads) select_kernel(DescLayout L, ResaParams p, const int* pos_dev,
+                                                            const uint32_t* keys_all, int32_t* blocks,
+                                                            int64_t blocks_stride, int* n_sel_out) {
+  __shared__ unsigned hist[256];
+  __shared__ int s_digit, s_above;
+  __shared__ int scan_sm[64];
+  const int h = blockIdx.x, tid = threadIdx.x;
+  int n_blocks, n_local, n_sel;
+  select_counts(*pos_dev + 1, p, n_blocks, n_local, n_sel);
+  if (h == 0 && tid == 0) *n_sel_out = n_sel;
+  const int n_scored = n_blocks - n_local, n_pick = n_sel - n_local;
+  int32_t* out = blocks + h * blocks_stride;
+  if (n_pick >= n_scored) {  // every block is taken
+    for (int i = tid; i < n_blocks; i += kSelThreads) out[i] = i;
+    return;
+  }
+  for (int i = tid; i < n_local; i += kSelThreads) out[n_pick + i] = n_scored + i;
+  if (n_pick <= 0) return;
+  const uint32_t* keys = keys_all + (int64_t)h * L.max_blocks;
+
+  // Radix select, 8 bits a pass from the top: T = the n_pick-th largest key.
+  uint32_t prefix = 0, mask = 0;
+  int k = n_pick;
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    for (int i = tid; i < 256; i += kSelThreads) hist[i] = 0;
+    __syncthreads();
+    for (int i = tid; i < n_scored; i += kSelThreads) {
+      const uint32_t key = keys[i];
+      if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 255], 1u);
+    }
+    __syncthreads();
+    if (tid < 32) {
+      // lane handles digits 255-8*lane .. 248-8*lane (descending)
+      int local = 0;
+      for (int i = 0; i < 8; ++i) local += hist[255 - 8 * tid - i];
+      int incl = local;
+      for (int o = 1; o < 32; o <<= 1) {
+        const int t = __shfl_up_sync(0xffffffffu, incl, o);
+        if (tid >= o) incl += t;
+      }
+      const int excl = incl - local;
+      if (excl < k && incl >= k) {
+        int cum = excl;
+        for (int i = 0; i < 8; ++i) {
+          const int d = 255 - 8 * tid - i;
+          if (cum + (int)hist[d] >= k) { s_digit = d; s_above = cum; break; }
+          cum += hist[d];
+        }
+      }
+    }
+    __syncthreads();
+    prefix |= (uint32_t)s_digit << shift;
+    mask |= 0xffu << shift;
+    k -= s_above;
+    __syncthreads();
+  }
+  const uint32_t T = prefix;
+  const int need_eq = k;  // keys equal to T to take, lowest indices first
+
+  // Compaction in index order: each thread owns a contiguous range.
+  const int per = (n_scored + kSelThreads - 1) / kSelThreads;
+  const int i0 = min(n_scored, tid * per), i1 = min(n_scored, i0 + per);
+  int gt = 0, eq = 0;
+  for (int i = i0; i < i1; ++i) {
+    const uint32_t key = keys[i];
+    gt += key > T;
+    eq += key == T;
+  }
+  int gt_before = gt, eq_before = eq;
+  block_scan2(gt_before, eq_before, scan_sm);
+  int pos = gt_before + min(eq_before, need_eq);
+  int eq_seen = eq_before;
+  for (int i = i0; i < i1; ++i) {
+    const uint32_t key = keys[i];
+    if (key > T) {
+      out[pos++] = i;
+    } else if (key == T) {
+      if (eq_seen < need_eq) out[pos++] = i;
+      ++eq_seen;
+    }
+  }
+}
+
+}  // namespace
+
+void refresh_descriptors(__half* desc, const DescLayout& L, int layer, const __half* K, int64_t head_stride,
+                         const int* pos_dev, int pos_offset, int n_tokens, cudaStream_t stream) {
+  if (n_tokens <= 0) return;
+  const int n_blk = n_tokens / L.block_size + 2;  // blocks a range of n_tokens can touch
+  refresh_kernel<<<dim3(n_blk, L.n_kv_head), L.D, 0, stream>>>(desc, L, layer, K, head_stride, pos_dev, pos_offset,
+                                                                n_tokens);
+  PYRESA_CUDA_LAUNCH_CHECK();
+}
+
+void select_blocks(const float* q, int n_head, const __half* desc, const DescLayout& L, int layer, const ResaParams& p,
+                   const int* pos_dev, uint32_t* keys, int32_t* blocks, int64_t blocks_stride, int* n_sel_out,
+                   cudaStream_t stream) {
+  if (p.block_size != L.block_size) throw std::invalid_argument("select_blocks: block size differs from the descriptors'");
+  if (L.D > 256 || L.D % 8) throw UnsupportedError("CUDA block selection: head_dim must be a multiple of 8, <= 256");
+  score_kernel<<<dim3(ceil_div(L.max_blocks, kScoreThreads), L.n_kv_head), kScoreThreads, 0, stream>>>(
+      q, n_head, desc, L, layer, p, pos_dev, keys);
+  PYRESA_CUDA_LAUNCH_CHECK();
+  select_kernel<<<L.n_kv_head, kSelThreads, 0, stream>>>(L, p, pos_dev, keys, blocks, blocks_stride, n_sel_out);
+  PYRESA_CUDA_LAUNCH_CHECK();
+}
+
+}  // namespace pyresa::cuda

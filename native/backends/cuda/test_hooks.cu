@@ -1,0 +1,286 @@
+#include "backends/cuda/test_hooks.h"
+
+#include <cmath>
+#include "formats/fp16.h"
+
+#include <cstring>
+#include <stdexcept>
+
+#include "backends/cuda/attention.cuh"
+#include "backends/cuda/common.cuh"
+#include "backends/cuda/gemm.cuh"
+#include "backends/cuda/ops.cuh"
+#include "backends/cuda/quant.cuh"
+#include "backends/cuda/resa.cuh"
+
+namespace pyresa::cuda_test {
+
+using namespace pyresa::cuda;
+
+namespace {
+
+DeviceBuffer to_device(const void* src, size_t bytes, const char* what = "test input") {
+  DeviceBuffer b(bytes ? bytes : 16, what);
+  if (bytes) PYRESA_CUDA_CHECK(cudaMemcpy(b.get(), src, bytes, cudaMemcpyHostToDevice));
+  return b;
+}
+DeviceBuffer poisoned(size_t bytes) {  // 0xFF bytes: NaN floats, so unwritten outputs show
+  DeviceBuffer b(bytes ? bytes : 16, "test output");
+  PYRESA_CUDA_CHECK(cudaMemset(b.get(), 0xFF, b.bytes()));
+  return b;
+}
+template <typename T>
+std::vector<T> to_host(const DeviceBuffer& b, size_t n) {
+  std::vector<T> out(n);
+  PYRESA_CUDA_CHECK(cudaDeviceSynchronize());
+  PYRESA_CUDA_CHECK(cudaMemcpy(out.data(), b.get(), n * sizeof(T), cudaMemcpyDeviceToHost));
+  return out;
+}
+DeviceWeight upload(int type, int64_t rows, int64_t cols, const uint8_t* w, size_t w_bytes, DeviceBuffer& store) {
+  const GgmlType t = static_cast<GgmlType>(type);
+  const size_t need = device_weight_bytes(t, rows, cols);
+  if (w_bytes < need) throw std::invalid_argument("too few weight bytes");
+  store = DeviceBuffer(need, "test weights");
+  return upload_weight(t, rows, cols, w, store.get<uint8_t>());
+}
+DeviceBuffer pos_buffer(int pos) { return to_device(&pos, sizeof(int)); }
+
+}  // namespace
+
+std::vector<float> matvec(int type, int64_t rows, int64_t cols, const uint8_t* w, size_t w_bytes, const float* x, int n,
+                          const float* bias, bool gemm) {
+  DeviceBuffer wb;
+  const DeviceWeight dw = upload(type, rows, cols, w, w_bytes, wb);
+  DeviceBuffer xb = to_device(x, sizeof(float) * n * cols);
+  DeviceBuffer bb = bias ? to_device(bias, sizeof(float) * rows) : DeviceBuffer();
+  const GgmlType fmt = gemm ? GgmlType::F16 : act_type_for(dw.type);
+  const size_t rb = act_row_bytes(fmt, cols);
+  DeviceBuffer act(rb * n, "test activations");
+  ActPrep p;
+  p.x = xb.get<float>();
+  p.ld_x = cols;
+  prepare_activations(p, fmt, n, cols, act.get(), rb, nullptr);
+  DeviceBuffer y = poisoned(sizeof(float) * n * rows);
+  if (!gemm) {
+    MatvecOut o;
+    o.y = y.get<float>();
+    o.ldy = rows;
+    o.bias = bias ? bb.get<float>() : nullptr;
+    matvec(dw, act.get(), rb, n, o, nullptr);
+  } else {
+    DeviceBuffer wd(sizeof(__half) * rows * cols, "test dequantized weights");
+    dequantize_rows_f16(dw, 0, rows, wd.get<__half>(), nullptr);
+    cuda::gemm_f16(act.get<__half>(), rb / 2, wd.get<__half>(), cols, y.get<float>(), rows, n, (int)rows, (int)cols,
+             bias ? bb.get<float>() : nullptr, false, nullptr);
+  }
+  return to_host<float>(y, (size_t)n * rows);
+}
+
+std::vector<uint8_t> quantize_rows(int act_type, const float* x, int n, int64_t cols) {
+  const GgmlType t = static_cast<GgmlType>(act_type);
+  DeviceBuffer xb = to_device(x, sizeof(float) * n * cols);
+  const size_t rb = act_row_bytes(t, cols);
+  DeviceBuffer out = poisoned(rb * n);
+  ActPrep p;
+  p.x = xb.get<float>();
+  p.ld_x = cols;
+  prepare_activations(p, t, n, cols, out.get(), rb, nullptr);
+  std::vector<uint8_t> planes = to_host<uint8_t>(out, rb * n);
+  // Back to ggml blocks.
+  const size_t ggml_rb = t == GgmlType::F16 ? 2 * cols : t == GgmlType::F32 ? 4 * cols : row_size(t, cols);
+  std::vector<uint8_t> res(ggml_rb * n);
+  for (int r = 0; r < n; ++r) {
+    const uint8_t* src = planes.data() + r * rb;
+    uint8_t* dst = res.data() + r * ggml_rb;
+    if (t == GgmlType::F32 || t == GgmlType::F16) {
+      std::memcpy(dst, src, ggml_rb);
+    } else if (t == GgmlType::Q8_K) {
+      const int64_t nb = cols / QK_K;
+      for (int64_t b = 0; b < nb; ++b) {
+        block_q8_K blk;
+        std::memcpy(&blk.d, src + cols + 4 * b, 4);
+        std::memcpy(blk.qs, src + b * QK_K, QK_K);
+        std::memcpy(blk.bsums, src + cols + 4 * nb + 32 * b, 32);
+        std::memcpy(dst + b * sizeof(block_q8_K), &blk, sizeof blk);
+      }
+    } else {
+      const int64_t nb = cols / 32;
+      const size_t bs = t == GgmlType::Q8_0 ? sizeof(block_q8_0) : sizeof(block_q8_1);
+      for (int64_t b = 0; b < nb; ++b) {
+        uint8_t* o = dst + b * bs;
+        std::memcpy(o, src + cols + 2 * b, 2);
+        if (t == GgmlType::Q8_1) std::memcpy(o + 2, src + cols + 2 * nb + 2 * b, 2);
+        std::memcpy(o + (t == GgmlType::Q8_1 ? 4 : 2), src + b * 32, 32);
+      }
+    }
+  }
+  return res;
+}
+
+std::vector<float> dequantize(int type, int64_t rows, int64_t cols, const uint8_t* w, size_t w_bytes) {
+  DeviceBuffer wb;
+  const DeviceWeight dw = upload(type, rows, cols, w, w_bytes, wb);
+  std::vector<int32_t> idx(rows);
+  for (int64_t i = 0; i < rows; ++i) idx[i] = (int32_t)i;
+  DeviceBuffer ib = to_device(idx.data(), sizeof(int32_t) * rows);
+  DeviceBuffer out = poisoned(sizeof(float) * rows * cols);
+  dequantize_rows_f32(dw, ib.get<int32_t>(), (int)rows, out.get<float>(), cols, nullptr);
+  return to_host<float>(out, rows * cols);
+}
+
+std::vector<float> transform_rows(int transform, const float* x, const float* up, const float* norm_w, float eps, int n,
+                                  int64_t cols) {
+  DeviceBuffer xb = to_device(x, sizeof(float) * n * cols);
+  DeviceBuffer ub = up ? to_device(up, sizeof(float) * n * cols) : DeviceBuffer();
+  DeviceBuffer wb = norm_w ? to_device(norm_w, sizeof(float) * cols) : DeviceBuffer();
+  ActPrep p;
+  p.transform = static_cast<ActTransform>(transform);
+  p.x = xb.get<float>();
+  p.up = ub.get<float>();
+  p.norm_w = wb.get<float>();
+  p.eps = eps;
+  p.ld_x = cols;
+  const size_t rb = act_row_bytes(GgmlType::F32, cols);
+  DeviceBuffer out = poisoned(rb * n);
+  prepare_activations(p, GgmlType::F32, n, cols, out.get(), rb, nullptr);
+  std::vector<uint8_t> raw = to_host<uint8_t>(out, rb * n);
+  std::vector<float> res(n * cols);
+  for (int r = 0; r < n; ++r) std::memcpy(&res[r * cols], raw.data() + r * rb, 4 * cols);
+  return res;
+}
+
+std::vector<float> rope(const float* x, int n, int n_head, int D, int pos0, float freq_base, bool neox) {
+  DeviceBuffer xb = to_device(x, sizeof(float) * n * n_head * D);
+  DeviceBuffer pb = pos_buffer(pos0);
+  RopeStoreArgs a;
+  a.q = xb.get<float>();
+  a.n = n;
+  a.n_head = n_head;
+  a.n_kv_head = 0;
+  a.D = D;
+  a.theta_scale = std::pow(freq_base, -2.0f / D);
+  a.neox = neox;
+  a.pos_dev = pb.get<int>();
+  rope_store(a, nullptr);
+  return to_host<float>(xb, (size_t)n * n_head * D);
+}
+
+std::vector<float> gemm_f16(const uint16_t* A, const uint16_t* B, int M, int N, int K) {
+  DeviceBuffer ab = to_device(A, 2 * (size_t)M * K), bb = to_device(B, 2 * (size_t)N * K);
+  DeviceBuffer c = poisoned(sizeof(float) * M * N);
+  cuda::gemm_f16(ab.get<__half>(), K, bb.get<__half>(), K, c.get<float>(), N, M, N, K, nullptr, false, nullptr);
+  return to_host<float>(c, (size_t)M * N);
+}
+
+std::vector<float> attention(const float* q, int n_tok, int n_head, int n_kv_head, int D, const uint16_t* K,
+                             const uint16_t* V, int cap, int pos0, const int32_t* blocks, int n_sel, int block_size,
+                             float scale, int n_splits) {
+  DeviceBuffer qb = to_device(q, sizeof(float) * n_tok * n_head * D);
+  // Cache with a tile of zeroed slack past cap, as the engine allocates it.
+  const int cap_alloc = (cap + 63) / 64 * 64 + 64;
+  DeviceBuffer kb(2 * (size_t)n_kv_head * cap_alloc * D, "test K"), vb(2 * (size_t)n_kv_head * cap_alloc * D, "test V");
+  PYRESA_CUDA_CHECK(cudaMemset(kb.get(), 0, kb.bytes()));
+  PYRESA_CUDA_CHECK(cudaMemset(vb.get(), 0, vb.bytes()));
+  for (int h = 0; h < n_kv_head; ++h) {
+    PYRESA_CUDA_CHECK(cudaMemcpy(kb.get<uint16_t>() + (size_t)h * cap_alloc * D, K + (size_t)h * cap * D,
+                                 2 * (size_t)cap * D, cudaMemcpyHostToDevice));
+    PYRESA_CUDA_CHECK(cudaMemcpy(vb.get<uint16_t>() + (size_t)h * cap_alloc * D, V + (size_t)h * cap * D,
+                                 2 * (size_t)cap * D, cudaMemcpyHostToDevice));
+  }
+  DeviceBuffer pb = pos_buffer(pos0), nsel = pos_buffer(n_sel);
+  DeviceBuffer bl = blocks ? to_device(blocks, sizeof(int32_t) * n_kv_head * n_sel) : DeviceBuffer();
+  DeviceBuffer out = poisoned(sizeof(float) * n_tok * n_head * D);
+  const size_t wf = attention_work_floats(n_tok, n_head, n_kv_head, D, n_splits);
+  DeviceBuffer work(sizeof(float) * (wf ? wf : 1), "test attention work");
+  AttentionArgs a;
+  a.q = qb.get<float>();
+  a.q_stride = (int64_t)n_head * D;
+  a.out = out.get<float>();
+  a.out_stride = (int64_t)n_head * D;
+  a.K = kb.get<__half>();
+  a.V = vb.get<__half>();
+  a.head_stride = (int64_t)cap_alloc * D;
+  a.n_tok = n_tok;
+  a.n_head = n_head;
+  a.n_kv_head = n_kv_head;
+  a.D = D;
+  a.pos_dev = pb.get<int>();
+  a.blocks = blocks ? bl.get<int32_t>() : nullptr;
+  a.blocks_stride = n_sel;
+  a.n_sel_dev = nsel.get<int>();
+  a.block_size = block_size;
+  a.scale = scale;
+  a.n_splits = n_splits;
+  a.work = work.get<float>();
+  cuda::attention(a, nullptr);
+  return to_host<float>(out, (size_t)n_tok * n_head * D);
+}
+
+namespace {
+DescLayout test_layout(int n_kv_head, int cap, int D, int block_size) {
+  DescLayout L;
+  L.n_layer = 1;
+  L.n_kv_head = n_kv_head;
+  L.D = D;
+  L.block_size = block_size;
+  L.max_blocks = ((cap + block_size - 1) / block_size + 31) / 32 * 32;
+  return L;
+}
+}  // namespace
+
+void descriptors(const uint16_t* K, int n_kv_head, int cap, int D, int n_tokens, int block_size, std::vector<float>& kmin,
+                 std::vector<float>& kmax) {
+  const DescLayout L = test_layout(n_kv_head, cap, D, block_size);
+  DeviceBuffer kb = to_device(K, 2 * (size_t)n_kv_head * cap * D);
+  DeviceBuffer db = poisoned(L.elems() * 2);
+  DeviceBuffer pb = pos_buffer(0);
+  refresh_descriptors(db.get<__half>(), L, 0, kb.get<__half>(), (int64_t)cap * D, pb.get<int>(), 0, n_tokens, nullptr);
+  std::vector<uint16_t> d = to_host<uint16_t>(db, L.elems());
+  const int nbk = (n_tokens + block_size - 1) / block_size;
+  kmin.assign((size_t)n_kv_head * nbk * D, 0.0f);
+  kmax.assign((size_t)n_kv_head * nbk * D, 0.0f);
+  auto h2f_host = [](uint16_t h) { return fp16_to_fp32(h); };
+  for (int h = 0; h < n_kv_head; ++h)
+    for (int b = 0; b < nbk; ++b)
+      for (int e = 0; e < D; ++e) {
+        kmin[((size_t)h * nbk + b) * D + e] = h2f_host(d[L.index(0, h, b, 0, e)]);
+        kmax[((size_t)h * nbk + b) * D + e] = h2f_host(d[L.index(0, h, b, 1, e)]);
+      }
+}
+
+std::vector<int32_t> select_blocks(const float* q, int n_head, const uint16_t* K, int n_kv_head, int cap, int D,
+                                   int n_tokens, int block_size, double ratio, int min_blocks, int local_blocks,
+                                   int& n_sel_out) {
+  const DescLayout L = test_layout(n_kv_head, cap, D, block_size);
+  DeviceBuffer kb = to_device(K, 2 * (size_t)n_kv_head * cap * D);
+  DeviceBuffer db(L.elems() * 2, "test descriptors");
+  PYRESA_CUDA_CHECK(cudaMemset(db.get(), 0, db.bytes()));
+  DeviceBuffer p0 = pos_buffer(0), pl = pos_buffer(n_tokens - 1);
+  refresh_descriptors(db.get<__half>(), L, 0, kb.get<__half>(), (int64_t)cap * D, p0.get<int>(), 0, n_tokens, nullptr);
+  DeviceBuffer qb = to_device(q, sizeof(float) * n_head * D);
+  DeviceBuffer keys = poisoned(4 * (size_t)n_kv_head * L.max_blocks);
+  DeviceBuffer bl = poisoned(4 * (size_t)n_kv_head * L.max_blocks);
+  DeviceBuffer ns = poisoned(4);
+  ResaParams p;
+  p.block_size = block_size;
+  p.ratio = ratio;
+  p.min_blocks = min_blocks;
+  p.local_blocks = local_blocks;
+  cuda::select_blocks(qb.get<float>(), n_head, db.get<__half>(), L, 0, p, pl.get<int>(), keys.get<uint32_t>(),
+                      bl.get<int32_t>(), L.max_blocks, ns.get<int>(), nullptr);
+  n_sel_out = to_host<int>(ns, 1)[0];
+  std::vector<int32_t> all = to_host<int32_t>(bl, (size_t)n_kv_head * L.max_blocks);
+  std::vector<int32_t> res((size_t)n_kv_head * n_sel_out);
+  for (int h = 0; h < n_kv_head; ++h)
+    std::memcpy(&res[(size_t)h * n_sel_out], &all[(size_t)h * L.max_blocks], 4 * (size_t)n_sel_out);
+  return res;
+}
+
+int argmax(const float* x, int n) {
+  DeviceBuffer xb = to_device(x, sizeof(float) * n);
+  DeviceBuffer out = poisoned(4);
+  cuda::argmax(xb.get<float>(), n, out.get<int32_t>(), nullptr, nullptr, nullptr);
+  return to_host<int32_t>(out, 1)[0];
+}
+
+}  // namespace pyresa::cuda_test

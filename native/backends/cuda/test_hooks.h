@@ -1,0 +1,41 @@
+// Host-side entry points to single CUDA kernels, for tests that check each against the CPU
+// backend on random inputs (inputs copied to the GPU, outputs poisoned first, copied back).
+// No CUDA types here: the bindings include it.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace pyresa::cuda_test {
+
+// y [n][rows] = W [rows][cols] (ggml bytes) . x [n][cols]; gemm: the F16 tensor-core path.
+std::vector<float> matvec(int type, int64_t rows, int64_t cols, const uint8_t* w, size_t w_bytes, const float* x,
+                          int n, const float* bias, bool gemm);
+// Activation rows in the CPU's ggml block format (Q8_0, Q8_1, Q8_K) or raw F32/F16.
+std::vector<uint8_t> quantize_rows(int act_type, const float* x, int n, int64_t cols);
+// [rows][cols] floats
+std::vector<float> dequantize(int type, int64_t rows, int64_t cols, const uint8_t* w, size_t w_bytes);
+// transform: 0 plain, 1 rmsnorm(norm_w, eps), 2 swiglu(x, up)
+std::vector<float> transform_rows(int transform, const float* x, const float* up, const float* norm_w, float eps, int n,
+                                  int64_t cols);
+// x [n][n_head][D] rotated at positions pos0 + i
+std::vector<float> rope(const float* x, int n, int n_head, int D, int pos0, float freq_base, bool neox);
+// C [M][N] = A [M][K] . B [N][K]^T, F16 bits in
+std::vector<float> gemm_f16(const uint16_t* A, const uint16_t* B, int M, int N, int K);
+// out [n_tok][n_head][D]; K, V [n_kv_head][cap][D] F16 bits; blocks [n_kv_head][n_sel] or null (dense)
+std::vector<float> attention(const float* q, int n_tok, int n_head, int n_kv_head, int D, const uint16_t* K,
+                             const uint16_t* V, int cap, int pos0, const int32_t* blocks, int n_sel, int block_size,
+                             float scale, int n_splits);
+// Descriptors from K [n_kv_head][cap][D] (refresh over [0, n_tokens)), returned in the CPU's
+// layout: kmin, kmax [n_kv_head][n_blocks][D] as floats.
+void descriptors(const uint16_t* K, int n_kv_head, int cap, int D, int n_tokens, int block_size, std::vector<float>& kmin,
+                 std::vector<float>& kmax);
+// Descriptors of [0, n_tokens) built token by token with the decode path's append (rope_store with
+// an identity rotation is not used: the append is exercised through the engine tests).
+// Selection: returns blocks [n_kv_head][n_sel]; n_sel_out gets n_sel.
+std::vector<int32_t> select_blocks(const float* q, int n_head, const uint16_t* K, int n_kv_head, int cap, int D,
+                                   int n_tokens, int block_size, double ratio, int min_blocks, int local_blocks,
+                                   int& n_sel_out);
+int argmax(const float* x, int n);
+
+}  // namespace pyresa::cuda_test

@@ -1,0 +1,277 @@
+// Bindings for the CUDA backend: CudaEngine (the CPU Engine's interface plus device-side logits
+// and greedy decoding), device queries, and one test hook per kernel. In a CPU-only build only
+// cuda_available() (False) and cuda_device_count() (0) exist.
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/map.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+
+namespace nb = nanobind;
+
+#ifndef PYRESA_HAVE_CUDA
+
+void bind_cuda(nb::module_& m) {
+  m.def("cuda_available", []() { return false; }, "Whether this build has the CUDA backend and a GPU is present.");
+  m.def("cuda_device_count", []() { return 0; });
+  m.attr("cuda_built") = false;
+}
+
+#else
+
+#include <map>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "backends/cuda/test_hooks.h"
+#include "engine/cuda_engine.h"
+#include "engine/model_loader.h"
+
+using namespace pyresa;
+
+namespace {
+
+using Bytes = nb::ndarray<const uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using Tokens = nb::ndarray<const int32_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using F32 = nb::ndarray<const float, nb::c_contig, nb::device::cpu>;
+using U16 = nb::ndarray<const uint16_t, nb::c_contig, nb::device::cpu>;
+using I32 = nb::ndarray<const int32_t, nb::c_contig, nb::device::cpu>;
+
+// The same dictionaries _core.Engine takes (see bind_engine.cpp).
+ModelConfig config_from_dict(const nb::dict& d) {
+  ModelConfig c;
+  auto get_int = [&](const char* k) { return nb::cast<int>(d[k]); };
+  c.arch = nb::cast<std::string>(d["arch"]);
+  c.n_layer = get_int("n_layer");
+  c.n_embd = get_int("n_embd");
+  c.n_head = get_int("n_head");
+  c.n_head_kv = get_int("n_head_kv");
+  c.head_dim = get_int("head_dim");
+  c.n_ff = get_int("n_ff");
+  c.n_vocab = get_int("n_vocab");
+  c.n_ctx_train = get_int("n_ctx_train");
+  c.rope_freq_base = nb::cast<float>(d["rope_freq_base"]);
+  c.rms_eps = nb::cast<float>(d["rms_eps"]);
+  c.rope_neox = nb::cast<bool>(d["rope_neox"]);
+  return c;
+}
+
+std::map<std::string, TensorRef> tensors_from_dict(const nb::dict& d) {
+  std::map<std::string, TensorRef> out;
+  for (auto [key, value] : d) {
+    auto tup = nb::cast<nb::tuple>(value);
+    TensorRef r;
+    r.type = nb::cast<int32_t>(tup[0]);
+    auto shape = nb::cast<std::vector<int64_t>>(tup[1]);
+    r.n_dims = static_cast<int>(shape.size());
+    for (size_t i = 0; i < shape.size() && i < 4; ++i) r.ne[i] = shape[i];
+    Bytes data = nb::cast<Bytes>(tup[2]);
+    r.data = data.data();
+    r.n_bytes = data.size();
+    out[nb::cast<std::string>(key)] = r;
+  }
+  return out;
+}
+
+template <typename T>
+nb::ndarray<nb::numpy, T> numpy_array(std::vector<T>&& v, std::vector<size_t> shape) {
+  auto* heap = new std::vector<T>(std::move(v));
+  nb::capsule owner(heap, [](void* p) noexcept { delete static_cast<std::vector<T>*>(p); });
+  return nb::ndarray<nb::numpy, T>(heap->data(), shape.size(), shape.data(), owner);
+}
+
+nb::ndarray<nb::numpy, float> float_array(std::vector<size_t> shape) {
+  size_t n = 1;
+  for (size_t s : shape) n *= s;
+  float* data = new float[n];
+  nb::capsule owner(data, [](void* p) noexcept { delete[] static_cast<float*>(p); });
+  return nb::ndarray<nb::numpy, float>(data, shape.size(), shape.data(), owner);
+}
+
+}  // namespace
+
+namespace pyresa::cuda_bind {
+void* device_alloc_for_python(size_t bytes, int device);
+void device_free_for_python(void* p, int device) noexcept;
+}  // namespace pyresa::cuda_bind
+
+void bind_cuda(nb::module_& m) {
+  m.attr("cuda_built") = true;
+  m.def("cuda_available", &cuda_runtime_available, "Whether this build has the CUDA backend and a GPU is present.");
+  m.def("cuda_device_count", &cuda_device_count);
+  m.def("cuda_device_name", &cuda_device_name, nb::arg("device") = 0);
+
+  nb::class_<CudaEngine>(m, "CudaEngine", "One model and one sequence (KV cache) on an NVIDIA GPU.")
+      .def("__init__",
+           [](CudaEngine* self, nb::dict config, nb::dict tensors, int n_ctx, int n_threads, int n_batch, int device) {
+             (void)n_threads;
+             ModelConfig c = config_from_dict(config);
+             ModelWeights w = load_model_weights(c, tensors_from_dict(tensors));
+             CudaEngineOptions o;
+             o.n_ctx = n_ctx;
+             o.n_batch = n_batch;
+             o.device = device;
+             nb::gil_scoped_release release;
+             new (self) CudaEngine(c, w, o);
+           },
+           nb::arg("config"), nb::arg("tensors"), nb::arg("n_ctx"), nb::arg("n_threads") = 0,
+           nb::arg("n_batch") = 512, nb::arg("device") = 0)
+      .def_prop_ro("n_past", &CudaEngine::n_past)
+      .def_prop_ro("n_ctx", &CudaEngine::n_ctx)
+      .def_prop_ro("n_threads", [](const CudaEngine&) { return 0; })
+      .def_prop_ro("device", &CudaEngine::device)
+      .def_prop_ro("kv_bytes", &CudaEngine::kv_bytes)
+      .def_prop_ro("device_bytes", &CudaEngine::device_bytes)
+      .def("truncate", &CudaEngine::truncate, nb::arg("n"))
+      .def("eval",
+           [](CudaEngine& e, Tokens tokens, bool all_logits) {
+             const int n = static_cast<int>(tokens.size());
+             const size_t vocab = e.config().n_vocab;
+             auto out = all_logits ? float_array({static_cast<size_t>(n), vocab}) : float_array({vocab});
+             {
+               nb::gil_scoped_release release;
+               e.eval(tokens.data(), n, all_logits, out.data());
+             }
+             return out;
+           },
+           nb::arg("tokens"), nb::arg("all_logits") = false,
+           "Append tokens to the sequence; logits of the last token, or of all of them (numpy).")
+      .def("eval_device",
+           [](CudaEngine& e, Tokens tokens, bool all_logits) {
+             const int n = static_cast<int>(tokens.size());
+             const size_t vocab = e.config().n_vocab, rows = all_logits ? n : 1;
+             const int dev = e.device();
+             float* p = static_cast<float*>(pyresa::cuda_bind::device_alloc_for_python(rows * vocab * sizeof(float), dev));
+             nb::capsule owner(p, [](void* q) noexcept { pyresa::cuda_bind::device_free_for_python(q, -1); });
+             try {
+               nb::gil_scoped_release release;
+               e.eval(tokens.data(), n, all_logits, p, true);
+             } catch (...) {
+               throw;
+             }
+             std::vector<size_t> shape = all_logits ? std::vector<size_t>{rows, vocab} : std::vector<size_t>{vocab};
+             return nb::ndarray<float, nb::device::cuda>(p, shape.size(), shape.data(), owner, nullptr,
+                                                         nb::dtype<float>(), nb::device::cuda::value, dev);
+           },
+           nb::arg("tokens"), nb::arg("all_logits") = false,
+           "As eval, but the logits stay on the GPU: a DLPack array (cupy.from_dlpack takes it without a copy).")
+      .def("eval_greedy",
+           [](CudaEngine& e, Tokens tokens) {
+             nb::gil_scoped_release release;
+             return e.eval_greedy(tokens.data(), static_cast<int>(tokens.size()));
+           },
+           nb::arg("tokens"), "eval, then the argmax of the last logits, taken on the GPU (no logits copied).")
+      .def("decode_greedy",
+           [](CudaEngine& e, int token, int n_new) {
+             std::vector<int32_t> out;
+             {
+               nb::gil_scoped_release release;
+               out = e.decode_greedy(token, n_new);
+             }
+             const size_t n = out.size();
+             return numpy_array(std::move(out), {n});
+           },
+           nb::arg("token"), nb::arg("n_new"),
+           "Feed `token`, then each argmax, n_new steps on the GPU with no per-token host sync; returns the n_new tokens.")
+      .def("set_attention",
+           [](CudaEngine& e, const std::string& mode, int block_size, double ratio, int min_blocks, int local_blocks,
+              int rectify_every) {
+             AttentionSettings s;
+             s.mode = mode;
+             s.block_size = block_size;
+             s.ratio = ratio;
+             s.min_blocks = min_blocks;
+             s.local_blocks = local_blocks;
+             s.rectify_every = rectify_every;
+             e.set_attention(s);
+           },
+           nb::arg("mode"), nb::arg("block_size") = 16, nb::arg("ratio") = 0.1, nb::arg("min_blocks") = 16,
+           nb::arg("local_blocks") = 1, nb::arg("rectify_every") = 32)
+      .def("stats",
+           [](const CudaEngine& e) {
+             const AttentionStats s = e.stats();
+             nb::dict d;
+             d["decode_steps"] = s.decode_steps;
+             d["blocks_read"] = s.blocks_read;
+             d["blocks_total"] = s.blocks_total;
+             d["rectifications"] = s.rectifications;
+             return d;
+           })
+      .def("reset_stats", &CudaEngine::reset_stats)
+      .def("fill_synthetic", &CudaEngine::fill_synthetic, nb::arg("n_tokens"), nb::arg("seed") = 1,
+           "Benchmarks: random F16 K/V for positions [0, n_tokens), descriptors rebuilt, n_past = n_tokens.")
+      .def("synchronize", &CudaEngine::synchronize);
+
+  // ---- test hooks: one kernel each, host arrays in and out -----------------------------------
+  nb::module_ t = m.def_submodule("cuda_test", "Single CUDA kernels for tests against the CPU backend.");
+  t.def("matvec", [](int type, int64_t rows, int64_t cols, Bytes w, F32 x, int n, nb::object bias, bool gemm) {
+    std::vector<float> b;
+    if (!bias.is_none()) {
+      F32 ba = nb::cast<F32>(bias);
+      b.assign(ba.data(), ba.data() + ba.size());
+    }
+    if (x.size() != (size_t)(n * cols)) throw std::invalid_argument("x must hold n * cols floats");
+    auto y = cuda_test::matvec(type, rows, cols, w.data(), w.size(), x.data(), n, b.empty() ? nullptr : b.data(), gemm);
+    return numpy_array(std::move(y), {(size_t)n, (size_t)rows});
+  }, nb::arg("type"), nb::arg("rows"), nb::arg("cols"), nb::arg("w"), nb::arg("x"), nb::arg("n"),
+     nb::arg("bias") = nb::none(), nb::arg("gemm") = false);
+  t.def("quantize_rows", [](int act_type, F32 x, int n, int64_t cols) {
+    auto r = cuda_test::quantize_rows(act_type, x.data(), n, cols);
+    const size_t sz = r.size();
+    return numpy_array(std::move(r), {sz});
+  });
+  t.def("dequantize", [](int type, int64_t rows, int64_t cols, Bytes w) {
+    auto r = cuda_test::dequantize(type, rows, cols, w.data(), w.size());
+    return numpy_array(std::move(r), {(size_t)rows, (size_t)cols});
+  });
+  t.def("transform_rows", [](int transform, F32 x, nb::object up, nb::object norm_w, float eps, int n, int64_t cols) {
+    std::vector<float> u, w;
+    if (!up.is_none()) { F32 a = nb::cast<F32>(up); u.assign(a.data(), a.data() + a.size()); }
+    if (!norm_w.is_none()) { F32 a = nb::cast<F32>(norm_w); w.assign(a.data(), a.data() + a.size()); }
+    auto r = cuda_test::transform_rows(transform, x.data(), u.empty() ? nullptr : u.data(), w.empty() ? nullptr : w.data(),
+                                       eps, n, cols);
+    return numpy_array(std::move(r), {(size_t)n, (size_t)cols});
+  });
+  t.def("rope", [](F32 x, int n, int n_head, int D, int pos0, float base, bool neox) {
+    auto r = cuda_test::rope(x.data(), n, n_head, D, pos0, base, neox);
+    return numpy_array(std::move(r), {(size_t)n, (size_t)n_head, (size_t)D});
+  });
+  t.def("gemm_f16", [](U16 a, U16 b, int M, int N, int K) {
+    auto r = cuda_test::gemm_f16(a.data(), b.data(), M, N, K);
+    return numpy_array(std::move(r), {(size_t)M, (size_t)N});
+  });
+  t.def("attention", [](F32 q, int n_tok, int n_head, int n_kv_head, int D, U16 K, U16 V, int cap, int pos0,
+                        nb::object blocks, int block_size, float scale, int n_splits) {
+    const int32_t* bp = nullptr;
+    int n_sel = 0;
+    std::vector<int32_t> bv;
+    if (!blocks.is_none()) {
+      I32 b = nb::cast<I32>(blocks);
+      n_sel = (int)(b.size() / n_kv_head);
+      bv.assign(b.data(), b.data() + b.size());
+      bp = bv.data();
+    }
+    auto r = cuda_test::attention(q.data(), n_tok, n_head, n_kv_head, D, K.data(), V.data(), cap, pos0, bp, n_sel,
+                                  block_size, scale, n_splits);
+    return numpy_array(std::move(r), {(size_t)n_tok, (size_t)n_head, (size_t)D});
+  });
+  t.def("descriptors", [](U16 K, int n_kv_head, int cap, int D, int n_tokens, int block_size) {
+    std::vector<float> mn, mx;
+    cuda_test::descriptors(K.data(), n_kv_head, cap, D, n_tokens, block_size, mn, mx);
+    const size_t nbk = (n_tokens + block_size - 1) / block_size;
+    return nb::make_tuple(numpy_array(std::move(mn), {(size_t)n_kv_head, nbk, (size_t)D}),
+                          numpy_array(std::move(mx), {(size_t)n_kv_head, nbk, (size_t)D}));
+  });
+  t.def("select_blocks", [](F32 q, int n_head, U16 K, int n_kv_head, int cap, int D, int n_tokens, int block_size,
+                            double ratio, int min_blocks, int local_blocks) {
+    int n_sel = 0;
+    auto r = cuda_test::select_blocks(q.data(), n_head, K.data(), n_kv_head, cap, D, n_tokens, block_size, ratio,
+                                      min_blocks, local_blocks, n_sel);
+    return numpy_array(std::move(r), {(size_t)n_kv_head, (size_t)n_sel});
+  });
+  t.def("argmax", [](F32 x) { return cuda_test::argmax(x.data(), (int)x.size()); });
+}
+
+#endif

@@ -38,18 +38,35 @@ class Model:
             raise InvalidRequestError(f"n_ctx must be positive, got {n_ctx}")
         if threads is not None and threads <= 0:
             raise InvalidRequestError(f"threads must be positive, got {threads}")
-        self._engine = _core.Engine(self.config, self.file.tensor_table(), n_ctx, threads or 0, n_batch)
+        self._engine = self._make_engine(n_ctx, threads or 0, n_batch)
         self.tokenizer = Tokenizer(self.path, self.file.metadata)
         self._cached: list[int] = []  # tokens whose K/V are in the cache, in order
         self.last_stats = GenerationStats()
 
     @staticmethod
     def _resolve_device(device: str) -> str:
-        if device in ("cpu", "auto"):
+        if device == "cpu":
             return "cpu"
+        if device == "auto":
+            return "cuda:0" if _core.cuda_available() else "cpu"
         if device == "cuda" or device.startswith("cuda:"):
-            raise UnsupportedError("this build of pyresa has no CUDA backend (device='cuda'); use device='cpu'")
+            index = device[5:] if device.startswith("cuda:") else "0"
+            if not index.isdigit():
+                raise InvalidRequestError(f"bad device '{device}' (cuda, cuda:N)")
+            if not getattr(_core, "cuda_built", False):
+                raise UnsupportedError("this build of pyresa has no CUDA backend (device='cuda'); use device='cpu'")
+            count = _core.cuda_device_count()
+            if int(index) >= count:
+                raise UnsupportedError(f"device '{device}' is not available ({count} CUDA device(s) found)")
+            return f"cuda:{int(index)}"
         raise InvalidRequestError(f"unknown device '{device}' (cpu, cuda, cuda:N, auto)")
+
+    def _make_engine(self, n_ctx: int, threads: int, n_batch: int):
+        if self.device.startswith("cuda:"):
+            # GPU prefill wants large chunks: at least 512 tokens per forward.
+            return _core.CudaEngine(self.config, self.file.tensor_table(), n_ctx, 0, max(n_batch, 512),
+                                    int(self.device[5:]))
+        return _core.Engine(self.config, self.file.tensor_table(), n_ctx, threads, n_batch)
 
     # -- properties --------------------------------------------------------------------------
     @property
@@ -91,13 +108,24 @@ class Model:
         self._engine.truncate(0)
         self._cached = []
 
-    def logits(self, tokens: Sequence[int]) -> np.ndarray:
-        """Logits of every position, float32 [len(tokens), n_vocab], from a fresh context (dense)."""
+    def logits(self, tokens: Sequence[int], *, as_cupy: bool = False):
+        """Logits of every position, float32 [len(tokens), n_vocab], from a fresh context (dense).
+
+        On a CUDA device, ``as_cupy=True`` returns a CuPy array that stays on the GPU (zero-copy,
+        through DLPack)."""
         tokens = self._prompt_tokens(tokens)
         if not tokens:
             raise InvalidRequestError("logits() needs at least one token")
         self._check_fits(len(tokens))
+        if as_cupy and not self.device.startswith("cuda"):
+            raise InvalidRequestError("as_cupy=True needs a CUDA device")
         self.reset()
+        if as_cupy:
+            import cupy
+
+            out = cupy.from_dlpack(self._engine.eval_device(np.asarray(tokens, dtype=np.int32), True))
+            self._cached = list(tokens)
+            return out
         out = self._engine.eval(np.asarray(tokens, dtype=np.int32), True)
         self._cached = list(tokens)
         return out

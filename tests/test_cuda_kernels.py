@@ -1,0 +1,230 @@
+"""Every CUDA kernel against the CPU backend on fresh random inputs (outputs are poisoned with
+NaN bytes before each run, so an unwritten element fails). Skipped, with the reason shown, where
+there is no GPU; the CUDA sources are still compiled there whenever nvcc is present."""
+import numpy as np
+import pytest
+
+import pyresa._core as core
+from cuda_util import (BF16, BLOCK, F16, F32, NAMES, Q4_K, Q5_K, Q6_K, Q8_0, Q8_1, Q8_K, WEIGHT_TYPES, random_weights,
+                       rel_err, requires_cuda)
+
+pytestmark = requires_cuda
+KQ = (Q4_K, Q5_K, Q6_K)
+
+
+def cols_for(t, mult=2):
+    return 256 * mult if t in KQ else 32 * 7 * mult
+
+
+@pytest.mark.parametrize("act", [Q8_0, Q8_1, Q8_K])
+def test_activation_quantizers_match_cpu_bytes(act):
+    rng = np.random.default_rng()
+    cols = 1024
+    x = (rng.standard_normal((5, cols)) * rng.uniform(0.01, 10, (5, 1))).astype(np.float32)
+    x[1, :40] = 0.0  # an all-zero Q8_0 block
+    x[2, 256:512] = 0.0  # an all-zero Q8_K block
+    got = core.cuda_test.quantize_rows(act, x.reshape(-1), 5, cols).reshape(5, -1)
+    for r in range(5):
+        ref = core.quantize_row(act, x[r])
+        np.testing.assert_array_equal(got[r], np.asarray(ref).view(np.uint8), err_msg=f"row {r}")
+
+
+@pytest.mark.parametrize("t", WEIGHT_TYPES, ids=lambda t: NAMES[t])
+def test_dequantize_matches_cpu_bitwise(t):
+    rng = np.random.default_rng()
+    rows, cols = 7, cols_for(t)
+    w = random_weights(rng, t, rows, cols, realistic=t not in (F32, F16, BF16))
+    got = core.cuda_test.dequantize(t, rows, cols, w.reshape(-1))
+    ref = np.stack([core.dequantize_row(t, np.ascontiguousarray(w[r]), cols) for r in range(rows)])
+    np.testing.assert_array_equal(got.view(np.uint32), ref.view(np.uint32))
+
+
+@pytest.mark.parametrize("n", [1, 3, 8, 11])
+@pytest.mark.parametrize("t", WEIGHT_TYPES, ids=lambda t: NAMES[t])
+def test_matvec_matches_cpu_vec_dot(t, n):
+    rng = np.random.default_rng()
+    rows, cols = 37, cols_for(t, 3)
+    w = random_weights(rng, t, rows, cols)
+    x = rng.standard_normal((n, cols)).astype(np.float32)
+    bias = rng.standard_normal(rows).astype(np.float32)
+    got = core.cuda_test.matvec(t, rows, cols, w.reshape(-1), x.reshape(-1), n, bias)
+    ref = np.array([[core.vec_dot(t, np.ascontiguousarray(w[r]), x[i]) + bias[r] for r in range(rows)]
+                    for i in range(n)], np.float32)
+    assert np.isfinite(got).all()
+    # Same quantized integers; only the float summation order differs.
+    assert rel_err(got, ref) < 2e-6, rel_err(got, ref)
+
+
+@pytest.mark.parametrize("t", [F16, Q8_0, Q4_K, Q6_K, Q5_K], ids=lambda t: NAMES[t])
+def test_gemm_path_matches_float64(t):
+    rng = np.random.default_rng()
+    rows, cols, n = 300, cols_for(t, 2), 70
+    w = random_weights(rng, t, rows, cols)
+    x = rng.standard_normal((n, cols)).astype(np.float32)
+    got = core.cuda_test.matvec(t, rows, cols, w.reshape(-1), x.reshape(-1), n, None, True)
+    wf = np.stack([core.dequantize_row(t, np.ascontiguousarray(w[r]), cols) for r in range(rows)]).astype(np.float64)
+    ref = x.astype(np.float64) @ wf.T
+    assert np.isfinite(got).all()
+    assert rel_err(got, ref) < 2e-3  # F16 weights and activations, F32 accumulation
+
+
+def test_gemm_f16_odd_shapes():
+    rng = np.random.default_rng()
+    M, N, K = 77, 200, 96
+    a = rng.standard_normal((M, K)).astype(np.float16)
+    b = rng.standard_normal((N, K)).astype(np.float16)
+    got = core.cuda_test.gemm_f16(a.view(np.uint16), b.view(np.uint16), M, N, K)
+    ref = a.astype(np.float64) @ b.astype(np.float64).T
+    assert rel_err(got, ref) < 1e-5
+
+
+def test_rmsnorm_and_swiglu():
+    rng = np.random.default_rng()
+    n, cols = 4, 576
+    x = rng.standard_normal((n, cols)).astype(np.float32) * 3
+    w = rng.standard_normal(cols).astype(np.float32)
+    got = core.cuda_test.transform_rows(1, x.reshape(-1), None, w, 1e-5, n, cols)
+    ms = (x.astype(np.float64) ** 2).mean(axis=1, keepdims=True)
+    ref = x / np.sqrt(ms + 1e-5) * w
+    assert rel_err(got, ref) < 1e-6
+    u = rng.standard_normal((n, cols)).astype(np.float32)
+    got = core.cuda_test.transform_rows(2, x.reshape(-1), u.reshape(-1), None, 0.0, n, cols)
+    ref = x / (1 + np.exp(-x.astype(np.float64))) * u
+    assert rel_err(got, ref) < 1e-6
+
+
+def rope_ref(x, pos0, base, neox):
+    n, H, D = x.shape
+    out = x.astype(np.float64).copy()
+    scale = np.float32(base) ** np.float32(-2.0 / D)
+    for i in range(n):
+        theta = np.float32(pos0 + i)
+        for k in range(D // 2):
+            c, s = np.cos(np.float64(theta)), np.sin(np.float64(theta))
+            a, b = (k, k + D // 2) if neox else (2 * k, 2 * k + 1)
+            x0, x1 = x[i, :, a].astype(np.float64), x[i, :, b].astype(np.float64)
+            out[i, :, a] = x0 * c - x1 * s
+            out[i, :, b] = x0 * s + x1 * c
+            theta = np.float32(theta * scale)
+    return out
+
+
+@pytest.mark.parametrize("neox", [False, True])
+@pytest.mark.parametrize("pos0", [0, 7, 100003])
+def test_rope(neox, pos0):
+    rng = np.random.default_rng()
+    x = rng.standard_normal((3, 4, 64)).astype(np.float32)
+    got = core.cuda_test.rope(x.reshape(-1), 3, 4, 64, pos0, 10000.0, neox)
+    assert rel_err(got, rope_ref(x, pos0, 10000.0, neox)) < 2e-6
+
+
+def attention_ref(q, K, V, pos0, scale, blocks=None, block_size=16):
+    """float64 softmax attention; query i sees keys <= pos0 + i (and only selected blocks)."""
+    n_tok, H, D = q.shape
+    Hkv = K.shape[0]
+    G = H // Hkv
+    out = np.zeros((n_tok, H, D))
+    for i in range(n_tok):
+        for h in range(H):
+            kv = h // G
+            keys = np.arange(pos0 + i + 1)
+            if blocks is not None:
+                sel = np.zeros(K.shape[1], bool)
+                for b in blocks[kv]:
+                    sel[b * block_size:(b + 1) * block_size] = True
+                keys = keys[sel[keys]]
+            s = K[kv, keys].astype(np.float64) @ q[i, h].astype(np.float64) * scale
+            p = np.exp(s - s.max())
+            out[i, h] = p @ V[kv, keys].astype(np.float64) / p.sum()
+    return out
+
+
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("n_tok,pos0,splits", [(1, 0, 1), (1, 700, 1), (1, 700, 8), (5, 300, 2), (40, 100, 1),
+                                               (33, 1000, 4)])
+def test_dense_attention(D, n_tok, pos0, splits):
+    rng = np.random.default_rng()
+    H, Hkv = (28, 4) if D == 128 else (9, 3)
+    cap = pos0 + n_tok + 5
+    q = rng.standard_normal((n_tok, H, D)).astype(np.float32)
+    K = rng.standard_normal((Hkv, cap, D)).astype(np.float16)
+    V = rng.standard_normal((Hkv, cap, D)).astype(np.float16)
+    scale = 1 / np.sqrt(D)
+    got = core.cuda_test.attention(q.reshape(-1), n_tok, H, Hkv, D, K.view(np.uint16).reshape(-1),
+                                   V.view(np.uint16).reshape(-1), cap, pos0, None, 16, scale, splits)
+    assert np.isfinite(got).all()
+    assert rel_err(got, attention_ref(q, K, V, pos0, scale)) < 3e-3  # F16 query and probabilities
+
+
+@pytest.mark.parametrize("block_size", [16, 32])
+@pytest.mark.parametrize("n_kv,frac,splits", [(37, 1.0, 1), (1000, 0.3, 1), (5000, 0.1, 16), (5000, 1.0, 8)])
+def test_sparse_attention_vs_cpu(block_size, n_kv, frac, splits):
+    rng = np.random.default_rng()
+    H, Hkv, D = 28, 4, 128
+    cap = n_kv + 3
+    q = rng.standard_normal((1, H, D)).astype(np.float32)
+    K = rng.standard_normal((Hkv, cap, D)).astype(np.float16)
+    V = rng.standard_normal((Hkv, cap, D)).astype(np.float16)
+    n_blocks = -(-n_kv // block_size)
+    n_sel = max(1, int(np.ceil(frac * n_blocks)))
+    blocks = np.stack([np.sort(np.concatenate([rng.choice(n_blocks - 1, n_sel - 1, replace=False), [n_blocks - 1]]))
+                       for _ in range(Hkv)]).astype(np.int32)
+    scale = 1 / np.sqrt(D)
+    got = core.cuda_test.attention(q.reshape(-1), 1, H, Hkv, D, K.view(np.uint16).reshape(-1),
+                                   V.view(np.uint16).reshape(-1), cap, n_kv - 1, blocks.reshape(-1), block_size, scale,
+                                   splits).reshape(H, D)
+    ref = core.sparse_attention(q[0], K, V, n_kv, scale, block_size, blocks)
+    assert np.isfinite(got).all()
+    assert rel_err(got, ref) < 3e-3
+    if frac == 1.0:  # every block: the dense kernel's answer
+        dense = core.cuda_test.attention(q.reshape(-1), 1, H, Hkv, D, K.view(np.uint16).reshape(-1),
+                                         V.view(np.uint16).reshape(-1), cap, n_kv - 1, None, 16, scale, splits)
+        assert rel_err(got, dense.reshape(H, D)) < 1e-6
+
+
+@pytest.mark.parametrize("n_tokens", [1, 100, 1037, 4096])
+@pytest.mark.parametrize("block_size", [16, 32])
+def test_descriptors_match_cpu(n_tokens, block_size):
+    rng = np.random.default_rng()
+    Hkv, D = 4, 128
+    cap = n_tokens + 20
+    K = (rng.standard_normal((Hkv, cap, D)) * 4).astype(np.float16)
+    K[0, 0, :8] = [0.0, -0.0, 1, -1, 0, 0, 2, -2]  # signed zeros: -0 orders below +0
+    mn, mx = core.cuda_test.descriptors(K.view(np.uint16).reshape(-1), Hkv, cap, D, n_tokens, block_size)
+    rmn, rmx = core.block_descriptors_from_keys(K, n_tokens, block_size)
+    np.testing.assert_array_equal(mn, rmn)
+    np.testing.assert_array_equal(mx, rmx)
+
+
+@pytest.mark.parametrize("n_tokens,ratio,min_blocks,local", [(100, 0.1, 16, 1), (1037, 0.1, 16, 1), (5000, 0.1, 16, 1),
+                                                              (5000, 0.3, 4, 2), (20000, 0.1, 16, 1), (700, 1.0, 16, 1),
+                                                              (3000, 0.05, 0, 0)])
+def test_select_blocks_matches_cpu(n_tokens, ratio, min_blocks, local):
+    rng = np.random.default_rng()
+    H, Hkv, D, bs = 28, 4, 128, 16
+    cap = n_tokens + 16
+    K = rng.standard_normal((Hkv, cap, D)).astype(np.float16)
+    q = rng.standard_normal((H, D)).astype(np.float32)
+    got = core.cuda_test.select_blocks(q.reshape(-1), H, K.view(np.uint16).reshape(-1), Hkv, cap, D, n_tokens, bs, ratio,
+                                       min_blocks, local)
+    kmin, kmax = core.block_descriptors_from_keys(K, n_tokens, bs)
+    ref = core.select_blocks(q, kmin, kmax, n_tokens, bs, ratio, min_blocks, local, Hkv)
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_select_blocks_ties_go_to_lower_blocks():
+    H, Hkv, D, bs, n_tokens = 8, 2, 64, 16, 16 * 300
+    cap = n_tokens
+    K = np.ones((Hkv, cap, D), np.float16)  # every block scores the same
+    q = np.ones((H, D), np.float32)
+    got = core.cuda_test.select_blocks(q.reshape(-1), H, K.view(np.uint16).reshape(-1), Hkv, cap, D, n_tokens, bs, 0.1,
+                                       16, 1)
+    n_sel = core.resa_select_count(n_tokens, bs, 0.1, 16, 1)
+    expect = np.concatenate([np.arange(n_sel - 1), [299]])
+    np.testing.assert_array_equal(got, np.stack([expect, expect]))
+
+
+def test_argmax_first_of_ties():
+    x = np.random.default_rng().standard_normal(152064).astype(np.float32)
+    x[[5000, 90000]] = 100.0
+    assert core.cuda_test.argmax(x) == 5000

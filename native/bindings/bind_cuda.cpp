@@ -233,7 +233,8 @@ void bind_cuda(nb::module_& m) {
     auto r = cuda_test::transform_rows(transform, x.data(), u.empty() ? nullptr : u.data(), w.empty() ? nullptr : w.data(),
                                        eps, n, cols);
     return numpy_array(std::move(r), {(size_t)n, (size_t)cols});
-  });
+  }, nb::arg("transform"), nb::arg("x"), nb::arg("up").none(), nb::arg("norm_w").none(), nb::arg("eps"), nb::arg("n"),
+     nb::arg("cols"));
   t.def("rope", [](F32 x, int n, int n_head, int D, int pos0, float base, bool neox) {
     auto r = cuda_test::rope(x.data(), n, n_head, D, pos0, base, neox);
     return numpy_array(std::move(r), {(size_t)n, (size_t)n_head, (size_t)D});
@@ -256,7 +257,9 @@ void bind_cuda(nb::module_& m) {
     auto r = cuda_test::attention(q.data(), n_tok, n_head, n_kv_head, D, K.data(), V.data(), cap, pos0, bp, n_sel,
                                   block_size, scale, n_splits);
     return numpy_array(std::move(r), {(size_t)n_tok, (size_t)n_head, (size_t)D});
-  });
+  }, nb::arg("q"), nb::arg("n_tok"), nb::arg("n_head"), nb::arg("n_kv_head"), nb::arg("D"), nb::arg("K"), nb::arg("V"),
+     nb::arg("cap"), nb::arg("pos0"), nb::arg("blocks").none(), nb::arg("block_size"), nb::arg("scale"),
+     nb::arg("n_splits"));
   t.def("descriptors", [](U16 K, int n_kv_head, int cap, int D, int n_tokens, int block_size) {
     std::vector<float> mn, mx;
     cuda_test::descriptors(K.data(), n_kv_head, cap, D, n_tokens, block_size, mn, mx);

@@ -215,7 +215,11 @@ __global__ void __launch_bounds__(32 * kRowsPerCta) matvec_kernel(DeviceWeight w
     const int64_t nb = cols / QK_K;
     const int j = lane & 7;
     const ActLayout al = act_layout(GgmlType::Q8_K, cols);
-    for (int64_t b = lane >> 3; b < nb; b += 4) {
+    for (int64_t b0 = 0; b0 < nb; b0 += 4) {
+      // All 32 lanes run every iteration (the group sums below shuffle across the warp); lanes
+      // past the row's last block compute on block 0 and discard the result.
+      const bool valid = b0 + (lane >> 3) < nb;
+      const int64_t b = valid ? b0 + (lane >> 3) : 0;
       int qa_lo_off, qa_hi_off, g_lo, g_hi;
       int wlo[4], whi[4];
       int sc_lo = 0, sc_hi = 0, m_lo = 0, m_hi = 0;
@@ -290,13 +294,13 @@ __global__ void __launch_bounds__(32 * kRowsPerCta) matvec_kernel(DeviceWeight w
         if constexpr (W == GgmlType::Q6_K) {
           int sq = sc_lo * (dlo - 32 * bs[g_lo]) + sc_hi * (dhi - 32 * bs[g_hi]);
           sq = sum_group(sq, 8);
-          if (j == 0) acc[t] += __fmul_rn(__fmul_rn(ad, d), (float)sq);
+          if (j == 0 && valid) acc[t] += __fmul_rn(__fmul_rn(ad, d), (float)sq);
         } else {
           int sq = sc_lo * dlo + sc_hi * dhi;
           int sm = m_lo * bs[g_lo] + m_hi * bs[g_hi];
           sq = sum_group(sq, 8);
           sm = sum_group(sm, 8);
-          if (j == 0) acc[t] += __fmul_rn(ad, __fsub_rn(__fmul_rn(d, (float)sq), __fmul_rn(dmin, (float)sm)));
+          if (j == 0 && valid) acc[t] += __fmul_rn(ad, __fsub_rn(__fmul_rn(d, (float)sq), __fmul_rn(dmin, (float)sm)));
         }
       }
     }
@@ -306,7 +310,9 @@ __global__ void __launch_bounds__(32 * kRowsPerCta) matvec_kernel(DeviceWeight w
     const int64_t nb = cols / 32;
     const int sub = lane & 3;
     const ActLayout al = act_layout(W == GgmlType::Q4_1 || W == GgmlType::Q5_1 ? GgmlType::Q8_1 : GgmlType::Q8_0, cols);
-    for (int64_t b = lane >> 2; b < nb; b += 8) {
+    for (int64_t b0 = 0; b0 < nb; b0 += 8) {
+      const bool valid = b0 + (lane >> 2) < nb;  // as above: every lane iterates
+      const int64_t b = valid ? b0 + (lane >> 2) : 0;
       const uint8_t* blk = w.data + row * w.row_bytes + b * kBytes;
       const float wd = h2f(ld_u16(blk));
       float wm = 0.0f;
@@ -346,7 +352,7 @@ __global__ void __launch_bounds__(32 * kRowsPerCta) matvec_kernel(DeviceWeight w
         int isum = __dp4a(w0, a0, 0);
         isum = __dp4a(w1, a1, isum);
         isum = sum_group(isum, 4);
-        if (sub == 0) {
+        if (sub == 0 && valid) {
           const float ad = h2f(reinterpret_cast<const uint16_t*>(a + al.d_off)[b]);
           acc[t] += __fmul_rn(__fmul_rn(wd, ad), (float)isum);
           if constexpr (W == GgmlType::Q4_1 || W == GgmlType::Q5_1)

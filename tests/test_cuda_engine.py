@@ -38,6 +38,15 @@ def gguf():
     return open_gguf(p)
 
 
+@pytest.fixture(autouse=True)
+def scalar_cpu():
+    # CPU reference on its portable kernels: the AVX-512 Q4_1 dot differs from the block formula
+    # by ~1e-4 relative, enough to move this model's logits by ~5e-3 (scalar vs AVX-512).
+    core.set_cpu_isa("scalar")
+    yield
+    core.set_cpu_isa("auto")
+
+
 def engines(gguf, n_ctx=1024):
     cpu = core.Engine(gguf.config, gguf.tensor_table(), n_ctx, 0, 256)
     gpu = core.CudaEngine(gguf.config, gguf.tensor_table(), n_ctx, 0, 512, 0)
@@ -75,7 +84,7 @@ def test_prefill_logits_match_cpu(gguf):
     top1 = float(np.mean(np.argmax(got, 1) == np.argmax(ref, 1)))
     print(f"prefill 300 tokens: rel err {err:.2e}, top-1 agreement {top1:.3f}")
     assert np.isfinite(got).all()
-    assert err < 2e-2 and top1 > 0.95
+    assert err < 3e-2 and top1 > 0.95  # F16 activations on tensor cores vs the CPU's Q8
 
 
 def test_decode_logits_match_cpu(gguf):
@@ -87,7 +96,7 @@ def test_decode_logits_match_cpu(gguf):
         got = gpu.eval(toks[i:i + 1], False)
         errs.append(rel_err(got, ref))
     print("decode rel err: max %.2e mean %.2e" % (max(errs), np.mean(errs)))
-    assert max(errs) < 1e-2
+    assert max(errs) < 2e-3  # same Q8 integers; F16 query and probabilities in attention
 
 
 def test_greedy_generation_dense_matches_cpu(gguf):
@@ -117,9 +126,9 @@ def test_truncate_and_reeval(gguf):
     gpu = core.CudaEngine(gguf.config, gguf.tensor_table(), 512, 0, 512, 0)
     toks = prompt(gguf, 100, seed=4)
     a = gpu.eval(toks, False)
-    gpu.truncate(60)
-    b = gpu.eval(toks[60:], False)
-    assert rel_err(b, a) < 1e-6
+    gpu.truncate(40)
+    b = gpu.eval(toks[40:], False)  # 60 tokens: the same (GEMM) path as the 100
+    assert rel_err(b, a) < 1e-3
     assert gpu.n_past == 100
 
 

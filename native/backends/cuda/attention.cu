@@ -260,7 +260,8 @@ void launch_d(const AttentionArgs& a, cudaStream_t stream) {
   const int R = a.n_tok * (a.n_head / a.n_kv_head);
   if (R <= 16) launch<D, 1>(a, stream);
   else if (R <= 64) launch<D, 4>(a, stream);
-  else launch<D, 8>(a, stream);
+  else if (R <= 128) launch<D, 8>(a, stream);
+  else launch<D, 16>(a, stream);
 }
 
 }  // namespace

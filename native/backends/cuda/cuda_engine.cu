@@ -278,7 +278,7 @@ struct CudaEngine::Impl {
   }
 
   int attention_splits(int n_rows_per_head, int n_tiles, bool graph) const {
-    const int nw = n_rows_per_head <= 16 ? 1 : n_rows_per_head <= 64 ? 4 : 8;
+    const int nw = n_rows_per_head <= 16 ? 1 : n_rows_per_head <= 64 ? 4 : n_rows_per_head <= 128 ? 8 : 16;
     const int row_tiles = (n_rows_per_head + 16 * nw - 1) / (16 * nw);
     const int base = row_tiles * c.n_head_kv;
     int s = std::max(1, (3 * n_sm + base - 1) / base);

@@ -194,3 +194,24 @@ def test_model_device_selection_and_cupy(gguf):
 def test_out_of_memory_is_a_clear_error(gguf):
     with pytest.raises(core.DeviceMemoryError, match="needs"):
         core.CudaEngine(gguf.config, gguf.tensor_table(), 2_000_000_000, 0, 512, 0)
+
+
+@pytest.mark.parametrize("n_layers", [1, 2, 4])
+def test_first_token_logits_by_depth(gguf, tmp_path, n_layers):
+    """Diagnostic: the same model cut to n_layers blocks; one token at position 0 (attention is
+    then exactly V), so CPU and GPU differ only by summation order in the products."""
+    import subprocess
+    import sys
+
+    from pyresa.gguf_file import open_gguf
+
+    out = tmp_path / f"cut{n_layers}.gguf"
+    subprocess.run([sys.executable, str(Path(__file__).parent.parent / "bench" / "gpu_make_test_model.py"),
+                    str(gguf.path), str(out), str(n_layers)], check=True)
+    g = open_gguf(out)
+    cpu = core.Engine(g.config, g.tensor_table(), 64, 0, 64)
+    gpu = core.CudaEngine(g.config, g.tensor_table(), 64, 0, 512, 0)
+    tok = prompt(g, 3, seed=9)
+    errs = [rel_err(gpu.eval(tok[i:i + 1], False), cpu.eval(tok[i:i + 1], False)) for i in range(3)]
+    print(f"{n_layers} layers: first-token logits rel err {errs}")
+    assert errs[0] < 1e-4

@@ -16,7 +16,9 @@ struct AttnSmem {
   static constexpr int LD = D + 8;  // padded row: ldmatrix rows land in distinct banks
   static constexpr size_t q_elems = (size_t)16 * NW * LD;
   static constexpr size_t kv_elems = (size_t)2 * TT * LD;  // per operand, two stages
-  static constexpr size_t bytes = (q_elems + 2 * kv_elems) * sizeof(__half) + 2 * TT * sizeof(int);
+  // Q as F16 (hi), then its rounding error as F16 (lo, block-sparse mode only: the CPU's sparse
+  // operator keeps the query in F32; its dense one rounds it to F16, as llama.cpp does).
+  static constexpr size_t bytes = (2 * q_elems + 2 * kv_elems) * sizeof(__half) + 2 * TT * sizeof(int);
 };
 
 __device__ __forceinline__ int span_start(const AttentionArgs& a, int h, int e, int n_spans, int spb) {
@@ -31,7 +33,8 @@ __global__ void __launch_bounds__(32 * NW) attention_kernel(AttentionArgs a) {
   constexpr int LD = S::LD;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __half* Qs = reinterpret_cast<__half*>(smem_raw);
-  __half* Ks = Qs + S::q_elems;
+  __half* Qlo = Qs + S::q_elems;
+  __half* Ks = Qlo + S::q_elems;
   __half* Vs = Ks + S::kv_elems;
   int* tokpos = reinterpret_cast<int*>(Vs + S::kv_elems);
 
@@ -40,6 +43,7 @@ __global__ void __launch_bounds__(32 * NW) attention_kernel(AttentionArgs a) {
   const int G = a.n_head / a.n_kv_head, R = a.n_tok * G;
   const int row0 = blockIdx.x * 16 * NW;
   const int pos0 = *a.pos_dev + a.pos_offset;
+  const bool q_split = a.precise && a.blocks != nullptr;
 
   // Q rows -> F16 in shared memory (rows past R are zero and fully masked).
   for (int idx = tid; idx < 16 * NW * (D / 2); idx += 32 * NW) {
@@ -50,7 +54,11 @@ __global__ void __launch_bounds__(32 * NW) attention_kernel(AttentionArgs a) {
       const int i = gr / G, g = gr % G;
       v = *reinterpret_cast<const float2*>(a.q + i * a.q_stride + (int64_t)(h * G + g) * D + c);
     }
-    *reinterpret_cast<__half2*>(Qs + r * LD + c) = __floats2half2_rn(v.x, v.y);
+    const __half2 hi = __floats2half2_rn(v.x, v.y);
+    *reinterpret_cast<__half2*>(Qs + r * LD + c) = hi;
+    if (q_split)
+      *reinterpret_cast<__half2*>(Qlo + r * LD + c) =
+          __floats2half2_rn(v.x - __low2float(hi), v.y - __high2float(hi));
   }
 
   const int last_row = min(R - 1, row0 + 16 * NW - 1);
@@ -117,6 +125,13 @@ __global__ void __launch_bounds__(32 * NW) attention_kernel(AttentionArgs a) {
         ldmatrix_x4(b0, b1, b2, b3, ks + (16 * np + (lane & 7) + (lane >> 4) * 8) * LD + 16 * kk + ((lane >> 3) & 1) * 8);
         mma_16816(s[2 * np], qa, b0, b1);
         mma_16816(s[2 * np + 1], qa, b2, b3);
+        if (q_split) {
+          uint32_t ql[4];
+          ldmatrix_x4(ql[0], ql[1], ql[2], ql[3],
+                      Qlo + (16 * warp + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + 16 * kk + (lane >> 4) * 8);
+          mma_16816(s[2 * np], ql, b0, b1);
+          mma_16816(s[2 * np + 1], ql, b2, b3);
+        }
       }
     }
     // Scale (log2 domain), mask, online softmax for the thread's two rows.
@@ -161,12 +176,16 @@ __global__ void __launch_bounds__(32 * NW) attention_kernel(AttentionArgs a) {
     }
     // O += P V: P from the score accumulators (two n-tiles of 8 = one k-step of 16).
 #pragma unroll
+    // precise: P = P_hi + P_lo, both F16, two products: probabilities to ~2^-22 instead of 2^-11.
     for (int k2 = 0; k2 < 2; ++k2) {
-      uint32_t pa[4];
-      pa[0] = pack_half2(s[2 * k2][0], s[2 * k2][1]);
-      pa[1] = pack_half2(s[2 * k2][2], s[2 * k2][3]);
-      pa[2] = pack_half2(s[2 * k2 + 1][0], s[2 * k2 + 1][1]);
-      pa[3] = pack_half2(s[2 * k2 + 1][2], s[2 * k2 + 1][3]);
+      uint32_t pa[4], pl[4];
+      const float* p4[4] = {&s[2 * k2][0], &s[2 * k2][2], &s[2 * k2 + 1][0], &s[2 * k2 + 1][2]};
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const __half2 hi = __floats2half2_rn(p4[e][0], p4[e][1]);
+        pa[e] = *reinterpret_cast<const uint32_t*>(&hi);
+        pl[e] = pack_half2(p4[e][0] - __low2float(hi), p4[e][1] - __high2float(hi));
+      }
 #pragma unroll
       for (int dp = 0; dp < D / 16; ++dp) {
         uint32_t b0, b1, b2, b3;
@@ -174,6 +193,10 @@ __global__ void __launch_bounds__(32 * NW) attention_kernel(AttentionArgs a) {
                           vs + (16 * k2 + ((lane >> 3) & 1) * 8 + (lane & 7)) * LD + 16 * dp + (lane >> 4) * 8);
         mma_16816(o[2 * dp], pa, b0, b1);
         mma_16816(o[2 * dp + 1], pa, b2, b3);
+        if (a.precise) {
+          mma_16816(o[2 * dp], pl, b0, b1);
+          mma_16816(o[2 * dp + 1], pl, b2, b3);
+        }
       }
     }
     __syncthreads();

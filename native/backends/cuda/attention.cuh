@@ -31,6 +31,9 @@ struct AttentionArgs {
   const int* n_sel_dev = nullptr;
   int block_size = 16;  // multiple of 16
   float scale = 1.0f;
+  // Two-term F16 probabilities (and, block-sparse, query): near-F32 accuracy for decode and
+  // rectification at twice the tensor-core work; prefill (compute-bound) turns it off.
+  bool precise = true;
   int n_splits = 1;
   // Workspace for n_splits > 1: n_kv_head * n_splits * rows * (D + 2) floats.
   float* work = nullptr;

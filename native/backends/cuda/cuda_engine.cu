@@ -361,6 +361,7 @@ struct CudaEngine::Impl {
       a.scale = scale;
       a.n_splits = splits;
       a.work = attn_work.get<float>();
+      a.precise = kind != StepKind::Prefill;
       if (kind == StepKind::SparseDecode) {
         select_blocks(q.get<float>(), c.n_head, desc.get<__half>(), desc_layout, l, rp, d_pos, keys.get<uint32_t>(),
                       blocks.get<int32_t>(), desc_layout.max_blocks, d_nsel, stream);

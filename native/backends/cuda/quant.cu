@@ -59,10 +59,6 @@ __device__ __forceinline__ uint32_t ld_u32_a2(const uint8_t* p) {  // 2-byte ali
   return (uint32_t)h[0] | ((uint32_t)h[1] << 16);
 }
 __device__ __forceinline__ uint16_t ld_u16(const uint8_t* p) { return *reinterpret_cast<const uint16_t*>(p); }
-__device__ __forceinline__ int sum_group(int v, int width) {  // sum over aligned groups of `width` lanes
-  for (int o = 1; o < width; o <<= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
 // Bits 0..3 of x moved to bit 4 of bytes 0..3.
 __device__ __forceinline__ int spread_bit4(uint32_t x) {
   return (int)(((x & 1u) | ((x & 2u) << 7) | ((x & 4u) << 14) | ((x & 8u) << 21)) << 4);
@@ -86,8 +82,11 @@ __device__ __forceinline__ float act_value(const ActPrep& p, const float* xr, co
   return x;
 }
 
+constexpr int kPrepWarps = 8;  // blocks per CTA (one per warp); a row spreads over gridDim.y CTAs
+
 template <ActTransform T, GgmlType A>
-__global__ void prepare_kernel(ActPrep p, int64_t cols, uint8_t* out, size_t out_row_bytes) {
+__global__ void __launch_bounds__(32 * kPrepWarps) prepare_kernel(ActPrep p, int64_t cols, uint8_t* out,
+                                                                   size_t out_row_bytes) {
   const int row = blockIdx.x;
   const float* xr = p.x + row * p.ld_x;
   const float* ur = T == ActTransform::SwiGLU ? p.up + row * p.ld_x : nullptr;
@@ -109,15 +108,17 @@ __global__ void prepare_kernel(ActPrep p, int64_t cols, uint8_t* out, size_t out
     __syncthreads();
     scale = 1.0f / sqrtf((float)(partial[0] / (double)cols) + p.eps);
   }
+  const int64_t b = (int64_t)blockIdx.y * n_warps + warp;  // this warp's block
   if constexpr (A == GgmlType::F32 || A == GgmlType::F16) {
-    for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) {
+    const int64_t i = b * 32 + lane;
+    if (i < cols) {
       const float v = act_value<T>(p, xr, ur, i, scale);
       if constexpr (A == GgmlType::F32) reinterpret_cast<float*>(o)[i] = v;
       else reinterpret_cast<__half*>(o)[i] = __float2half_rn(v);
     }
   } else if constexpr (A == GgmlType::Q8_0 || A == GgmlType::Q8_1) {
     const ActLayout l = act_layout(A, cols);
-    for (int64_t b = warp; b < l.nb; b += n_warps) {
+    if (b < l.nb) {
       const float v = act_value<T>(p, xr, ur, b * 32 + lane, scale);
       const float amax = warp_max(fabsf(v));
       const float d = amax / 127.0f;
@@ -133,7 +134,7 @@ __global__ void prepare_kernel(ActPrep p, int64_t cols, uint8_t* out, size_t out
     }
   } else {  // Q8_K: lane holds elements 8*lane .. 8*lane+7 of a 256-block
     const ActLayout l = act_layout(A, cols);
-    for (int64_t b = warp; b < l.nb; b += n_warps) {
+    if (b < l.nb) {
       float v[8];
       int amax_bits = 0;
 #pragma unroll
@@ -170,13 +171,15 @@ __global__ void prepare_kernel(ActPrep p, int64_t cols, uint8_t* out, size_t out
 template <ActTransform T>
 void launch_prepare(const ActPrep& p, GgmlType a, int n_rows, int64_t cols, void* out, size_t rb, cudaStream_t s) {
   auto* o = static_cast<uint8_t*>(out);
-  const int threads = 256;
+  const int threads = 32 * kPrepWarps;
+  const int64_t block = a == GgmlType::Q8_K ? QK_K : 32;
+  const dim3 grid(n_rows, ceil_div((cols + block - 1) / block, kPrepWarps));
   switch (a) {
-    case GgmlType::F32: prepare_kernel<T, GgmlType::F32><<<n_rows, threads, 0, s>>>(p, cols, o, rb); break;
-    case GgmlType::F16: prepare_kernel<T, GgmlType::F16><<<n_rows, threads, 0, s>>>(p, cols, o, rb); break;
-    case GgmlType::Q8_0: prepare_kernel<T, GgmlType::Q8_0><<<n_rows, threads, 0, s>>>(p, cols, o, rb); break;
-    case GgmlType::Q8_1: prepare_kernel<T, GgmlType::Q8_1><<<n_rows, threads, 0, s>>>(p, cols, o, rb); break;
-    case GgmlType::Q8_K: prepare_kernel<T, GgmlType::Q8_K><<<n_rows, threads, 0, s>>>(p, cols, o, rb); break;
+    case GgmlType::F32: prepare_kernel<T, GgmlType::F32><<<grid, threads, 0, s>>>(p, cols, o, rb); break;
+    case GgmlType::F16: prepare_kernel<T, GgmlType::F16><<<grid, threads, 0, s>>>(p, cols, o, rb); break;
+    case GgmlType::Q8_0: prepare_kernel<T, GgmlType::Q8_0><<<grid, threads, 0, s>>>(p, cols, o, rb); break;
+    case GgmlType::Q8_1: prepare_kernel<T, GgmlType::Q8_1><<<grid, threads, 0, s>>>(p, cols, o, rb); break;
+    case GgmlType::Q8_K: prepare_kernel<T, GgmlType::Q8_K><<<grid, threads, 0, s>>>(p, cols, o, rb); break;
     default: throw std::invalid_argument("prepare_activations: unsupported activation format");
   }
   PYRESA_CUDA_LAUNCH_CHECK();
@@ -291,16 +294,15 @@ __global__ void __launch_bounds__(32 * kRowsPerCta) matvec_kernel(DeviceWeight w
         dhi = __dp4a(whi[3], (int)ahi.w, dhi);
         const int16_t* bs = reinterpret_cast<const int16_t*>(a + al.bsum_off) + b * 16;
         const float ad = reinterpret_cast<const float*>(a + al.d_off)[b];
+        // Each lane scales its own share of the superblock's integer sums (no shuffles in the
+        // loop); the CPU scales the whole superblock's sums at once, so only float rounding differs.
         if constexpr (W == GgmlType::Q6_K) {
-          int sq = sc_lo * (dlo - 32 * bs[g_lo]) + sc_hi * (dhi - 32 * bs[g_hi]);
-          sq = sum_group(sq, 8);
-          if (j == 0 && valid) acc[t] += __fmul_rn(__fmul_rn(ad, d), (float)sq);
+          const int sq = sc_lo * (dlo - 32 * bs[g_lo]) + sc_hi * (dhi - 32 * bs[g_hi]);
+          if (valid) acc[t] += __fmul_rn(__fmul_rn(ad, d), (float)sq);
         } else {
-          int sq = sc_lo * dlo + sc_hi * dhi;
-          int sm = m_lo * bs[g_lo] + m_hi * bs[g_hi];
-          sq = sum_group(sq, 8);
-          sm = sum_group(sm, 8);
-          if (j == 0 && valid) acc[t] += __fmul_rn(ad, __fsub_rn(__fmul_rn(d, (float)sq), __fmul_rn(dmin, (float)sm)));
+          const int sq = sc_lo * dlo + sc_hi * dhi;
+          const int sm = m_lo * bs[g_lo] + m_hi * bs[g_hi];
+          if (valid) acc[t] += __fmul_rn(ad, __fsub_rn(__fmul_rn(d, (float)sq), __fmul_rn(dmin, (float)sm)));
         }
       }
     }
@@ -351,12 +353,11 @@ __global__ void __launch_bounds__(32 * kRowsPerCta) matvec_kernel(DeviceWeight w
         }
         int isum = __dp4a(w0, a0, 0);
         isum = __dp4a(w1, a1, isum);
-        isum = sum_group(isum, 4);
-        if (sub == 0 && valid) {
+        if (valid) {
           const float ad = h2f(reinterpret_cast<const uint16_t*>(a + al.d_off)[b]);
           acc[t] += __fmul_rn(__fmul_rn(wd, ad), (float)isum);
           if constexpr (W == GgmlType::Q4_1 || W == GgmlType::Q5_1)
-            acc_m[t] += __fmul_rn(wm, h2f(reinterpret_cast<const uint16_t*>(a + al.s_off)[b]));
+            if (sub == 0) acc_m[t] += __fmul_rn(wm, h2f(reinterpret_cast<const uint16_t*>(a + al.s_off)[b]));
         }
       }
     }

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import pyresa._core as core
-from cuda_util import (BF16, BLOCK, F16, F32, NAMES, Q4_K, Q5_K, Q6_K, Q8_0, Q8_1, Q8_K, WEIGHT_TYPES, random_weights,
+from cuda_util import (BF16, BLOCK, F16, F32, NAMES, Q4_1, Q4_K, Q5_K, Q6_K, Q8_0, Q8_1, Q8_K, WEIGHT_TYPES, random_weights,
                        rel_err, requires_cuda)
 
 pytestmark = requires_cuda
@@ -64,13 +64,16 @@ def test_matvec_matches_cpu_vec_dot(t, n, scalar_cpu):
     assert rel_err(got, ref) < 2e-6, rel_err(got, ref)
 
 
-@pytest.mark.parametrize("t", [F16, Q8_0, Q4_K, Q6_K, Q5_K], ids=lambda t: NAMES[t])
-def test_gemm_path_matches_float64(t):
+@pytest.mark.parametrize("path,n", [(1, 70), (2, 9), (2, 33), (2, 64)])
+@pytest.mark.parametrize("t", [F16, Q8_0, Q4_1, Q4_K, Q6_K, Q5_K], ids=lambda t: NAMES[t])
+def test_f16_paths_match_float64(t, path, n):
+    """path 1: dequantize to F16 + tiled GEMM (prefill); 2: dequantize-and-multiply in shared
+    memory (rectification chunks, short prompts; K split over CTAs when rows are few)."""
     rng = np.random.default_rng()
-    rows, cols, n = 300, cols_for(t, 2), 70
+    rows, cols = (300, cols_for(t, 2)) if path == 1 else (200, cols_for(t, 9))
     w = random_weights(rng, t, rows, cols)
     x = rng.standard_normal((n, cols)).astype(np.float32)
-    got = core.cuda_test.matvec(t, rows, cols, w.reshape(-1), x.reshape(-1), n, None, True)
+    got = core.cuda_test.matvec(t, rows, cols, w.reshape(-1), x.reshape(-1), n, None, path)
     wf = np.stack([core.dequantize_row(t, np.ascontiguousarray(w[r]), cols) for r in range(rows)]).astype(np.float64)
     ref = x.astype(np.float64) @ wf.T
     assert np.isfinite(got).all()

@@ -206,17 +206,17 @@ void bind_cuda(nb::module_& m) {
 
   // ---- test hooks: one kernel each, host arrays in and out -----------------------------------
   nb::module_ t = m.def_submodule("cuda_test", "Single CUDA kernels for tests against the CPU backend.");
-  t.def("matvec", [](int type, int64_t rows, int64_t cols, Bytes w, F32 x, int n, nb::object bias, bool gemm) {
+  t.def("matvec", [](int type, int64_t rows, int64_t cols, Bytes w, F32 x, int n, nb::object bias, int path) {
     std::vector<float> b;
     if (!bias.is_none()) {
       F32 ba = nb::cast<F32>(bias);
       b.assign(ba.data(), ba.data() + ba.size());
     }
     if (x.size() != (size_t)(n * cols)) throw std::invalid_argument("x must hold n * cols floats");
-    auto y = cuda_test::matvec(type, rows, cols, w.data(), w.size(), x.data(), n, b.empty() ? nullptr : b.data(), gemm);
+    auto y = cuda_test::matvec(type, rows, cols, w.data(), w.size(), x.data(), n, b.empty() ? nullptr : b.data(), path);
     return numpy_array(std::move(y), {(size_t)n, (size_t)rows});
   }, nb::arg("type"), nb::arg("rows"), nb::arg("cols"), nb::arg("w"), nb::arg("x"), nb::arg("n"),
-     nb::arg("bias") = nb::none(), nb::arg("gemm") = false);
+     nb::arg("bias") = nb::none(), nb::arg("path") = 0);
   t.def("quantize_rows", [](int act_type, F32 x, int n, int64_t cols) {
     auto r = cuda_test::quantize_rows(act_type, x.data(), n, cols);
     const size_t sz = r.size();

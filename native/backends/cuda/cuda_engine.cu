@@ -42,7 +42,7 @@ std::string cuda_device_name(int device) {
 
 namespace {
 
-constexpr int kMaxDecodeSplits = 128;
+constexpr int kMaxDecodeSplits = 256;
 constexpr size_t kAttnWorkBytes = size_t(64) << 20;
 constexpr int64_t kDequantScratchElems = int64_t(64) << 20;  // F16 weights per GEMM slice
 
@@ -100,7 +100,9 @@ struct CudaEngine::Impl {
   AttentionSettings att;
   AttentionStats st;
   float theta_scale = 1.0f;
-  int gemm_min_tokens = 48;
+  int gemm_min_tokens = 65;
+  int matvec_max_tokens = 8;
+  bool precise_dense = true;
 
   // Graph cache: (kind, attention splits) -> executable graph.
   std::map<std::pair<int, int>, cudaGraphExec_t> graphs;
@@ -243,14 +245,21 @@ struct CudaEngine::Impl {
 
   // ---- pieces of the forward ---------------------------------------------------------------
 
-  bool use_gemm(int n) const { return n >= gemm_min_tokens; }
+  // Products of n tokens: up to matvec_max_tokens by the integer matvec (Q8 activations, the
+  // CPU's arithmetic); up to 64 by dequantize-and-multiply in shared memory (weights read once);
+  // beyond, by dequantizing slices to F16 and the tiled tensor-core GEMM.
+  enum class Path { Matvec, Small, Gemm };
+  Path path_for(const DeviceWeight& w, int n) const {
+    if (n <= matvec_max_tokens || w.cols % 32) return Path::Matvec;
+    return n <= 64 && n < gemm_min_tokens ? Path::Small : Path::Gemm;
+  }
 
   // y[n][w.rows] (+)= W . f(src) where f is described by `prep`; src identifies the activation
   // source so consecutive products of the same input reuse one quantization.
   void linear(const DeviceWeight& w, const ActPrep& prep, const void* src_id, int n, float* y, int64_t ldy,
               const DeviceWeight* bias, bool accumulate) {
-    const bool gemm = use_gemm(n) && w.cols % 32 == 0;
-    const GgmlType fmt = gemm ? GgmlType::F16 : act_type_for(w.type);
+    const Path path = path_for(w, n);
+    const GgmlType fmt = path != Path::Matvec ? GgmlType::F16 : act_type_for(w.type);
     const size_t rb = act_row_bytes(fmt, w.cols);
     if (act_src != src_id || act_fmt != fmt || act_rows != n) {
       prepare_activations(prep, fmt, n, w.cols, act.get(), rb, stream);
@@ -259,7 +268,11 @@ struct CudaEngine::Impl {
       act_rows = n;
     }
     const float* b = bias && bias->present() ? reinterpret_cast<const float*>(bias->data) : nullptr;
-    if (!gemm) {
+    if (path == Path::Small) {
+      dequant_matmul_small(w, act.get<__half>(), rb / 2, n, y, ldy, b, accumulate, n_sm, stream);
+      return;
+    }
+    if (path == Path::Matvec) {
       MatvecOut o;
       o.y = y;
       o.ldy = ldy;
@@ -281,7 +294,9 @@ struct CudaEngine::Impl {
     const int nw = n_rows_per_head <= 16 ? 1 : n_rows_per_head <= 64 ? 4 : n_rows_per_head <= 128 ? 8 : 16;
     const int row_tiles = (n_rows_per_head + 16 * nw - 1) / (16 * nw);
     const int base = row_tiles * c.n_head_kv;
-    int s = std::max(1, (3 * n_sm + base - 1) / base);
+    // One-warp CTAs (decode) need many in flight per SM to keep enough loads going.
+    const int target = nw == 1 ? 8 * n_sm : 3 * n_sm;
+    int s = std::max(1, (target + base - 1) / base);
     s = std::min(s, std::max(1, n_tiles / 4));
     const size_t per_split = (size_t)c.n_head_kv * n_rows_per_head * (c.head_dim + 2) * sizeof(float);
     s = std::min<int>(s, (int)(kAttnWorkBytes / per_split));
@@ -361,7 +376,8 @@ struct CudaEngine::Impl {
       a.scale = scale;
       a.n_splits = splits;
       a.work = attn_work.get<float>();
-      a.precise = kind != StepKind::Prefill;
+      a.precise = kind == StepKind::Rectify || kind == StepKind::SparseDecode ||
+                  (kind == StepKind::Decode && precise_dense);
       if (kind == StepKind::SparseDecode) {
         select_blocks(q.get<float>(), c.n_head, desc.get<__half>(), desc_layout, l, rp, d_pos, keys.get<uint32_t>(),
                       blocks.get<int32_t>(), desc_layout.max_blocks, d_nsel, stream);
@@ -586,7 +602,9 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, CudaEngi
   if (m.c.n_head / m.c.n_head_kv > 16) throw UnsupportedError("CUDA backend: at most 16 query heads per KV head");
   PYRESA_CUDA_CHECK(cudaStreamCreateWithFlags(&m.stream, cudaStreamNonBlocking));
   m.theta_scale = std::pow(m.c.rope_freq_base, -2.0f / m.c.head_dim);
-  m.gemm_min_tokens = env_int("PYRESA_CUDA_GEMM_MIN_TOKENS", 48);
+  m.gemm_min_tokens = env_int("PYRESA_CUDA_GEMM_MIN_TOKENS", 65);
+  m.matvec_max_tokens = env_int("PYRESA_CUDA_MATVEC_MAX_TOKENS", 8);
+  m.precise_dense = env_int("PYRESA_CUDA_PRECISE_DENSE", 1) != 0;
   m.upload(weights);
   m.check_types();
   m.opt.n_batch = std::max(options.n_batch, m.att.rectify_every + 1);

@@ -1,8 +1,10 @@
+#include <algorithm>
 #include <cstring>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "backends/cuda/mma.cuh"
 #include "backends/cuda/quant.cuh"
 
 namespace pyresa::cuda {
@@ -471,6 +473,117 @@ __global__ void dequant_rows_f16_kernel(DeviceWeight w, int64_t r0, int64_t n_ro
   }
 }
 
+// ---- dequantize-and-multiply for a few tokens (rectification, short prompts) ------------------
+// y[m][n] (+)= sum_k A[m][k] W[n][k] for M <= 64 tokens: each CTA dequantizes a 128-row x 256-deep
+// slice of W into shared memory (F16) and multiplies it with the tokens' F16 activations on tensor
+// cores, so the quantized weights are read once for all tokens. K is split over CTAs when the
+// matrix has few rows (partial sums added with atomics).
+
+constexpr int DQ_BN = 128, DQ_BK = 256, DQ_LD = DQ_BK + 8, DQ_THREADS = 256;
+constexpr size_t kDqSmem = (size_t)(64 + DQ_BN) * DQ_LD * sizeof(__half);
+
+template <GgmlType W>
+__global__ void __launch_bounds__(DQ_THREADS) dqmm_kernel(DeviceWeight w, const __half* A, int64_t lda, int M,
+                                                         float* y, int64_t ldy, const float* bias, bool accumulate,
+                                                         int k_chunks_per_split, bool atomic) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  __half* As = reinterpret_cast<__half*>(smem_raw);
+  __half* Ws = As + 64 * DQ_LD;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int64_t n0 = (int64_t)blockIdx.x * DQ_BN;
+  const int64_t K = w.cols;
+  const int64_t kc0 = (int64_t)blockIdx.y * k_chunks_per_split;
+  const int64_t kc_end = (K + DQ_BK - 1) / DQ_BK;
+  const int64_t kc1 = kc0 + k_chunks_per_split < kc_end ? kc0 + k_chunks_per_split : kc_end;
+  const int mt = (M + 15) / 16;
+  float acc[4][2][4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) acc[i][j][0] = acc[i][j][1] = acc[i][j][2] = acc[i][j][3] = 0.0f;
+
+  for (int64_t kc = kc0; kc < kc1; ++kc) {
+    const int64_t k0 = kc * DQ_BK;
+    __syncthreads();
+    // activations: 64 x 256 halves, 16 B per thread-step
+    for (int c = tid; c < 64 * (DQ_BK / 8); c += DQ_THREADS) {
+      const int m = c / (DQ_BK / 8), kk = (c % (DQ_BK / 8)) * 8;
+      uint4 v = make_uint4(0, 0, 0, 0);
+      if (m < M && k0 + kk < K) v = *reinterpret_cast<const uint4*>(A + m * lda + k0 + kk);
+      *reinterpret_cast<uint4*>(As + m * DQ_LD + kk) = v;
+    }
+    // weights: 128 rows x 8 chunks of 32, dequantized as the CPU does, rounded to F16
+    for (int c = tid; c < DQ_BN * (DQ_BK / 32); c += DQ_THREADS) {
+      const int r = c / (DQ_BK / 32), ch = c % (DQ_BK / 32);
+      const int64_t row = n0 + r, kk = k0 + ch * 32;
+      __half2* dst = reinterpret_cast<__half2*>(Ws + r * DQ_LD + ch * 32);
+      if (row < w.rows && kk < K) {
+        float v[32];
+        dequant_chunk<W>(w, row, kk / 32, v);
+#pragma unroll
+        for (int e = 0; e < 16; ++e) dst[e] = __floats2half2_rn(v[2 * e], v[2 * e + 1]);
+      } else {
+#pragma unroll
+        for (int e = 0; e < 16; ++e) dst[e] = __floats2half2_rn(0.0f, 0.0f);
+      }
+    }
+    __syncthreads();
+#pragma unroll 4
+    for (int kk = 0; kk < DQ_BK; kk += 16) {
+      uint32_t b0, b1, b2, b3;
+      ldmatrix_x4(b0, b1, b2, b3, Ws + (16 * warp + (lane & 7) + (lane >> 4) * 8) * DQ_LD + kk + ((lane >> 3) & 1) * 8);
+#pragma unroll
+      for (int mi = 0; mi < 4; ++mi) {
+        if (mi >= mt) break;
+        uint32_t a[4];
+        ldmatrix_x4(a[0], a[1], a[2], a[3], As + (16 * mi + (lane & 7) + ((lane >> 3) & 1) * 8) * DQ_LD + kk + (lane >> 4) * 8);
+        mma_16816(acc[mi][0], a, b0, b1);
+        mma_16816(acc[mi][1], a, b2, b3);
+      }
+    }
+  }
+  const int g4 = lane >> 2, t4 = lane & 3;
+#pragma unroll
+  for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < 2; ++ni)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int m = 16 * mi + g4 + (e >> 1) * 8;
+        const int64_t n = n0 + 16 * warp + 8 * ni + 2 * t4 + (e & 1);
+        if (m >= M || n >= w.rows) continue;
+        float v = acc[mi][ni][e];
+        if (bias && blockIdx.y == 0) v += bias[n];
+        float* dst = y + m * ldy + n;
+        if (atomic) atomicAdd(dst, v);
+        else *dst = accumulate ? *dst + v : v;
+      }
+}
+
+template <GgmlType W>
+struct DqmmLaunch {
+  static void run(const DeviceWeight& w, const __half* A, int64_t lda, int M, float* y, int64_t ldy, const float* bias,
+                  bool accumulate, int n_sm, cudaStream_t s) {
+    static bool configured[64] = {};
+    int dev = 0;
+    cudaGetDevice(&dev);
+    if (!configured[dev & 63]) {
+      PYRESA_CUDA_CHECK(cudaFuncSetAttribute(dqmm_kernel<W>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)kDqSmem));
+      configured[dev & 63] = true;
+    }
+    const int n_blocks = ceil_div(w.rows, DQ_BN);
+    const int k_chunks = ceil_div(w.cols, DQ_BK);
+    int splits = std::max(1, std::min(k_chunks, ceil_div(2 * n_sm, n_blocks)));
+    const int per = ceil_div(k_chunks, splits);
+    splits = ceil_div(k_chunks, per);
+    const bool atomic = splits > 1;
+    if (atomic && !accumulate)
+      PYRESA_CUDA_CHECK(cudaMemsetAsync(y, 0, sizeof(float) * ((M - 1) * ldy + w.rows), s));
+    dqmm_kernel<W><<<dim3(n_blocks, splits), DQ_THREADS, kDqSmem, s>>>(w, A, lda, M, y, ldy, bias, accumulate, per, atomic);
+    PYRESA_CUDA_LAUNCH_CHECK();
+  }
+};
+
 template <template <GgmlType> class F, typename... Args>
 void dispatch_type(GgmlType t, Args&&... args) {
   switch (t) {
@@ -600,6 +713,14 @@ void prepare_activations(const ActPrep& p, GgmlType a, int n_rows, int64_t cols,
 void matvec(const DeviceWeight& w, const void* act, size_t arb, int n_tokens, const MatvecOut& out, cudaStream_t s) {
   if (n_tokens <= 0) return;
   dispatch_type<MatvecLaunch>(w.type, w, static_cast<const uint8_t*>(act), arb, n_tokens, out, s);
+}
+
+void dequant_matmul_small(const DeviceWeight& w, const __half* A, int64_t lda, int M, float* y, int64_t ldy,
+                          const float* bias, bool accumulate, int n_sm, cudaStream_t s) {
+  if (M <= 0) return;
+  if (M > 64) throw std::invalid_argument("dequant_matmul_small: at most 64 tokens");
+  if (w.cols % 32) throw UnsupportedError("CUDA backend: rows must be a multiple of 32 long");
+  dispatch_type<DqmmLaunch>(w.type, w, A, lda, M, y, ldy, bias, accumulate, n_sm, s);
 }
 
 void dequantize_rows_f32(const DeviceWeight& w, const int32_t* rows, int n, float* dst, int64_t ld, cudaStream_t s) {

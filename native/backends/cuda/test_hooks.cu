@@ -48,7 +48,8 @@ DeviceBuffer pos_buffer(int pos) { return to_device(&pos, sizeof(int)); }
 }  // namespace
 
 std::vector<float> matvec(int type, int64_t rows, int64_t cols, const uint8_t* w, size_t w_bytes, const float* x, int n,
-                          const float* bias, bool gemm) {
+                          const float* bias, int path) {
+  const bool gemm = path != 0;
   DeviceBuffer wb;
   const DeviceWeight dw = upload(type, rows, cols, w, w_bytes, wb);
   DeviceBuffer xb = to_device(x, sizeof(float) * n * cols);
@@ -67,6 +68,9 @@ std::vector<float> matvec(int type, int64_t rows, int64_t cols, const uint8_t* w
     o.ldy = rows;
     o.bias = bias ? bb.get<float>() : nullptr;
     matvec(dw, act.get(), rb, n, o, nullptr);
+  } else if (path == 2) {
+    dequant_matmul_small(dw, act.get<__half>(), rb / 2, n, y.get<float>(), rows, bias ? bb.get<float>() : nullptr,
+                         false, 132, nullptr);
   } else {
     DeviceBuffer wd(sizeof(__half) * rows * cols, "test dequantized weights");
     dequantize_rows_f16(dw, 0, rows, wd.get<__half>(), nullptr);

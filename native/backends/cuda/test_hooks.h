@@ -8,9 +8,10 @@
 
 namespace pyresa::cuda_test {
 
-// y [n][rows] = W [rows][cols] (ggml bytes) . x [n][cols]; gemm: the F16 tensor-core path.
+// y [n][rows] = W [rows][cols] (ggml bytes) . x [n][cols]; path 0: integer matvec (Q8 activations),
+// 1: dequantize to F16 + tiled tensor-core GEMM, 2: dequantize-and-multiply in shared memory (n <= 64).
 std::vector<float> matvec(int type, int64_t rows, int64_t cols, const uint8_t* w, size_t w_bytes, const float* x,
-                          int n, const float* bias, bool gemm);
+                          int n, const float* bias, int path);
 // Activation rows in the CPU's ggml block format (Q8_0, Q8_1, Q8_K) or raw F32/F16.
 std::vector<uint8_t> quantize_rows(int act_type, const float* x, int n, int64_t cols);
 // [rows][cols] floats

@@ -130,8 +130,8 @@ def test_truncate_and_reeval(gguf):
     toks = prompt(gguf, 100, seed=4)
     a = gpu.eval(toks, False)
     gpu.truncate(40)
-    b = gpu.eval(toks[40:], False)  # 60 tokens: the same (GEMM) path as the 100
-    assert rel_err(b, a) < 1e-3
+    b = gpu.eval(toks[40:], False)  # 60 tokens: F16 products as the 100 (other tiling)
+    assert rel_err(b, a) < 5e-3
     assert gpu.n_past == 100
 
 

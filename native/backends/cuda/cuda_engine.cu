@@ -83,7 +83,7 @@ struct CudaEngine::Impl {
 
   // activations
   int nb = 0;  // rows per forward (n_batch, at least rectify_every + 1)
-  DeviceBuffer x, q, k, v, attn, gate, up, act, wdeq, logits_all, logits1, attn_work, keys, blocks;
+  DeviceBuffer x, q, k, v, attn, gate, up, act, wdeq, logits_all, logits1, attn_work, keys, blocks, small_ws;
   size_t act_rb_max = 0;
   int logits_rows = 0;  // rows logits_all holds
   DeviceBuffer ints;    // pos, n_sel, argmax out, tokens [nb]
@@ -231,6 +231,7 @@ struct CudaEngine::Impl {
     wdeq = DeviceBuffer(std::min(max_w, std::max(kDequantScratchElems, max_w)) * sizeof(__half), "GEMM weight scratch");
     logits1 = DeviceBuffer(c.n_vocab * f, "logits");
     attn_work = DeviceBuffer(kAttnWorkBytes, "attention workspace");
+    small_ws = DeviceBuffer(size_t(32) << 20, "split-K workspace");
     ints = DeviceBuffer((4 + nb) * sizeof(int32_t), "positions");
     d_pos = ints.get<int>();
     d_nsel = d_pos + 1;
@@ -269,7 +270,8 @@ struct CudaEngine::Impl {
     }
     const float* b = bias && bias->present() ? reinterpret_cast<const float*>(bias->data) : nullptr;
     if (path == Path::Small) {
-      dequant_matmul_small(w, act.get<__half>(), rb / 2, n, y, ldy, b, accumulate, n_sm, stream);
+      dequant_matmul_small(w, act.get<__half>(), rb / 2, n, y, ldy, b, accumulate, n_sm, small_ws.get<float>(),
+                           small_ws.bytes() / sizeof(float), stream);
       return;
     }
     if (path == Path::Matvec) {
@@ -625,7 +627,7 @@ size_t CudaEngine::device_bytes() const {
   const Impl& m = *impl_;
   size_t s = 0;
   for (const DeviceBuffer* b : {&m.weights_buf, &m.k_cache, &m.v_cache, &m.desc, &m.x, &m.q, &m.k, &m.v, &m.attn,
-                                &m.gate, &m.up, &m.act, &m.wdeq, &m.logits_all, &m.logits1, &m.attn_work, &m.keys,
+                                &m.gate, &m.up, &m.act, &m.wdeq, &m.logits_all, &m.logits1, &m.attn_work, &m.small_ws, &m.keys,
                                 &m.blocks, &m.ints, &m.history})
     s += b->bytes();
   return s;

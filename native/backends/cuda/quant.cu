@@ -477,7 +477,7 @@ __global__ void dequant_rows_f16_kernel(DeviceWeight w, int64_t r0, int64_t n_ro
 // y[m][n] (+)= sum_k A[m][k] W[n][k] for M <= 64 tokens: each CTA dequantizes a 128-row x 256-deep
 // slice of W into shared memory (F16) and multiplies it with the tokens' F16 activations on tensor
 // cores, so the quantized weights are read once for all tokens. K is split over CTAs when the
-// matrix has few rows (partial sums added with atomics).
+// matrix has few rows: partial sums go to a workspace and are added in a fixed order (deterministic).
 
 constexpr int DQ_BN = 128, DQ_BK = 256, DQ_LD = DQ_BK + 8, DQ_THREADS = 256;
 constexpr size_t kDqSmem = (size_t)(64 + DQ_BN) * DQ_LD * sizeof(__half);
@@ -485,7 +485,7 @@ constexpr size_t kDqSmem = (size_t)(64 + DQ_BN) * DQ_LD * sizeof(__half);
 template <GgmlType W>
 __global__ void __launch_bounds__(DQ_THREADS) dqmm_kernel(DeviceWeight w, const __half* A, int64_t lda, int M,
                                                          float* y, int64_t ldy, const float* bias, bool accumulate,
-                                                         int k_chunks_per_split, bool atomic) {
+                                                         int k_chunks_per_split, float* partial) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __half* As = reinterpret_cast<__half*>(smem_raw);
   __half* Ws = As + 64 * DQ_LD;
@@ -553,17 +553,33 @@ __global__ void __launch_bounds__(DQ_THREADS) dqmm_kernel(DeviceWeight w, const 
         const int64_t n = n0 + 16 * warp + 8 * ni + 2 * t4 + (e & 1);
         if (m >= M || n >= w.rows) continue;
         float v = acc[mi][ni][e];
-        if (bias && blockIdx.y == 0) v += bias[n];
+        if (partial) {
+          partial[((int64_t)blockIdx.y * M + m) * w.rows + n] = v;
+          continue;
+        }
+        if (bias) v += bias[n];
         float* dst = y + m * ldy + n;
-        if (atomic) atomicAdd(dst, v);
-        else *dst = accumulate ? *dst + v : v;
+        *dst = accumulate ? *dst + v : v;
       }
+}
+
+__global__ void dqmm_reduce_kernel(const float* partial, int splits, int M, int64_t N, float* y, int64_t ldy,
+                                   const float* bias, bool accumulate) {
+  const int64_t total = (int64_t)M * N;
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t m = i / N, n = i % N;
+    float v = 0.0f;
+    for (int s = 0; s < splits; ++s) v += partial[(int64_t)s * total + i];
+    if (bias) v += bias[n];
+    float* dst = y + m * ldy + n;
+    *dst = accumulate ? *dst + v : v;
+  }
 }
 
 template <GgmlType W>
 struct DqmmLaunch {
   static void run(const DeviceWeight& w, const __half* A, int64_t lda, int M, float* y, int64_t ldy, const float* bias,
-                  bool accumulate, int n_sm, cudaStream_t s) {
+                  bool accumulate, int n_sm, float* ws, size_t ws_floats, cudaStream_t s) {
     static bool configured[64] = {};
     int dev = 0;
     cudaGetDevice(&dev);
@@ -574,13 +590,20 @@ struct DqmmLaunch {
     const int n_blocks = ceil_div(w.rows, DQ_BN);
     const int k_chunks = ceil_div(w.cols, DQ_BK);
     int splits = std::max(1, std::min(k_chunks, ceil_div(2 * n_sm, n_blocks)));
+    splits = (int)std::min<int64_t>(splits, ws ? (int64_t)(ws_floats / ((size_t)M * w.rows)) : 1);
+    splits = std::max(splits, 1);
     const int per = ceil_div(k_chunks, splits);
     splits = ceil_div(k_chunks, per);
-    const bool atomic = splits > 1;
-    if (atomic && !accumulate)
-      PYRESA_CUDA_CHECK(cudaMemsetAsync(y, 0, sizeof(float) * ((M - 1) * ldy + w.rows), s));
-    dqmm_kernel<W><<<dim3(n_blocks, splits), DQ_THREADS, kDqSmem, s>>>(w, A, lda, M, y, ldy, bias, accumulate, per, atomic);
+    float* partial = splits > 1 ? ws : nullptr;
+    dqmm_kernel<W><<<dim3(n_blocks, splits), DQ_THREADS, kDqSmem, s>>>(w, A, lda, M, y, ldy, bias, accumulate, per,
+                                                                         partial);
     PYRESA_CUDA_LAUNCH_CHECK();
+    if (partial) {
+      const int64_t total = (int64_t)M * w.rows;
+      dqmm_reduce_kernel<<<(int)std::min<int64_t>((total + 255) / 256, 4 * n_sm), 256, 0, s>>>(
+          partial, splits, M, w.rows, y, ldy, bias, accumulate);
+      PYRESA_CUDA_LAUNCH_CHECK();
+    }
   }
 };
 
@@ -716,11 +739,11 @@ void matvec(const DeviceWeight& w, const void* act, size_t arb, int n_tokens, co
 }
 
 void dequant_matmul_small(const DeviceWeight& w, const __half* A, int64_t lda, int M, float* y, int64_t ldy,
-                          const float* bias, bool accumulate, int n_sm, cudaStream_t s) {
+                          const float* bias, bool accumulate, int n_sm, float* ws, size_t ws_floats, cudaStream_t s) {
   if (M <= 0) return;
   if (M > 64) throw std::invalid_argument("dequant_matmul_small: at most 64 tokens");
   if (w.cols % 32) throw UnsupportedError("CUDA backend: rows must be a multiple of 32 long");
-  dispatch_type<DqmmLaunch>(w.type, w, A, lda, M, y, ldy, bias, accumulate, n_sm, s);
+  dispatch_type<DqmmLaunch>(w.type, w, A, lda, M, y, ldy, bias, accumulate, n_sm, ws, ws_floats, s);
 }
 
 void dequantize_rows_f32(const DeviceWeight& w, const int32_t* rows, int n, float* dst, int64_t ld, cudaStream_t s) {

@@ -61,8 +61,10 @@ void matvec(const DeviceWeight& w, const void* act, size_t act_row_bytes, int n_
 
 // y[m][n] (+)= W[n] . A[m] (+ bias[n]) for M <= 64 tokens of F16 activations (lda halves apart):
 // W is dequantized tile by tile into shared memory and multiplied on tensor cores, read once.
+// ws: workspace for K-split partial sums (ws_floats floats; null: no split).
 void dequant_matmul_small(const DeviceWeight& w, const __half* A, int64_t lda, int M, float* y, int64_t ldy,
-                          const float* bias, bool accumulate, int n_sm, cudaStream_t stream);
+                          const float* bias, bool accumulate, int n_sm, float* ws, size_t ws_floats,
+                          cudaStream_t stream);
 
 // Rows of W to float (embedding lookup): dst[i][:] = W[rows[i]], rows on the device.
 void dequantize_rows_f32(const DeviceWeight& w, const int32_t* rows, int n, float* dst, int64_t ld_dst,

@@ -129,7 +129,7 @@ __device__ void block_scan2(int& a, int& b, int* sm /* 2*32 */) {
 
 __global__ void __launch_bounds__(kSelThreads) select_kernel(DescLayout L, ResaParams p, const int* pos_dev,
                                                             const uint32_t* keys_all, int32_t* blocks,
-                                                            int64_t blocks_stride, int* n_sel_out) {
+                                                            int64_t blocks_stride, int* n_sel_out, bool keys_in_smem) {
   __shared__ unsigned hist[256];
   __shared__ int s_digit, s_above;
   __shared__ int scan_sm[64];
@@ -145,7 +145,14 @@ __global__ void __launch_bounds__(kSelThreads) select_kernel(DescLayout L, ResaP
   }
   for (int i = tid; i < n_local; i += kSelThreads) out[n_pick + i] = n_scored + i;
   if (n_pick <= 0) return;
+  // The keys are read five times below: from shared memory when they fit (one L2 pass).
+  extern __shared__ uint32_t skeys[];
   const uint32_t* keys = keys_all + (int64_t)h * L.max_blocks;
+  if (keys_in_smem) {
+    for (int i = tid; i < n_scored; i += kSelThreads) skeys[i] = keys[i];
+    __syncthreads();
+    keys = skeys;
+  }
 
   // Radix select, 8 bits a pass from the top: T = the n_pick-th largest key.
   uint32_t prefix = 0, mask = 0;
@@ -229,7 +236,17 @@ void select_blocks(const float* q, int n_head, const __half* desc, const DescLay
   score_kernel<<<dim3(ceil_div(L.max_blocks, kScoreThreads), L.n_kv_head), kScoreThreads, 0, stream>>>(
       q, n_head, desc, L, layer, p, pos_dev, keys);
   PYRESA_CUDA_LAUNCH_CHECK();
-  select_kernel<<<L.n_kv_head, kSelThreads, 0, stream>>>(L, p, pos_dev, keys, blocks, blocks_stride, n_sel_out);
+  const size_t smem = (size_t)L.max_blocks * sizeof(uint32_t);
+  const bool in_smem = smem <= 200 * 1024;
+  static int configured_smem[64] = {};
+  int dev = 0;
+  cudaGetDevice(&dev);
+  if (in_smem && configured_smem[dev & 63] < (int)smem) {
+    PYRESA_CUDA_CHECK(cudaFuncSetAttribute(select_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    configured_smem[dev & 63] = (int)smem;
+  }
+  select_kernel<<<L.n_kv_head, kSelThreads, in_smem ? smem : 0, stream>>>(L, p, pos_dev, keys, blocks, blocks_stride,
+                                                                          n_sel_out, in_smem);
   PYRESA_CUDA_LAUNCH_CHECK();
 }
 

@@ -69,8 +69,9 @@ std::vector<float> matvec(int type, int64_t rows, int64_t cols, const uint8_t* w
     o.bias = bias ? bb.get<float>() : nullptr;
     matvec(dw, act.get(), rb, n, o, nullptr);
   } else if (path == 2) {
+    DeviceBuffer ws(size_t(32) << 20, "test workspace");
     dequant_matmul_small(dw, act.get<__half>(), rb / 2, n, y.get<float>(), rows, bias ? bb.get<float>() : nullptr,
-                         false, 132, nullptr);
+                         false, 132, ws.get<float>(), ws.bytes() / 4, nullptr);
   } else {
     DeviceBuffer wd(sizeof(__half) * rows * cols, "test dequantized weights");
     dequantize_rows_f16(dw, 0, rows, wd.get<__half>(), nullptr);

@@ -83,6 +83,37 @@ void bind_engine(nb::module_& m) {
       .def_prop_ro("n_threads", &Engine::n_threads)
       .def_prop_ro("kv_bytes", &Engine::kv_bytes)
       .def("truncate", &Engine::truncate, nb::arg("n"))
+      .def("set_attention",
+           [](Engine& e, const std::string& mode, int block_size, double ratio, int min_blocks, int local_blocks,
+              int rectify_every) {
+             AttentionMode m;
+             if (mode == "dense") m = AttentionMode::Dense;
+             else if (mode == "sparse") m = AttentionMode::Sparse;
+             else if (mode == "resa") m = AttentionMode::Resa;
+             else throw std::invalid_argument("attention must be 'dense', 'sparse' or 'resa', got '" + mode + "'");
+             ResaParams p;
+             p.select.block_size = block_size;
+             p.select.ratio = ratio;
+             p.select.min_blocks = min_blocks;
+             p.select.local_blocks = local_blocks;
+             p.rectify_every = rectify_every;
+             e.set_attention(m, p);
+           },
+           nb::arg("mode"), nb::arg("block_size") = 16, nb::arg("ratio") = 0.1, nb::arg("min_blocks") = 16,
+           nb::arg("local_blocks") = 1, nb::arg("rectify_every") = 32)
+      .def("stats",
+           [](const Engine& e) {
+             const AttentionStats& s = e.stats();
+             nb::dict d;
+             d["decode_steps"] = s.decode_steps;
+             d["blocks_read"] = s.blocks_read;
+             d["blocks_total"] = s.blocks_total;
+             d["rectifications"] = s.rectifications;
+             d["rectified_tokens"] = s.rectified_tokens;
+             d["pending_rectification"] = e.pending_rectification();
+             return d;
+           })
+      .def("reset_stats", &Engine::reset_stats)
       .def("eval",
            [](Engine& e, Tokens tokens, bool all_logits) {
              const int n = static_cast<int>(tokens.size());

@@ -22,7 +22,7 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def chat_command(*flags):
-    return [sys.executable, "-m", "pyresa.cli.chat", str(default_model_path()), "--threads", "1", *flags]
+    return [sys.executable, "-m", "pyresa", "chat", str(default_model_path()), "--threads", "1", *flags]
 
 
 def child_env(tmp_path):

@@ -49,7 +49,7 @@ def start_server(*flags, timeout=90):
     """Starts `pyresa serve` on a free local port; returns (process, base url)."""
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen([sys.executable, "-m", "pyresa.cli.serve", str(default_model_path()), "--host",
+    proc = subprocess.Popen([sys.executable, "-m", "pyresa", "serve", str(default_model_path()), "--host",
                              "127.0.0.1", "--port", str(port), "--threads", "1", "--log-level", "warning", *flags],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"

@@ -9,6 +9,7 @@ import argparse
 import os
 import signal
 import sys
+import tempfile
 from typing import TextIO
 
 from pyresa.cli import common
@@ -27,18 +28,50 @@ Ctrl-C stops the current reply and keeps the conversation. A line starting with 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("chat", help="chat with a model in the terminal",
                               description="Chat with a model: a terminal session, or one prompt per line "
-                                          "from a pipe (replies on stdout, no prompts or colours).")
+                                          "from a pipe (replies on stdout, no prompts or colours). "
+                                          "--max-tokens -1 lets a reply run until the context is full.")
     configure(p)
     return p
 
 
 def configure(p: argparse.ArgumentParser) -> None:
     common.add_model_args(p)
-    common.add_attention_args(p)
-    common.add_sampling_args(p, max_tokens_default=1024)
+    common.add_sampling_args(p, max_tokens=1024)
     p.add_argument("--system", "-s", default=None, metavar="TEXT", help="system prompt")
     p.add_argument("--no-color", action="store_true", help="plain output even in a terminal (also NO_COLOR=1)")
     p.set_defaults(func=run)
+
+
+def sampling_kwargs(args: argparse.Namespace) -> dict:
+    """The shared sampling flags; --max-tokens -1 means: no limit but the context."""
+    kwargs = common.sampling_kwargs(args)
+    if kwargs["max_tokens"] is not None and kwargs["max_tokens"] < 0:
+        kwargs["max_tokens"] = None
+    return kwargs
+
+
+def load_tokenizer_quietly(model) -> None:
+    """Loads the tokenizer now (not during the first message) without llama.cpp's load-time
+    warnings on the terminal; they are shown if loading fails."""
+    sys.stderr.flush()
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # stderr replaced (pytest capture, IDEs)
+        model.tokenizer.llama
+        return
+    saved = os.dup(fd)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), fd)
+        try:
+            model.tokenizer.llama
+        except BaseException:
+            os.dup2(saved, fd)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode("utf-8", "replace"))
+            raise
+        finally:
+            os.dup2(saved, fd)
+            os.close(saved)
 
 
 # -- output -----------------------------------------------------------------------------------
@@ -381,7 +414,7 @@ def run(args: argparse.Namespace) -> int:
         print(style.dim("loading the model..."), flush=True)
     model = common.load_model(args)
     try:
-        common.load_tokenizer_quietly(model)
+        load_tokenizer_quietly(model)
         if not model.tokenizer.chat_template:
             print(f"pyresa: {model.path.name} has no chat template; use `pyresa generate` for plain "
                   "text completion", file=sys.stderr)
@@ -389,7 +422,7 @@ def run(args: argparse.Namespace) -> int:
     except Exception as e:  # tokenizer unavailable
         print(f"pyresa: {e}", file=sys.stderr)
         return 2
-    session = ChatSession(model, common.sampling_kwargs(args), args.system, interactive=interactive, style=style)
+    session = ChatSession(model, sampling_kwargs(args), args.system, interactive=interactive, style=style)
     if interactive:
         attention = getattr(model, "attention", None) or "dense"
         print(f"pyresa chat · {model.model_name} · {model.device} · n_ctx {model.n_ctx} · {attention} attention")
@@ -401,13 +434,3 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m pyresa.cli.chat` runs the subcommand alone."""
-    p = argparse.ArgumentParser(prog="pyresa chat", description="Chat with a model.")
-    configure(p)
-    args = p.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from pyresa.cli import common
+from pyresa.cli.chat import load_tokenizer_quietly
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -19,7 +20,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def configure(p: argparse.ArgumentParser) -> None:
     common.add_model_args(p)
-    common.add_attention_args(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", "-p", type=int, default=8000, help="port (default: 8000)")
     p.add_argument("--alias", default=None, metavar="NAME",
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     model = common.load_model(args)
     try:
-        common.load_tokenizer_quietly(model)  # now, not during the first request
+        load_tokenizer_quietly(model)  # now, not during the first request
     except Exception as e:
         print(f"pyresa: {e}", file=sys.stderr)
         return 2
@@ -56,14 +56,3 @@ def run(args: argparse.Namespace) -> int:
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
     return 0
 
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m pyresa.cli.serve` runs the subcommand alone."""
-    p = argparse.ArgumentParser(prog="pyresa serve", description="Serve a model over an OpenAI-compatible API.")
-    configure(p)
-    args = p.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -296,9 +296,10 @@ void dequantize_q8(const void* src, float* dst, int64_t n) {
 
 // One block of 32 floats -> d and 32 int8 (round half to even, as the other kernel sets);
 // returns the sum of the quants (for Q8_1).
-inline int quantize_block(const float* x, fp16_t* d, int8_t* qs) {
+inline int quantize_block(const float* x, fp16_t* d, int8_t* qs, float* d_unrounded = nullptr) {
   const __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16);
   const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+  if (d_unrounded) *d_unrounded = amax / 127.0f;
   const __m512 inv = _mm512_set1_ps(legacy::q8_block_scale(amax, d));
   const __m512i lim = _mm512_set1_epi32(127), nlim = _mm512_set1_epi32(-127);
   const __m512i i0 = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v0, inv)), nlim), lim);
@@ -316,8 +317,9 @@ void quantize_q8_0(const float* src, void* dst, int64_t n) {
 void quantize_q8_1(const float* src, void* dst, int64_t n) {
   auto* y = static_cast<block_q8_1*>(dst);
   for (int64_t b = 0; b < n / 32; ++b) {
-    const int sum = quantize_block(src + 32 * b, &y[b].d, y[b].qs);
-    y[b].s = fp32_to_fp16(h2f(y[b].d) * (float)sum);
+    float d = 0.0f;
+    const int sum = quantize_block(src + 32 * b, &y[b].d, y[b].qs, &d);
+    y[b].s = fp32_to_fp16(d * (float)sum);  // the unrounded d, as ggml computes s
   }
 }
 

@@ -60,7 +60,8 @@ def test_chat_completion_dict_and_stream(model):
     chunks = list(model.create_chat_completion(HELLO, max_tokens=24, stream=True, **GREEDY))
     assert all(c["object"] == "chat.completion.chunk" for c in chunks)
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
-    assert chunks[-1]["choices"][0]["delta"] == {} and chunks[-1]["choices"][0]["finish_reason"] == choice["finish_reason"]
+    last = chunks[-1]["choices"][0]
+    assert last["delta"] == {} and last["finish_reason"] == choice["finish_reason"]
     text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
     assert text == choice["message"]["content"]
 

@@ -3,14 +3,8 @@ the module), streaming and non-streaming chat and completions, invalid requests,
 concurrent requests, and clients that disconnect."""
 
 import concurrent.futures
-from http.client import HTTPConnection
 import json
-import os
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -18,63 +12,11 @@ openai = pytest.importorskip("openai", reason="the server tests use the official
 for _dep in ("fastapi", "uvicorn", "sse_starlette"):
     pytest.importorskip(_dep, reason="pyresa serve needs the server extra (pip install 'pyresa[server]')")
 
-from pyresa.default_model import default_model_path  # noqa: E402
+from server_helpers import http, start_server, stop_server  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 HELLO = [{"role": "user", "content": "Hello! Who are you?"}]
 MAX_QUEUE = 4  # requests in line (running or waiting) before the server answers 503
 LONG = [{"role": "user", "content": "Write a very long story about a dragon."}]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http(url, method="GET", path="/", body=None, timeout=30):
-    """(status, parsed JSON body) of a plain HTTP request: raw bytes, no client library in between."""
-    host, port = url.removeprefix("http://").split(":")
-    conn = HTTPConnection(host, int(port), timeout=timeout)
-    try:
-        headers = {"content-type": "application/json"} if body is not None else {}
-        conn.request(method, path, body=body, headers=headers)
-        r = conn.getresponse()
-        return r.status, json.loads(r.read() or b"null")
-    finally:
-        conn.close()
-
-
-def start_server(*flags, timeout=90):
-    """Starts `pyresa serve` on a free local port; returns (process, base url)."""
-    port = free_port()
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen([sys.executable, "-m", "pyresa", "serve", str(default_model_path()), "--host",
-                             "127.0.0.1", "--port", str(port), "--threads", "1", "--log-level", "warning", *flags],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"pyresa serve exited with {proc.returncode}:\n{proc.stdout.read()}")
-        try:
-            if http(url, path="/health", timeout=1)[0] == 200:
-                return proc, url
-        except OSError:
-            time.sleep(0.2)
-    stop_server(proc)
-    raise RuntimeError("pyresa serve did not answer /health in time")
-
-
-def stop_server(proc):
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.stdout.read()
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 from typing import TextIO
 
 from pyresa.cli import common
@@ -149,11 +150,14 @@ class InterruptFlag:
 
     def __enter__(self):
         self.hit = False
-        self.previous = signal.signal(signal.SIGINT, self._handler)
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+            self.previous = signal.signal(signal.SIGINT, self._handler)
         return self
 
     def __exit__(self, *exc):
-        signal.signal(signal.SIGINT, self.previous)
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
 
 
 # -- the session -------------------------------------------------------------------------------
@@ -251,25 +255,21 @@ class ChatSession:
         import pyresa
 
         self.messages.append({"role": "user", "content": text})
-        try:
-            chunks = self.model.chat(self.conversation(), **self.sampling)
-        except pyresa.ContextFullError as e:
-            self.messages.pop()
-            self.info(self.style.warn(
-                f"The conversation no longer fits in the context ({e}). "
-                "Type /forget to drop the oldest exchange, /reset to start over, "
-                "or restart with a larger --n-ctx."))
-            return
-        except pyresa.PyresaError as e:
-            self.messages.pop()
-            self.info(self.style.warn(f"error: {e}"))
-            return
-        try:
-            reply, finish = self.stream(chunks)
-        except pyresa.PyresaError as e:
-            self.messages.pop()
-            self.info(self.style.warn(f"error: {e}"))
-            return
+        with InterruptFlag() as interrupt:  # Ctrl-C from here on stops the reply, never the session
+            try:
+                chunks = self.model.chat(self.conversation(), **self.sampling)
+                reply, finish = self.stream(chunks, interrupt)
+            except pyresa.ContextFullError as e:
+                self.messages.pop()
+                self.info(self.style.warn(
+                    f"The conversation no longer fits in the context ({e}). "
+                    "Type /forget to drop the oldest exchange, /reset to start over, "
+                    "or restart with a larger --ctx-size."))
+                return
+            except pyresa.PyresaError as e:
+                self.messages.pop()
+                self.info(self.style.warn(f"error: {e}"))
+                return
         self.messages.append({"role": "assistant", "content": reply})
         self.replies += 1
         self.last_finish = finish
@@ -288,46 +288,45 @@ class ChatSession:
         if self.interactive:
             self.info(self.style.dim(self.status_line()))
 
-    def stream(self, chunks) -> tuple[str, str | None]:
+    def stream(self, chunks, interrupt: InterruptFlag) -> tuple[str, str | None]:
         """Shows the reply as it comes; returns its raw text and how it ended."""
         reply, finish = [], None
         splitter = ThinkSplitter()
         at_line_start = True
         answer_started = False
-        with InterruptFlag() as interrupt:
-            try:
-                for chunk in chunks:
-                    reply.append(chunk.text)
-                    pieces = splitter.push(chunk.text)
-                    if chunk.finish_reason is not None:
-                        pieces += splitter.flush()
-                    for thinking, piece in pieces:
-                        if thinking:
-                            if self.interactive:
-                                self.out.write(self.style.dim(piece))
-                            else:
-                                self.err.write(piece)  # reasoning never mixes into the piped answer
+        try:
+            for chunk in chunks:
+                reply.append(chunk.text)
+                pieces = splitter.push(chunk.text)
+                if chunk.finish_reason is not None:
+                    pieces += splitter.flush()
+                for thinking, piece in pieces:
+                    if thinking:
+                        if self.interactive:
+                            self.out.write(self.style.dim(piece))
                         else:
-                            if not answer_started:
-                                piece = piece.lstrip("\n")
-                                if not piece:
-                                    continue
-                                if not at_line_start and self.interactive:
-                                    piece = "\n" + piece
-                                answer_started = True
-                            self.out.write(piece)
-                        at_line_start = piece.endswith("\n")
-                    self.out.flush()
-                    if chunk.finish_reason is not None:
-                        finish = chunk.finish_reason
-                        break
-                    if interrupt.hit:
-                        finish = "interrupted"
-                        break
-            finally:
-                close = getattr(chunks, "close", None)
-                if close is not None:
-                    close()
+                            self.err.write(piece)  # reasoning never mixes into the piped answer
+                    else:
+                        if not answer_started:
+                            piece = piece.lstrip("\n")
+                            if not piece:
+                                continue
+                            if not at_line_start and self.interactive:
+                                piece = "\n" + piece
+                            answer_started = True
+                        self.out.write(piece)
+                    at_line_start = piece.endswith("\n")
+                self.out.flush()
+                if chunk.finish_reason is not None:
+                    finish = chunk.finish_reason
+                    break
+                if interrupt.hit:
+                    finish = "interrupted"
+                    break
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
         if not at_line_start or not (answer_started or self.interactive):
             self.out.write("\n")  # in a pipe, every reply ends with one newline, even an empty one
         self.out.flush()
@@ -430,7 +429,10 @@ def run(args: argparse.Namespace) -> int:
               flush=True)
         interactive_loop(session)
     else:
-        piped_loop(session, sys.stdin)
+        try:
+            piped_loop(session, sys.stdin)
+        except KeyboardInterrupt:  # between replies, in a pipe: stop quietly, as `cat` would
+            return 130
     return 0
 
 

@@ -163,15 +163,22 @@ def test_async_streaming_leaves_the_loop_free(model):
 def test_async_generations_queue_one_at_a_time(model):
     expected = {i: "".join(c.text for c in model.chat([{"role": "user", "content": f"Count to {i}."}],
                                                       max_tokens=12, **GREEDY)) for i in (3, 5, 7)}
+    events = []
 
     async def one(i):
-        return "".join([c.text async for c in model.achat([{"role": "user", "content": f"Count to {i}."}],
-                                                          max_tokens=12, **GREEDY)])
+        parts = []
+        async for c in model.achat([{"role": "user", "content": f"Count to {i}."}], max_tokens=12, **GREEDY):
+            events.append(i)
+            parts.append(c.text)
+        return "".join(parts)
 
     async def main():
         return await asyncio.gather(one(3), one(5), one(7))
 
     assert asyncio.run(main()) == [expected[3], expected[5], expected[7]]
+    # one whole generation after the other, in arrival order: never interleaved
+    runs = [i for k, i in enumerate(events) if k == 0 or events[k - 1] != i]
+    assert runs == [3, 5, 7]
 
 
 def test_async_stream_abandoned_midway_frees_the_model(model):

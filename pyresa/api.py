@@ -226,7 +226,8 @@ class CompletionsMixin:
     @property
     def model_name(self) -> str:
         """The name responses carry in their "model" field (the file name without .gguf)."""
-        return self.__dict__.get("alias") or self.path.name.removesuffix(".gguf")
+        name = self.path.name
+        return name[:-5] if name.endswith(".gguf") else name
 
     # -- validation, shared by the sync and async calls ---------------------------------------
     def _open_completion(self, prompt: str | list[int], suffix: str | None = None, max_tokens: int | None = 16,

@@ -10,6 +10,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from pyresa import _core
+from pyresa.api import CompletionsMixin
 from pyresa.default_model import default_model_path
 from pyresa.errors import ContextFullError, InvalidRequestError, UnsupportedError
 from pyresa.generation import Chunk, GenerationStats, StopStringFilter
@@ -21,7 +22,7 @@ from pyresa.tokenizer import StreamDecoder, Tokenizer
 DEFAULT_MAX_TOKENS = 256
 
 
-class Model:
+class Model(CompletionsMixin):
     """A GGUF language model and one sequence (its KV cache).
 
     ``Model()`` loads the default model (SmolLM2-135M-Instruct Q4_1), fetching it on first use.

@@ -1,0 +1,259 @@
+// K-quant weight quantizers: super-blocks of 256 whose sub-block scales are themselves
+// quantized (6 bits in Q4_K/Q5_K, 8 bits in Q6_K).
+//
+// The error of a K-quant is dominated by the choice of each sub-block's scale (and min), so
+// each sub-block tries a small grid of scales around the range-filling one and, for each,
+// solves the weighted least-squares problem for the best scale (and min) given the rounded
+// quants; the best fit wins. Weights favour large-magnitude elements, which matter most to a
+// matrix product: |x| + rms(sub-block) for Q4_K/Q5_K, x^2 for Q6_K.
+// After the sub-block scales are quantized, the quants are rounded again against the scales
+// that will actually be stored.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "formats/fp16.h"
+#include "formats/quantize.h"
+
+namespace pyresa {
+
+namespace {
+
+inline int nearest_int(float v) { return (int)std::lrintf(v); }
+
+inline int clampi(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }
+
+// Fit x ≈ scale * q - min with q in [0, nmax] and min >= 0, minimising Σ w (scale q - min - x)^2.
+// Candidate inverse scales are (nmax + r) / (max - min) for r in r0, r0 + dr, ... (steps values).
+// Writes the quants to q and the min to *min_out; returns the scale.
+float fit_scale_min(int n, int nmax, const float* x, const float* w, uint8_t* q, float* min_out,
+                    float r0, float dr, int steps) {
+  float lo = x[0], hi = x[0];
+  float sw = 0, swx = 0, swxx = 0;
+  for (int i = 0; i < n; i++) {
+    lo = std::min(lo, x[i]);
+    hi = std::max(hi, x[i]);
+    sw += w[i];
+    swx += w[i] * x[i];
+    swxx += w[i] * x[i] * x[i];
+  }
+  if (lo > 0) lo = 0;  // the stored min is non-negative, so the offset can only pull values down
+  if (hi <= lo) {
+    std::memset(q, 0, (size_t)n);
+    *min_out = -lo;
+    return 0.0f;
+  }
+
+  // Start: the range-filling scale with offset lo.
+  float best_scale = (hi - lo) / nmax, best_offset = lo;
+  {
+    const float iscale = nmax / (hi - lo);
+    for (int i = 0; i < n; i++) q[i] = (uint8_t)clampi(nearest_int(iscale * (x[i] - lo)), 0, nmax);
+  }
+  auto error_of = [&](const uint8_t* l, float s, float m) {
+    double e = 0;
+    for (int i = 0; i < n; i++) {
+      const float d = s * l[i] + m - x[i];
+      e += w[i] * d * d;
+    }
+    return e;
+  };
+  double best_err = error_of(q, best_scale, best_offset);
+
+  uint8_t trial[QK_K];
+  for (int step = 0; step < steps; step++) {
+    const float iscale = (nmax + r0 + dr * step) / (hi - lo);
+    float swl = 0, swll = 0, swxl = 0;
+    for (int i = 0; i < n; i++) {
+      const int l = clampi(nearest_int(iscale * (x[i] - lo)), 0, nmax);
+      trial[i] = (uint8_t)l;
+      swl += w[i] * l;
+      swll += w[i] * l * l;
+      swxl += w[i] * l * x[i];
+    }
+    // Normal equations of min over (s, m) of Σ w (s l + m - x)^2.
+    const float det = sw * swll - swl * swl;
+    if (det <= 0) continue;
+    float s = (sw * swxl - swx * swl) / det;
+    float m = (swll * swx - swl * swxl) / det;
+    if (m > 0) {  // offset must stay <= 0: refit the scale alone
+      m = 0;
+      s = swxl / swll;
+    }
+    // Σ w (s l + m - x)^2 expanded over the sums above.
+    const double err = (double)s * s * swll + 2.0 * s * m * swl - 2.0 * s * swxl + (double)m * m * sw -
+                       2.0 * m * swx + swxx;
+    if (err < best_err) {
+      best_err = err;
+      best_scale = s;
+      best_offset = m;
+      std::memcpy(q, trial, (size_t)n);
+    }
+  }
+  *min_out = -best_offset;
+  return best_scale;
+}
+
+// Fit x ≈ scale * q with q in [-nmax, nmax - 1] maximising the weighted fit (weights x^2).
+// The sign of the scale follows the element of largest magnitude, which maps to -nmax, so the
+// asymmetric integer range is used in full.
+float fit_scale_symmetric(int n, int nmax, const float* x, int8_t* q) {
+  float amax = 0, max = 0;
+  for (int i = 0; i < n; i++) {
+    if (std::fabs(x[i]) > amax) {
+      amax = std::fabs(x[i]);
+      max = x[i];
+    }
+  }
+  if (amax < 1e-30f) {
+    std::memset(q, 0, (size_t)n);
+    return 0.0f;
+  }
+  float best_scale = 0, best_fit = -1;
+  int8_t trial[QK_K];
+  for (int step = -9; step <= 9; step++) {
+    const float iscale = -(nmax + 0.1f * step) / max;
+    float sxl = 0, sll = 0;
+    for (int i = 0; i < n; i++) {
+      const int l = clampi(nearest_int(iscale * x[i]), -nmax, nmax - 1);
+      trial[i] = (int8_t)l;
+      const float w = x[i] * x[i];
+      sxl += w * x[i] * l;
+      sll += w * l * l;
+    }
+    // With the optimal scale sxl/sll the weighted error is Σwx² - sxl²/sll: maximise sxl²/sll.
+    if (sll > 0 && (best_fit < 0 || sxl * sxl > best_fit * sll)) {
+      best_fit = sxl * sxl / sll;
+      best_scale = sxl / sll;
+      std::memcpy(q, trial, (size_t)n);
+    }
+  }
+  return best_scale;
+}
+
+// Q4_K/Q5_K store 8 scales and 8 mins of 6 bits in 12 bytes: bytes 0-3 and 4-7 hold the low
+// 6 bits of scales/mins 0-3 with bits 4-5 of scales/mins 4-7 on top; bytes 8-11 hold the low
+// nibbles of scales 4-7 (low half) and mins 4-7 (high half).
+void pack_scales_mins(const uint8_t* sc, const uint8_t* mn, uint8_t* out) {
+  for (int j = 0; j < 4; j++) {
+    out[j] = (uint8_t)((sc[j] & 63) | ((sc[j + 4] >> 4) << 6));
+    out[j + 4] = (uint8_t)((mn[j] & 63) | ((mn[j + 4] >> 4) << 6));
+    out[j + 8] = (uint8_t)((sc[j + 4] & 15) | ((mn[j + 4] & 15) << 4));
+  }
+}
+
+// The shared part of Q4_K and Q5_K: per sub-block scale/min fit, 6-bit scale quantization,
+// and the final quants (0..nmax) against the stored scales.
+void quantize_superblock_scale_min(const float* x, int nmax, float r0, float dr, int steps, fp16_t* d_out,
+                                   fp16_t* dmin_out, uint8_t* scales_out, uint8_t* q /* 256 */) {
+  float scales[8], mins[8], w[32];
+  for (int j = 0; j < 8; j++) {
+    const float* xs = x + 32 * j;
+    float sum_x2 = 0;
+    for (int i = 0; i < 32; i++) sum_x2 += xs[i] * xs[i];
+    const float rms = std::sqrt(sum_x2 / 32);
+    for (int i = 0; i < 32; i++) w[i] = rms + std::fabs(xs[i]);
+    scales[j] = fit_scale_min(32, nmax, xs, w, q + 32 * j, &mins[j], r0, dr, steps);
+  }
+  float max_scale = 0, max_min = 0;
+  for (int j = 0; j < 8; j++) {
+    max_scale = std::max(max_scale, scales[j]);
+    max_min = std::max(max_min, mins[j]);
+  }
+  const float inv_scale = max_scale > 0 ? 63.0f / max_scale : 0.0f;
+  const float inv_min = max_min > 0 ? 63.0f / max_min : 0.0f;
+  uint8_t ls[8], lm[8];
+  for (int j = 0; j < 8; j++) {
+    ls[j] = (uint8_t)clampi(nearest_int(inv_scale * scales[j]), 0, 63);
+    lm[j] = (uint8_t)clampi(nearest_int(inv_min * mins[j]), 0, 63);
+  }
+  pack_scales_mins(ls, lm, scales_out);
+  *d_out = fp32_to_fp16(max_scale / 63.0f);
+  *dmin_out = fp32_to_fp16(max_min / 63.0f);
+  const float d = fp16_to_fp32(*d_out), dmin = fp16_to_fp32(*dmin_out);
+  for (int j = 0; j < 8; j++) {
+    const float ds = d * ls[j];
+    if (ds == 0.0f) continue;  // the fitted quants stay; they all multiply a zero scale
+    const float dm = dmin * lm[j];
+    for (int i = 0; i < 32; i++) q[32 * j + i] = (uint8_t)clampi(nearest_int((x[32 * j + i] + dm) / ds), 0, nmax);
+  }
+}
+
+}  // namespace
+
+void quantize_row_q4_K(const float* src, void* dst, int64_t n) {
+  auto* y = static_cast<block_q4_K*>(dst);
+  uint8_t q[QK_K];
+  for (int64_t b = 0; b < n / QK_K; b++) {
+    quantize_superblock_scale_min(src + b * QK_K, 15, -1.0f, 0.1f, 21, &y[b].d, &y[b].dmin, y[b].scales, q);
+    // 32-byte chunks: sub-block 2c in the low nibbles, 2c + 1 in the high nibbles.
+    for (int c = 0; c < 4; c++)
+      for (int i = 0; i < 32; i++) y[b].qs[32 * c + i] = (uint8_t)(q[64 * c + i] | (q[64 * c + 32 + i] << 4));
+  }
+}
+
+void quantize_row_q5_K(const float* src, void* dst, int64_t n) {
+  auto* y = static_cast<block_q5_K*>(dst);
+  uint8_t q[QK_K];
+  for (int64_t b = 0; b < n / QK_K; b++) {
+    quantize_superblock_scale_min(src + b * QK_K, 31, -0.5f, 0.1f, 16, &y[b].d, &y[b].dmin, y[b].scales, q);
+    // Low nibbles as in Q4_K; bit 4 of element i of sub-block j is bit j of qh[i].
+    std::memset(y[b].qh, 0, sizeof(y[b].qh));
+    for (int c = 0; c < 4; c++)
+      for (int i = 0; i < 32; i++)
+        y[b].qs[32 * c + i] = (uint8_t)((q[64 * c + i] & 15) | ((q[64 * c + 32 + i] & 15) << 4));
+    for (int j = 0; j < 8; j++)
+      for (int i = 0; i < 32; i++) y[b].qh[i] |= (uint8_t)((q[32 * j + i] >> 4) << j);
+  }
+}
+
+void quantize_row_q6_K(const float* src, void* dst, int64_t n) {
+  auto* y = static_cast<block_q6_K*>(dst);
+  int8_t q[QK_K];
+  for (int64_t b = 0; b < n / QK_K; b++) {
+    const float* x = src + b * QK_K;
+    float scales[16];
+    float max_scale = 0, amax_scale = 0;
+    for (int j = 0; j < 16; j++) {
+      scales[j] = fit_scale_symmetric(16, 32, x + 16 * j, q + 16 * j);
+      if (std::fabs(scales[j]) > amax_scale) {
+        amax_scale = std::fabs(scales[j]);
+        max_scale = scales[j];
+      }
+    }
+    uint8_t u[QK_K];
+    if (amax_scale == 0.0f) {
+      std::memset(y[b].scales, 0, sizeof(y[b].scales));
+      y[b].d = fp32_to_fp16(0.0f);
+      std::memset(u, 32, sizeof(u));
+    } else {
+      // 8-bit signed scales; the largest one maps to -128 so its sign is folded into d.
+      const float iscale = -128.0f / max_scale;
+      y[b].d = fp32_to_fp16(1.0f / iscale);
+      const float d = fp16_to_fp32(y[b].d);
+      for (int j = 0; j < 16; j++) {
+        const int s = clampi(nearest_int(iscale * scales[j]), -128, 127);
+        y[b].scales[j] = (int8_t)s;
+        const float ds = d * s;
+        for (int i = 0; i < 16; i++) {
+          const int l = ds != 0.0f ? clampi(nearest_int(x[16 * j + i] / ds), -32, 31) : 0;
+          u[16 * j + i] = (uint8_t)(l + 32);
+        }
+      }
+    }
+    // Two halves of 128: ql holds low nibbles (elements l, l+32 low; l+64, l+96 high),
+    // qh the top two bits of elements l, l+32, l+64, l+96 at bit offsets 0, 2, 4, 6.
+    for (int h = 0; h < 2; h++) {
+      const uint8_t* e = u + 128 * h;
+      uint8_t* ql = y[b].ql + 64 * h;
+      uint8_t* qh = y[b].qh + 32 * h;
+      for (int l = 0; l < 32; l++) {
+        ql[l] = (uint8_t)((e[l] & 15) | ((e[l + 64] & 15) << 4));
+        ql[l + 32] = (uint8_t)((e[l + 32] & 15) | ((e[l + 96] & 15) << 4));
+        qh[l] = (uint8_t)((e[l] >> 4) | ((e[l + 32] >> 4) << 2) | ((e[l + 64] >> 4) << 4) | ((e[l + 96] >> 4) << 6));
+      }
+    }
+  }
+}
+
+}  // namespace pyresa

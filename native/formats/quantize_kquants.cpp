@@ -19,15 +19,26 @@ namespace pyresa {
 
 namespace {
 
-inline int nearest_int(float v) { return (int)std::lrintf(v); }
+// Round to nearest (ties to even) for |v| < 2^22: adding 1.5 * 2^23 leaves the rounded integer in
+// the low mantissa bits. Branch-free and vectorisable, unlike a call to lrintf.
+inline int nearest_int(float v) {
+  const float shifted = v + 12582912.0f;
+  int32_t bits;
+  std::memcpy(&bits, &shifted, sizeof(bits));
+  return (bits & 0x007fffff) - 0x00400000;
+}
 
 inline int clampi(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
 // Fit x ≈ scale * q - min with q in [0, nmax] and min >= 0, minimising Σ w (scale q - min - x)^2.
-// Candidate inverse scales are (nmax + r) / (max - min) for r in r0, r0 + dr, ... (steps values).
+// Rounding and the best (scale, min) depend on each other, so each candidate alternates:
+// round x to the current grid, solve the weighted least squares for (scale, min) given those
+// quants, round again to the new grid... while the error drops (at most `refine` times).
+// Candidates start from the range-filling grid stretched by (nmax + r) / nmax for r in
+// r0, r0 + dr, ... (`steps` values); the best candidate is then refined further.
 // Writes the quants to q and the min to *min_out; returns the scale.
 float fit_scale_min(int n, int nmax, const float* x, const float* w, uint8_t* q, float* min_out,
-                    float r0, float dr, int steps) {
+                    float r0, float dr, int steps, int refine) {
   float lo = x[0], hi = x[0];
   float sw = 0, swx = 0, swxx = 0;
   for (int i = 0; i < n; i++) {
@@ -44,54 +55,58 @@ float fit_scale_min(int n, int nmax, const float* x, const float* w, uint8_t* q,
     return 0.0f;
   }
 
-  // Start: the range-filling scale with offset lo.
-  float best_scale = (hi - lo) / nmax, best_offset = lo;
-  {
-    const float iscale = nmax / (hi - lo);
-    for (int i = 0; i < n; i++) q[i] = (uint8_t)clampi(nearest_int(iscale * (x[i] - lo)), 0, nmax);
-  }
-  auto error_of = [&](const uint8_t* l, float s, float m) {
-    double e = 0;
-    for (int i = 0; i < n; i++) {
-      const float d = s * l[i] + m - x[i];
-      e += w[i] * d * d;
-    }
-    return e;
+  struct Fit {
+    float s, m;
+    double err;
   };
-  double best_err = error_of(q, best_scale, best_offset);
-
-  uint8_t trial[QK_K];
-  for (int step = 0; step < steps; step++) {
-    const float iscale = (nmax + r0 + dr * step) / (hi - lo);
+  // Levels l = round((x - offset) * iscale), then the least-squares (s, m) for them.
+  auto round_fit = [&](float iscale, float offset, uint8_t* l) -> Fit {
     float swl = 0, swll = 0, swxl = 0;
     for (int i = 0; i < n; i++) {
-      const int l = clampi(nearest_int(iscale * (x[i] - lo)), 0, nmax);
-      trial[i] = (uint8_t)l;
-      swl += w[i] * l;
-      swll += w[i] * l * l;
-      swxl += w[i] * l * x[i];
+      const int v = clampi(nearest_int(iscale * (x[i] - offset)), 0, nmax);
+      l[i] = (uint8_t)v;
+      swl += w[i] * v;
+      swll += w[i] * v * v;
+      swxl += w[i] * v * x[i];
     }
-    // Normal equations of min over (s, m) of Σ w (s l + m - x)^2.
-    const float det = sw * swll - swl * swl;
-    if (det <= 0) continue;
+    const float det = sw * swll - swl * swl;  // normal equations of min over (s, m)
+    if (det <= 0 || swll <= 0) return {0, 0, -1};
     float s = (sw * swxl - swx * swl) / det;
     float m = (swll * swx - swl * swxl) / det;
-    if (m > 0) {  // offset must stay <= 0: refit the scale alone
+    if (m > 0) {  // the offset must stay <= 0: refit the scale alone
       m = 0;
       s = swxl / swll;
     }
     // Σ w (s l + m - x)^2 expanded over the sums above.
     const double err = (double)s * s * swll + 2.0 * s * m * swl - 2.0 * s * swxl + (double)m * m * sw -
                        2.0 * m * swx + swxx;
-    if (err < best_err) {
-      best_err = err;
-      best_scale = s;
-      best_offset = m;
+    return {s, m, err};
+  };
+  auto improve = [&](Fit f, uint8_t* l, uint8_t* tmp, int times) -> Fit {
+    for (int k = 0; k < times && f.s > 0; k++) {
+      const Fit g = round_fit(1.0f / f.s, f.m, tmp);
+      if (g.err < 0 || g.err >= f.err) break;
+      f = g;
+      std::memcpy(l, tmp, (size_t)n);
+    }
+    return f;
+  };
+
+  uint8_t trial[QK_K], tmp[QK_K];
+  Fit best = round_fit(nmax / (hi - lo), lo, q);
+  if (best.err < 0) best = {(hi - lo) / nmax, lo, 1e300};
+  for (int step = 0; step < steps; step++) {
+    Fit f = round_fit((nmax + r0 + dr * step) / (hi - lo), lo, trial);
+    if (f.err < 0) continue;
+    f = improve(f, trial, tmp, refine);
+    if (f.err < best.err) {
+      best = f;
       std::memcpy(q, trial, (size_t)n);
     }
   }
-  *min_out = -best_offset;
-  return best_scale;
+  best = improve(best, q, tmp, 4);
+  *min_out = -best.m;
+  return best.s;
 }
 
 // Fit x ≈ scale * q with q in [-nmax, nmax - 1] maximising the weighted fit (weights x^2).
@@ -144,7 +159,7 @@ void pack_scales_mins(const uint8_t* sc, const uint8_t* mn, uint8_t* out) {
 
 // The shared part of Q4_K and Q5_K: per sub-block scale/min fit, 6-bit scale quantization,
 // and the final quants (0..nmax) against the stored scales.
-void quantize_superblock_scale_min(const float* x, int nmax, float r0, float dr, int steps, fp16_t* d_out,
+void quantize_superblock_scale_min(const float* x, int nmax, float r0, float dr, int steps, int refine, fp16_t* d_out,
                                    fp16_t* dmin_out, uint8_t* scales_out, uint8_t* q /* 256 */) {
   float scales[8], mins[8], w[32];
   for (int j = 0; j < 8; j++) {
@@ -153,7 +168,7 @@ void quantize_superblock_scale_min(const float* x, int nmax, float r0, float dr,
     for (int i = 0; i < 32; i++) sum_x2 += xs[i] * xs[i];
     const float rms = std::sqrt(sum_x2 / 32);
     for (int i = 0; i < 32; i++) w[i] = rms + std::fabs(xs[i]);
-    scales[j] = fit_scale_min(32, nmax, xs, w, q + 32 * j, &mins[j], r0, dr, steps);
+    scales[j] = fit_scale_min(32, nmax, xs, w, q + 32 * j, &mins[j], r0, dr, steps, refine);
   }
   float max_scale = 0, max_min = 0;
   for (int j = 0; j < 8; j++) {
@@ -167,16 +182,49 @@ void quantize_superblock_scale_min(const float* x, int nmax, float r0, float dr,
     ls[j] = (uint8_t)clampi(nearest_int(inv_scale * scales[j]), 0, 63);
     lm[j] = (uint8_t)clampi(nearest_int(inv_min * mins[j]), 0, 63);
   }
-  pack_scales_mins(ls, lm, scales_out);
   *d_out = fp32_to_fp16(max_scale / 63.0f);
   *dmin_out = fp32_to_fp16(max_min / 63.0f);
   const float d = fp16_to_fp32(*d_out), dmin = fp16_to_fp32(*dmin_out);
+  // A sub-block whose scale is small next to the super-block's largest (an outlier elsewhere)
+  // gets a coarse 6-bit scale; rounding it to the nearest level is not always best. Try the
+  // neighbouring levels of scale and min and keep the pair with the least weighted error,
+  // re-rounding the quants for each.
   for (int j = 0; j < 8; j++) {
+    const float* xs = x + 32 * j;
+    float sum_x2 = 0;
+    for (int i = 0; i < 32; i++) sum_x2 += xs[i] * xs[i];
+    const float rms = std::sqrt(sum_x2 / 32);
+    for (int i = 0; i < 32; i++) w[i] = rms + std::fabs(xs[i]);
+    int best_ls = ls[j], best_lm = lm[j];
+    double best_err = -1;
+    for (int a = std::max(0, ls[j] - 1); a <= std::min(63, ls[j] + 1); a++) {
+      const float ds = d * a;
+      if (ds == 0.0f) continue;
+      const float ids = 1.0f / ds;
+      for (int b = std::max(0, lm[j] - 1); b <= std::min(63, lm[j] + 1); b++) {
+        const float dm = dmin * b;
+        double err = 0;
+        for (int i = 0; i < 32; i++) {
+          const int l = clampi(nearest_int((xs[i] + dm) * ids), 0, nmax);
+          const float diff = ds * l - dm - xs[i];
+          err += w[i] * diff * diff;
+        }
+        if (best_err < 0 || err < best_err) {
+          best_err = err;
+          best_ls = a;
+          best_lm = b;
+        }
+      }
+    }
+    ls[j] = (uint8_t)best_ls;
+    lm[j] = (uint8_t)best_lm;
     const float ds = d * ls[j];
     if (ds == 0.0f) continue;  // the fitted quants stay; they all multiply a zero scale
     const float dm = dmin * lm[j];
-    for (int i = 0; i < 32; i++) q[32 * j + i] = (uint8_t)clampi(nearest_int((x[32 * j + i] + dm) / ds), 0, nmax);
+    const float ids = 1.0f / ds;
+    for (int i = 0; i < 32; i++) q[32 * j + i] = (uint8_t)clampi(nearest_int((xs[i] + dm) * ids), 0, nmax);
   }
+  pack_scales_mins(ls, lm, scales_out);
 }
 
 }  // namespace
@@ -185,7 +233,7 @@ void quantize_row_q4_K(const float* src, void* dst, int64_t n) {
   auto* y = static_cast<block_q4_K*>(dst);
   uint8_t q[QK_K];
   for (int64_t b = 0; b < n / QK_K; b++) {
-    quantize_superblock_scale_min(src + b * QK_K, 15, -1.0f, 0.1f, 21, &y[b].d, &y[b].dmin, y[b].scales, q);
+    quantize_superblock_scale_min(src + b * QK_K, 15, -1.0f, 0.2f, 11, 2, &y[b].d, &y[b].dmin, y[b].scales, q);
     // 32-byte chunks: sub-block 2c in the low nibbles, 2c + 1 in the high nibbles.
     for (int c = 0; c < 4; c++)
       for (int i = 0; i < 32; i++) y[b].qs[32 * c + i] = (uint8_t)(q[64 * c + i] | (q[64 * c + 32 + i] << 4));
@@ -196,7 +244,7 @@ void quantize_row_q5_K(const float* src, void* dst, int64_t n) {
   auto* y = static_cast<block_q5_K*>(dst);
   uint8_t q[QK_K];
   for (int64_t b = 0; b < n / QK_K; b++) {
-    quantize_superblock_scale_min(src + b * QK_K, 31, -0.5f, 0.1f, 16, &y[b].d, &y[b].dmin, y[b].scales, q);
+    quantize_superblock_scale_min(src + b * QK_K, 31, -0.5f, 0.2f, 8, 2, &y[b].d, &y[b].dmin, y[b].scales, q);
     // Low nibbles as in Q4_K; bit 4 of element i of sub-block j is bit j of qh[i].
     std::memset(y[b].qh, 0, sizeof(y[b].qh));
     for (int c = 0; c < 4; c++)

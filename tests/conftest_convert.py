@@ -237,9 +237,9 @@ def top1_agreement(a: np.ndarray, b: np.ndarray) -> float:
 def safetensors_weight(model_dir: Path, name: str) -> np.ndarray:
     """A tensor of an HF checkpoint as float32, through the safetensors package (an oracle
     independent of the converter's own reader)."""
-    from safetensors.numpy import load_file
+    from safetensors import safe_open
     for f in sorted(model_dir.glob("*.safetensors")):
-        d = load_file(f)
-        if name in d:
-            return d[name].astype(np.float32)
+        with safe_open(f, framework="numpy") as st:
+            if name in st.keys():
+                return st.get_tensor(name).astype(np.float32)
     raise KeyError(name)

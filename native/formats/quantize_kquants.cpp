@@ -30,6 +30,31 @@ inline int nearest_int(float v) {
 
 inline int clampi(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
+// The same rounding, kept in float: (v + 1.5 * 2^23) - 1.5 * 2^23 is v rounded to an integer.
+inline float round_float(float v) { return (v + 12582912.0f) - 12582912.0f; }
+
+inline float clampf(float v, float lo, float hi) { return std::min(std::max(v, lo), hi); }
+
+// The search loops below reduce over 16 or 32 elements. Summing into kLanes independent
+// partial sums lets the compiler vectorise them (a single float accumulator is a serial
+// dependency chain it may not reorder) and is what makes K-quant conversion of a 7B model take
+// minutes rather than a quarter of an hour.
+constexpr int kLanes = 8;
+
+// The searches are also compiled for AVX2+FMA and picked at load time when the CPU has them
+// (GCC/Clang function multi-versioning); the rest of the library stays baseline x86-64.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define PYRESA_SEARCH_CLONES __attribute__((target_clones("avx2,fma", "default")))
+#else
+#define PYRESA_SEARCH_CLONES
+#endif
+
+inline float lane_sum(const float* a) {
+  float s = 0;
+  for (int k = 0; k < kLanes; k++) s += a[k];
+  return s;
+}
+
 // Fit x ≈ scale * q - min with q in [0, nmax] and min >= 0, minimising Σ w (scale q - min - x)^2.
 // Rounding and the best (scale, min) depend on each other, so each candidate alternates:
 // round x to the current grid, solve the weighted least squares for (scale, min) given those
@@ -37,7 +62,7 @@ inline int clampi(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v
 // Candidates start from the range-filling grid stretched by (nmax + r) / nmax for r in
 // r0, r0 + dr, ... (`steps` values); the best candidate is then refined further.
 // Writes the quants to q and the min to *min_out; returns the scale.
-float fit_scale_min(int n, int nmax, const float* x, const float* w, uint8_t* q, float* min_out,
+PYRESA_SEARCH_CLONES float fit_scale_min(int n, int nmax, const float* x, const float* w, uint8_t* q, float* min_out,
                     float r0, float dr, int steps, int refine) {
   float lo = x[0], hi = x[0];
   float sw = 0, swx = 0, swxx = 0;
@@ -60,15 +85,20 @@ float fit_scale_min(int n, int nmax, const float* x, const float* w, uint8_t* q,
     double err;
   };
   // Levels l = round((x - offset) * iscale), then the least-squares (s, m) for them.
-  auto round_fit = [&](float iscale, float offset, uint8_t* l) -> Fit {
-    float swl = 0, swll = 0, swxl = 0;
-    for (int i = 0; i < n; i++) {
-      const int v = clampi(nearest_int(iscale * (x[i] - offset)), 0, nmax);
-      l[i] = (uint8_t)v;
-      swl += w[i] * v;
-      swll += w[i] * v * v;
-      swxl += w[i] * v * x[i];
+  auto round_fit = [&](float iscale, float offset, float* l) -> Fit {
+    float a_l[kLanes] = {}, a_ll[kLanes] = {}, a_xl[kLanes] = {};
+    for (int i0 = 0; i0 < n; i0 += kLanes) {
+      for (int k = 0; k < kLanes; k++) {
+        const int i = i0 + k;
+        const float v = clampf(round_float(iscale * (x[i] - offset)), 0.0f, (float)nmax);
+        l[i] = v;
+        const float wv = w[i] * v;
+        a_l[k] += wv;
+        a_ll[k] += wv * v;
+        a_xl[k] += wv * x[i];
+      }
     }
+    const float swl = lane_sum(a_l), swll = lane_sum(a_ll), swxl = lane_sum(a_xl);
     const float det = sw * swll - swl * swl;  // normal equations of min over (s, m)
     if (det <= 0 || swll <= 0) return {0, 0, -1};
     float s = (sw * swxl - swx * swl) / det;
@@ -82,18 +112,18 @@ float fit_scale_min(int n, int nmax, const float* x, const float* w, uint8_t* q,
                        2.0 * m * swx + swxx;
     return {s, m, err};
   };
-  auto improve = [&](Fit f, uint8_t* l, uint8_t* tmp, int times) -> Fit {
+  auto improve = [&](Fit f, float* l, float* tmp, int times) -> Fit {
     for (int k = 0; k < times && f.s > 0; k++) {
       const Fit g = round_fit(1.0f / f.s, f.m, tmp);
       if (g.err < 0 || g.err >= f.err) break;
       f = g;
-      std::memcpy(l, tmp, (size_t)n);
+      std::memcpy(l, tmp, sizeof(float) * n);
     }
     return f;
   };
 
-  uint8_t trial[QK_K], tmp[QK_K];
-  Fit best = round_fit(nmax / (hi - lo), lo, q);
+  float levels[QK_K], trial[QK_K], tmp[QK_K];
+  Fit best = round_fit(nmax / (hi - lo), lo, levels);
   if (best.err < 0) best = {(hi - lo) / nmax, lo, 1e300};
   for (int step = 0; step < steps; step++) {
     Fit f = round_fit((nmax + r0 + dr * step) / (hi - lo), lo, trial);
@@ -101,10 +131,11 @@ float fit_scale_min(int n, int nmax, const float* x, const float* w, uint8_t* q,
     f = improve(f, trial, tmp, refine);
     if (f.err < best.err) {
       best = f;
-      std::memcpy(q, trial, (size_t)n);
+      std::memcpy(levels, trial, sizeof(float) * n);
     }
   }
-  best = improve(best, q, tmp, 4);
+  best = improve(best, levels, tmp, 4);
+  for (int i = 0; i < n; i++) q[i] = (uint8_t)levels[i];
   *min_out = -best.m;
   return best.s;
 }
@@ -112,7 +143,7 @@ float fit_scale_min(int n, int nmax, const float* x, const float* w, uint8_t* q,
 // Fit x ≈ scale * q with q in [-nmax, nmax - 1] maximising the weighted fit (weights x^2).
 // The sign of the scale follows the element of largest magnitude, which maps to -nmax, so the
 // asymmetric integer range is used in full.
-float fit_scale_symmetric(int n, int nmax, const float* x, int8_t* q) {
+PYRESA_SEARCH_CLONES float fit_scale_symmetric(int n, int nmax, const float* x, int8_t* q) {
   float amax = 0, max = 0;
   for (int i = 0; i < n; i++) {
     if (std::fabs(x[i]) > amax) {
@@ -125,24 +156,29 @@ float fit_scale_symmetric(int n, int nmax, const float* x, int8_t* q) {
     return 0.0f;
   }
   float best_scale = 0, best_fit = -1;
-  int8_t trial[QK_K];
+  float w[QK_K], trial[QK_K], levels[QK_K] = {};
+  for (int i = 0; i < n; i++) w[i] = x[i] * x[i];
   for (int step = -9; step <= 9; step++) {
     const float iscale = -(nmax + 0.1f * step) / max;
-    float sxl = 0, sll = 0;
-    for (int i = 0; i < n; i++) {
-      const int l = clampi(nearest_int(iscale * x[i]), -nmax, nmax - 1);
-      trial[i] = (int8_t)l;
-      const float w = x[i] * x[i];
-      sxl += w * x[i] * l;
-      sll += w * l * l;
+    float a_xl[kLanes] = {}, a_ll[kLanes] = {};
+    for (int i0 = 0; i0 < n; i0 += kLanes) {
+      for (int k = 0; k < kLanes; k++) {
+        const int i = i0 + k;
+        const float l = clampf(round_float(iscale * x[i]), (float)-nmax, (float)(nmax - 1));
+        trial[i] = l;
+        a_xl[k] += w[i] * x[i] * l;
+        a_ll[k] += w[i] * l * l;
+      }
     }
+    const float sxl = lane_sum(a_xl), sll = lane_sum(a_ll);
     // With the optimal scale sxl/sll the weighted error is Σwx² - sxl²/sll: maximise sxl²/sll.
     if (sll > 0 && (best_fit < 0 || sxl * sxl > best_fit * sll)) {
       best_fit = sxl * sxl / sll;
       best_scale = sxl / sll;
-      std::memcpy(q, trial, (size_t)n);
+      std::memcpy(levels, trial, sizeof(float) * n);
     }
   }
+  for (int i = 0; i < n; i++) q[i] = (int8_t)levels[i];
   return best_scale;
 }
 
@@ -159,7 +195,7 @@ void pack_scales_mins(const uint8_t* sc, const uint8_t* mn, uint8_t* out) {
 
 // The shared part of Q4_K and Q5_K: per sub-block scale/min fit, 6-bit scale quantization,
 // and the final quants (0..nmax) against the stored scales.
-void quantize_superblock_scale_min(const float* x, int nmax, float r0, float dr, int steps, int refine, fp16_t* d_out,
+PYRESA_SEARCH_CLONES void quantize_superblock_scale_min(const float* x, int nmax, float r0, float dr, int steps, int refine, fp16_t* d_out,
                                    fp16_t* dmin_out, uint8_t* scales_out, uint8_t* q /* 256 */) {
   float scales[8], mins[8], w[32];
   for (int j = 0; j < 8; j++) {
@@ -203,12 +239,16 @@ void quantize_superblock_scale_min(const float* x, int nmax, float r0, float dr,
       const float ids = 1.0f / ds;
       for (int b = std::max(0, lm[j] - 1); b <= std::min(63, lm[j] + 1); b++) {
         const float dm = dmin * b;
-        double err = 0;
-        for (int i = 0; i < 32; i++) {
-          const int l = clampi(nearest_int((xs[i] + dm) * ids), 0, nmax);
-          const float diff = ds * l - dm - xs[i];
-          err += w[i] * diff * diff;
+        float acc[kLanes] = {};
+        for (int i0 = 0; i0 < 32; i0 += kLanes) {
+          for (int k = 0; k < kLanes; k++) {
+            const int i = i0 + k;
+            const float l = clampf(round_float((xs[i] + dm) * ids), 0.0f, (float)nmax);
+            const float diff = ds * l - dm - xs[i];
+            acc[k] += w[i] * diff * diff;
+          }
         }
+        const double err = lane_sum(acc);
         if (best_err < 0 || err < best_err) {
           best_err = err;
           best_ls = a;

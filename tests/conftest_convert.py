@@ -20,9 +20,10 @@ except ImportError:
     import convert as pc  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
-QWEN_HEADER = REPO / "shared" / "models" / "r1-distill-qwen-7b-q4_k_m.header.gguf"
-if not QWEN_HEADER.exists():
-    QWEN_HEADER = Path("/work/shared/models/r1-distill-qwen-7b-q4_k_m.header.gguf")
+# shared/ sits inside the checkout, beside it (CI), or at /work/shared (developer machines).
+_HEADER = Path("models") / "r1-distill-qwen-7b-q4_k_m.header.gguf"
+QWEN_HEADER = next((p / _HEADER for p in (REPO / "shared", REPO.parent / "shared", Path("/work/shared"))
+                    if (p / _HEADER).exists()), Path("/work/shared") / _HEADER)
 
 # Text that exercises the pre-tokenizers: code, unicode, numbers, whitespace runs, contractions.
 TOKENIZER_TEXTS = [

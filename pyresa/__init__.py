@@ -12,3 +12,6 @@ from pyresa.errors import (  # noqa: F401
 )
 
 __version__ = "0.1.0"
+
+from pyresa.generation import Chunk, GenerationStats  # noqa: E402,F401
+from pyresa.model import Model  # noqa: E402,F401

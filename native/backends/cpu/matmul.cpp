@@ -1,0 +1,95 @@
+#include "backends/cpu/matmul.h"
+
+#include <algorithm>
+#include <atomic>
+#include <stdexcept>
+#include <string>
+
+#include "backends/cpu/cpu_kernels.h"
+
+namespace pyresa::cpu {
+
+namespace {
+
+// Rows per work item: enough that a chunk's weights stay in L1/L2 while every token of a
+// prefill batch streams past them, small enough that two threads balance.
+constexpr int64_t kRowsPerChunk = 16;
+
+void quantize_activations(GgmlType act_type, int64_t cols, const float* x, int n_tokens,
+                          ThreadPool& pool, MatmulScratch& scratch, size_t& act_row_bytes) {
+  const auto& k = cpu_kernels().types[static_cast<int>(act_type)];
+  if (!k.quantize_row)
+    throw std::runtime_error(std::string("no activation quantizer for ") + type_traits(act_type).name);
+  act_row_bytes = row_size(act_type, cols);
+  size_t need = act_row_bytes * n_tokens;
+  if (scratch.quantized.size() < need) scratch.quantized.resize(need);
+  uint8_t* dst = scratch.quantized.data();
+  if (n_tokens == 1) {
+    k.quantize_row(x, dst, cols);
+    return;
+  }
+  pool.run([&](int ith, int nth) {
+    for (int t = ith; t < n_tokens; t += nth) k.quantize_row(x + t * cols, dst + t * act_row_bytes, cols);
+  });
+}
+
+}  // namespace
+
+void matmul_multi(const MatmulOutput* outs, int n_outs, const float* x, int n_tokens,
+                  ThreadPool& pool, MatmulScratch& scratch) {
+  const WeightView& w0 = *outs[0].w;
+  const GgmlType act_type = type_traits(w0.type).vec_dot_type;
+  for (int i = 1; i < n_outs; ++i) {
+    if (outs[i].w->cols != w0.cols || type_traits(outs[i].w->type).vec_dot_type != act_type) {
+      // Mixed activation formats (e.g. a Q8_0 tensor beside Q4_K ones): one product each.
+      for (int j = 0; j < n_outs; ++j) matmul_multi(&outs[j], 1, x, n_tokens, pool, scratch);
+      return;
+    }
+  }
+  size_t act_row_bytes = 0;
+  quantize_activations(act_type, w0.cols, x, n_tokens, pool, scratch, act_row_bytes);
+  const uint8_t* act = scratch.quantized.data();
+
+  // Work items: (output, chunk of rows), handed out dynamically so a busy core does not stall the rest.
+  if (n_outs > 8) throw std::logic_error("matmul_multi: at most 8 outputs");
+  int64_t chunk_start[8];
+  int64_t total_chunks = 0;
+  for (int i = 0; i < n_outs; ++i) {
+    chunk_start[i] = total_chunks;
+    total_chunks += (outs[i].w->rows + kRowsPerChunk - 1) / kRowsPerChunk;
+  }
+  std::atomic<int64_t> next{0};
+  pool.run([&](int, int) {
+    for (;;) {
+      int64_t c = next.fetch_add(1, std::memory_order_relaxed);
+      if (c >= total_chunks) break;
+      int o = 0;
+      while (o + 1 < n_outs && c >= chunk_start[o + 1]) ++o;
+      const MatmulOutput& out = outs[o];
+      const WeightView& w = *out.w;
+      const auto vec_dot = cpu_kernels().types[static_cast<int>(w.type)].vec_dot;
+      int64_t r0 = (c - chunk_start[o]) * kRowsPerChunk;
+      int64_t r1 = std::min(r0 + kRowsPerChunk, w.rows);
+      for (int t = 0; t < n_tokens; ++t) {
+        const uint8_t* a = act + t * act_row_bytes;
+        float* y = out.y + static_cast<int64_t>(t) * w.rows;
+        for (int64_t r = r0; r < r1; ++r) {
+          float v = vec_dot(w.cols, w.row(r), a);
+          y[r] = out.bias ? v + out.bias[r] : v;
+        }
+      }
+    }
+  });
+}
+
+void matmul(const WeightView& w, const float* x, int n_tokens, float* y, const float* bias,
+            ThreadPool& pool, MatmulScratch& scratch) {
+  MatmulOutput out{&w, y, bias};
+  matmul_multi(&out, 1, x, n_tokens, pool, scratch);
+}
+
+void dequantize_weight_row(const WeightView& w, int64_t r, float* dst) {
+  cpu_kernels().types[static_cast<int>(w.type)].dequantize_row(w.row(r), dst, w.cols);
+}
+
+}  // namespace pyresa::cpu

@@ -1,0 +1,201 @@
+"""The high-level model: load a GGUF, tokenize, compute logits, generate and chat, streaming."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from pyresa import _core
+from pyresa.default_model import default_model_path
+from pyresa.errors import ContextFullError, InvalidRequestError, UnsupportedError
+from pyresa.generation import Chunk, GenerationStats, StopStringFilter
+from pyresa.gguf_file import open_gguf
+from pyresa.sampling import Sampler, SamplingParams
+from pyresa.tokenizer import StreamDecoder, Tokenizer
+
+DEFAULT_MAX_TOKENS = 256
+
+
+class Model:
+    """A GGUF language model and one sequence (its KV cache).
+
+    ``Model()`` loads the default model (SmolLM2-135M-Instruct Q4_1), fetching it on first use.
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None, *, n_ctx: int | None = None,
+                 threads: int | None = None, device: str = "cpu", n_batch: int = 256):
+        self.path = Path(path) if path is not None else default_model_path()
+        self.device = self._resolve_device(device)
+        self.file = open_gguf(self.path)
+        self.config = dict(self.file.config)
+        if n_ctx is None:
+            n_ctx = self.config["n_ctx_train"]
+        if n_ctx <= 0:
+            raise InvalidRequestError(f"n_ctx must be positive, got {n_ctx}")
+        if threads is not None and threads <= 0:
+            raise InvalidRequestError(f"threads must be positive, got {threads}")
+        self._engine = _core.Engine(self.config, self.file.tensor_table(), n_ctx, threads or 0, n_batch)
+        self.tokenizer = Tokenizer(self.path, self.file.metadata)
+        self._cached: list[int] = []  # tokens whose K/V are in the cache, in order
+        self.last_stats = GenerationStats()
+
+    @staticmethod
+    def _resolve_device(device: str) -> str:
+        if device in ("cpu", "auto"):
+            return "cpu"
+        if device == "cuda" or device.startswith("cuda:"):
+            raise UnsupportedError("this build of pyresa has no CUDA backend (device='cuda'); use device='cpu'")
+        raise InvalidRequestError(f"unknown device '{device}' (cpu, cuda, cuda:N, auto)")
+
+    # -- properties --------------------------------------------------------------------------
+    @property
+    def n_ctx(self) -> int:
+        return self._engine.n_ctx
+
+    @property
+    def n_vocab(self) -> int:
+        return self.config["n_vocab"]
+
+    @property
+    def threads(self) -> int:
+        return self._engine.n_threads
+
+    @property
+    def n_cached(self) -> int:
+        """Tokens currently in the KV cache (reused by the next generation if they match)."""
+        return len(self._cached)
+
+    # -- text --------------------------------------------------------------------------------
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        return self.tokenizer.tokenize(text, add_special)
+
+    def detokenize(self, ids: Iterable[int]) -> str:
+        return self.tokenizer.detokenize(list(ids))
+
+    def _prompt_tokens(self, prompt: str | Sequence[int]) -> list[int]:
+        if isinstance(prompt, str):
+            return self.tokenize(prompt, add_special=True)
+        tokens = [int(t) for t in prompt]
+        bad = [t for t in tokens if not 0 <= t < self.n_vocab]
+        if bad:
+            raise InvalidRequestError(f"token id {bad[0]} outside the vocabulary [0, {self.n_vocab})")
+        return tokens
+
+    # -- evaluation --------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Empty the KV cache."""
+        self._engine.truncate(0)
+        self._cached = []
+
+    def logits(self, tokens: Sequence[int]) -> np.ndarray:
+        """Logits of every position, float32 [len(tokens), n_vocab], from a fresh context (dense)."""
+        tokens = self._prompt_tokens(tokens)
+        if not tokens:
+            raise InvalidRequestError("logits() needs at least one token")
+        self._check_fits(len(tokens))
+        self.reset()
+        out = self._engine.eval(np.asarray(tokens, dtype=np.int32), True)
+        self._cached = list(tokens)
+        return out
+
+    def _check_fits(self, n: int) -> None:
+        if n > self.n_ctx:
+            raise ContextFullError(f"{n} tokens do not fit in the context window (n_ctx = {self.n_ctx})")
+
+    def _prefill(self, tokens: list[int]) -> tuple[np.ndarray, int]:
+        """Bring the cache to `tokens`, reusing the longest common prefix; returns the last logits."""
+        common = 0
+        for a, b in zip(self._cached, tokens):
+            if a != b:
+                break
+            common += 1
+        common = min(common, len(tokens) - 1)  # at least one token must run to give logits
+        self._engine.truncate(common)
+        self._cached = self._cached[:common]
+        logits = self._engine.eval(np.asarray(tokens[common:], dtype=np.int32), False)
+        self._cached = list(tokens)
+        return logits, common
+
+    def generate(self, prompt: str | Sequence[int], *, max_tokens: int | None = DEFAULT_MAX_TOKENS,
+                 temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
+                 repeat_penalty: float = 1.0, seed: int | None = None, stop: str | Sequence[str] | None = None,
+                 ) -> Iterator[Chunk]:
+        """Stream a continuation of `prompt` (text or token ids), one Chunk per token.
+
+        The last chunk has ``finish_reason`` "stop" (end-of-generation token or a stop string,
+        which is never included in the text) or "length" (max_tokens or the context is full)."""
+        params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                repeat_penalty=repeat_penalty, seed=seed).validate()
+        tokens = self._prompt_tokens(prompt)
+        if not tokens:
+            raise InvalidRequestError("the prompt is empty")
+        self._check_fits(len(tokens))
+        if max_tokens is not None and max_tokens < 0:
+            raise InvalidRequestError(f"max_tokens must be >= 0, got {max_tokens}")
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        return self._generate(tokens, max_tokens, params, stops)
+
+    def _generate(self, tokens: list[int], max_tokens: int | None, params: SamplingParams,
+                  stops: list[str]) -> Iterator[Chunk]:
+        stats = GenerationStats(prompt_tokens=len(tokens))
+        self.last_stats = stats
+        t0 = time.perf_counter()
+        logits, stats.cached_tokens = self._prefill(tokens)
+        stats.prefill_seconds = time.perf_counter() - t0
+        sampler = Sampler(params)
+        stop_ids = self.tokenizer.stop_ids() if self._has_tokenizer() else set()
+        decoder, stop_filter = StreamDecoder(), StopStringFilter(stops)
+        history = list(tokens)
+        limit = max_tokens if max_tokens is not None else self.n_ctx - len(tokens)
+        t_decode = time.perf_counter()
+        n = 0
+        while True:
+            if n >= limit:
+                yield Chunk(stop_filter.flush() + decoder.flush(), None, "length")
+                return
+            token = sampler.sample(logits, history)
+            history.append(token)
+            n += 1
+            stats.completion_tokens = n
+            if token in stop_ids:
+                stats.decode_seconds = time.perf_counter() - t_decode
+                yield Chunk(stop_filter.flush() + decoder.flush(), token, "stop")
+                return
+            text = decoder.push(self.tokenizer.token_bytes(token)) if stop_ids or self._has_tokenizer() else ""
+            text, hit = stop_filter.push(text)
+            if hit:
+                stats.decode_seconds = time.perf_counter() - t_decode
+                yield Chunk(text, token, "stop")
+                return
+            if len(self._cached) >= self.n_ctx:  # the sampled token has no room in the cache
+                stats.decode_seconds = time.perf_counter() - t_decode
+                yield Chunk(text + stop_filter.flush() + decoder.flush(), token, "length")
+                return
+            if n < limit:
+                logits = self._engine.eval(np.asarray([token], dtype=np.int32), False)
+                self._cached.append(token)
+            stats.decode_seconds = time.perf_counter() - t_decode
+            yield Chunk(text, token)
+
+    def _has_tokenizer(self) -> bool:
+        try:
+            self.tokenizer.llama
+            return True
+        except Exception:
+            return False
+
+    def chat(self, messages: list[dict[str, str]], **sampling) -> Iterator[Chunk]:
+        """Stream the assistant's reply to `messages` ([{"role": ..., "content": ...}]) using the
+        model's chat template."""
+        for m in messages:
+            if not isinstance(m, dict) or "role" not in m or "content" not in m:
+                raise InvalidRequestError(f"each message needs 'role' and 'content': {m!r}")
+        prompt = self.tokenizer.render_chat(messages, add_generation_prompt=True)
+        tokens = self.tokenize(prompt, add_special=False)
+        if self.tokenizer.add_bos and self.tokenizer.bos_id is not None and tokens[:1] != [self.tokenizer.bos_id]:
+            tokens = [self.tokenizer.bos_id] + tokens
+        return self.generate(tokens, **sampling)

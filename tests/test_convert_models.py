@@ -19,10 +19,9 @@ import numpy as np
 import pytest
 from conftest_convert import (  # noqa: F401  (fixtures)
     LOGIT_TEXT, QWEN_HEADER, TOKENIZER_TEXTS, hf_logits, hf_tokenizer, llama_cpp_logits, llama_cpp_vocab, pc,
-    qwen_gguf, qwen_hf, read_header_only, safetensors_weight, smol_gguf, smol_hf, top1_agreement)
+    pyresa_logits, qwen_gguf, qwen_hf, read_header_only, safetensors_weight, smol_gguf, smol_hf, top1_agreement)
 from gguf import GGMLQuantizationType as T
 
-import pyresa
 
 REL_RMSE = {T.F32: 1e-7, T.F16: 4e-4, T.BF16: 3e-3, T.Q8_0: 8e-3, T.Q6_K: 2.5e-2, T.Q5_1: 5e-2, T.Q5_0: 5.5e-2,
             T.Q5_K: 4.5e-2, T.Q4_1: 1e-1, T.Q4_0: 1.1e-1, T.Q4_K: 9e-2}
@@ -91,10 +90,8 @@ def test_smol_llama_cpp_logits_match_transformers(smol_gguf, smol_ids, smol_ref_
         assert top1_agreement(got, smol_ref_logits) >= need, outtype
 
 
-def test_smol_pyresa_logits_match_transformers(smol_gguf, smol_ids, smol_ref_logits):
-    if not hasattr(pyresa, "Model"):
-        pytest.skip("pyresa.Model (the runtime) has not landed on this branch yet")
-    got = np.asarray(pyresa.Model(str(smol_gguf("f16"))).logits(smol_ids), dtype=np.float32)
+def test_smol_pyresa_logits_match_transformers(smol_gguf, smol_ids, smol_ref_logits, tmp_path):
+    got = pyresa_logits(smol_gguf("f16"), smol_ids, tmp_path)
     assert top1_agreement(got, smol_ref_logits) >= 0.99
 
 
@@ -211,12 +208,9 @@ def test_qwen_llama_cpp_logits_match_transformers(qwen_gguf, qwen_hf, qwen_ids):
     assert np.max(np.abs(got - ref)) < 0.05 * np.max(np.abs(ref))
 
 
-def test_qwen_pyresa_logits_match_transformers(qwen_gguf, qwen_hf, qwen_ids):
-    if not hasattr(pyresa, "Model"):
-        pytest.skip("pyresa.Model (the runtime) has not landed on this branch yet")
-    ref = hf_logits(qwen_hf, qwen_ids)
-    got = np.asarray(pyresa.Model(str(qwen_gguf("f32"))).logits(qwen_ids), dtype=np.float32)
-    assert top1_agreement(got, ref) >= 0.99
+def test_qwen_pyresa_logits_match_transformers(qwen_gguf, qwen_hf, qwen_ids, tmp_path):
+    got = pyresa_logits(qwen_gguf("f32"), qwen_ids, tmp_path)
+    assert top1_agreement(got, hf_logits(qwen_hf, qwen_ids)) >= 0.99
 
 
 def test_qwen_tokenization_matches_hf(qwen_gguf, qwen_hf):

@@ -330,3 +330,13 @@ def test_killed_conversion_leaves_no_output_file(tiny_tokenizer, tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert not (outdir / "model.gguf").exists()
+
+
+def test_progress_bar_shows_tensor_and_bytes(tiny_tokenizer, tmp_path, capsys):
+    src = make_llama(tmp_path / "m", tiny_tokenizer)
+    pc.convert(src, tmp_path / "o.gguf", "q8_0", progress=True)
+    err = capsys.readouterr().err
+    assert "blk.1.ffn_down.weight Q8_0" in err and "output_norm.weight F32" in err
+    assert "[20/20]" in err and "100%" in err and "B/s" in err
+    pc.convert(src, tmp_path / "p.gguf", "q8_0", progress=False)
+    assert capsys.readouterr().err == ""

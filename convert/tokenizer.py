@@ -6,6 +6,9 @@ name in `tokenizer.ggml.pre`. So the name must describe exactly what the Hugging
 pre-tokenizer does. We identify it from the pre-tokenizer's definition (its split regexes and
 byte-level settings); a definition we do not know is an error, because guessing would give a
 file that loads fine and tokenizes some text differently from the original model.
+
+SentencePiece-style BPE (Llama 2, Mistral: '▁' for spaces, byte fallback) has no pre-tokenizer
+to name: it becomes llama.cpp's "llama" tokenizer, whose merge order comes from token scores.
 """
 
 from __future__ import annotations
@@ -70,11 +73,31 @@ def identify_pre_tokenizer(tokenizer_json: dict, where: str = "tokenizer.json") 
     return name
 
 
-def _token_text(entry) -> str | None:
-    if isinstance(entry, str):
-        return entry
-    if isinstance(entry, dict) and isinstance(entry.get("content"), str):
-        return entry["content"]
+def _merge_pairs(merges: list) -> list[tuple[str, str]]:
+    """tokenizer.json merges, either "a b" strings or [a, b] pairs (transformers >= 4.45)."""
+    return [tuple(m.split(" ", 1)) if isinstance(m, str) else (m[0], m[1]) for m in merges]
+
+
+def _sentencepiece_style(tj: dict) -> bool | None:
+    """For a SentencePiece-style BPE tokenizer.json (spaces as '▁', no byte-level mapping), whether
+    a '▁' is put before the text (llama.cpp's add_space_prefix); None for any other tokenizer.
+    Two spellings exist: normalizer Prepend('▁') + Replace(' ', '▁') with no pre-tokenizer (older
+    conversions), or a Metaspace pre-tokenizer that does not split (newer ones)."""
+    norm = tj.get("normalizer") or {}
+    steps = norm.get("normalizers", [norm]) if norm else []
+    kinds = [n.get("type") for n in steps]
+    pre = tj.get("pre_tokenizer")
+    if pre is None and kinds and set(kinds) <= {"Prepend", "Replace"} and "Replace" in kinds:
+        rep = next(n for n in steps if n.get("type") == "Replace")
+        if rep.get("pattern", {}).get("String") == " " and rep.get("content") == "\u2581":
+            return any(n.get("type") == "Prepend" and n.get("prepend") == "\u2581" for n in steps)
+    if pre and pre.get("type") == "Metaspace" and not norm and pre.get("replacement") == "\u2581" \
+            and not pre.get("split", True):
+        return pre.get("prepend_scheme", "always") != "never"
+    if pre and pre.get("type") == "Metaspace" or "Prepend" in kinds:
+        raise UnsupportedError(
+            f"SentencePiece-style tokenizer with an unusual setup (normalizer {kinds}, pre-tokenizer "
+            f"{json.dumps(pre)[:200]}); supported: Prepend+Replace normalizer, or Metaspace without split")
     return None
 
 
@@ -111,12 +134,6 @@ def export_tokenizer(writer: gguf.GGUFWriter, directory: Path, n_vocab: int) -> 
     model = tj.get("model", {})
     if model.get("type") != "BPE":
         raise UnsupportedError(f"{path}: tokenizer model {model.get('type')!r} is not supported (only BPE)")
-    if model.get("byte_fallback") or any(s[0] == "Metaspace" for s in _steps(tj.get("pre_tokenizer"))):
-        raise UnsupportedError(
-            f"{path}: SentencePiece-style BPE (byte_fallback / Metaspace) is not supported yet; "
-            "supported: byte-level BPE tokenizers")
-    pre = identify_pre_tokenizer(tj, str(path))
-
     vocab: dict[str, int] = model.get("vocab", {})
     added = tj.get("added_tokens", [])
     highest = max([*vocab.values(), *(a["id"] for a in added)], default=-1)
@@ -130,18 +147,52 @@ def export_tokenizer(writer: gguf.GGUFWriter, directory: Path, n_vocab: int) -> 
     for text, i in vocab.items():
         tokens[i] = text
         types[i] = gguf.TokenType.NORMAL
-    for a in added:
-        tokens[a["id"]] = a["content"]
-        types[a["id"]] = gguf.TokenType.CONTROL if a.get("special") else gguf.TokenType.USER_DEFINED
 
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(pre)
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
+    spm = _sentencepiece_style(tj)
+    if spm is not None:
+        # SentencePiece BPE (Llama 2, Mistral): llama.cpp's "llama" tokenizer merges the
+        # adjacent pair whose result has the highest score; Hugging Face applies the merge of
+        # lowest rank. Scoring each token by minus the rank of the merge that makes it gives the
+        # same order.
+        if not model.get("byte_fallback"):
+            raise UnsupportedError(f"{path}: SentencePiece-style BPE without byte_fallback is not supported")
+        rank = {}
+        for r, m in enumerate(_merge_pairs(model.get("merges", []))):
+            rank.setdefault(m[0] + m[1], r)
+        scores = [-(len(rank) + i) * 1.0 for i in range(n_vocab)]  # never made by a merge: last
+        for text, i in vocab.items():
+            if text in rank:
+                scores[i] = -float(rank[text])
+            if len(text) == 6 and text.startswith("<0x") and text.endswith(">"):
+                types[i] = gguf.TokenType.BYTE
+        unk = model.get("unk_token")
+        if unk in vocab:
+            types[vocab[unk]] = gguf.TokenType.UNKNOWN
+        for a in added:
+            tokens[a["id"]] = a["content"]
+            if types[a["id"]] != gguf.TokenType.UNKNOWN:
+                types[a["id"]] = gguf.TokenType.CONTROL if a.get("special") else gguf.TokenType.USER_DEFINED
+        writer.add_tokenizer_model("llama")
+        writer.add_tokenizer_pre("default")
+        writer.add_token_list(tokens)
+        writer.add_token_scores(scores)
+        writer.add_token_types(types)
+        writer.add_add_space_prefix(spm)
+        pre, load_merges = "default (SentencePiece)", False
+    else:
+        pre = identify_pre_tokenizer(tj, str(path))
+        for a in added:
+            tokens[a["id"]] = a["content"]
+            types[a["id"]] = gguf.TokenType.CONTROL if a.get("special") else gguf.TokenType.USER_DEFINED
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre(pre)
+        writer.add_token_list(tokens)
+        writer.add_token_types(types)
+        load_merges = True
 
     # Merges, special token ids and the chat template: gguf-py's reader of these files.
-    special = gguf.SpecialVocab(directory, load_merges=True, n_vocab=n_vocab)
-    if not special.merges:
+    special = gguf.SpecialVocab(directory, load_merges=load_merges, n_vocab=n_vocab)
+    if load_merges and not special.merges:
         raise ModelFormatError(f"{path}: the BPE model has no merges")
     add_bos, add_eos = _add_bos_eos(tj, config)
     special.add_special_token["bos"] = add_bos

@@ -74,6 +74,26 @@ def read_header_only(path: Path, tmp_dir: Path):
     return gguf.GGUFReader(sparse)
 
 
+def vocab_only_copy(path: Path, tmp_dir: Path) -> Path:
+    """A GGUF with `path`'s metadata and no tensors (llama.cpp loads it with vocab_only)."""
+    import gguf
+    out = tmp_dir / (path.stem + ".vocab.gguf")
+    if not out.exists():
+        r = read_header_only(path, tmp_dir)
+        w = gguf.GGUFWriter(out, r.fields["general.architecture"].contents())
+        for key, f in r.fields.items():
+            if key.startswith("GGUF.") or key == "general.architecture":
+                continue
+            vtype = gguf.GGUFValueType(f.types[0])
+            sub = gguf.GGUFValueType(f.types[1]) if vtype == gguf.GGUFValueType.ARRAY else None
+            w.add_key_value(key, f.contents(), vtype, sub_type=sub)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_ti_data_to_file()
+        w.close()
+    return out
+
+
 # --------------------------------------------------------------------------------- checkpoints
 
 def save_hf_from_gguf(gguf_path: Path, out: Path) -> Path:

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from conftest_convert import (  # noqa: F401  (fixtures)
     LOGIT_TEXT, QWEN_HEADER, TOKENIZER_TEXTS, hf_logits, hf_tokenizer, llama_cpp_logits, llama_cpp_vocab, pc,
-    pyresa_logits, qwen_gguf, qwen_hf, read_header_only, safetensors_weight, smol_gguf, smol_hf, top1_agreement)
+    pyresa_logits, qwen_gguf, qwen_hf, read_header_only, safetensors_weight, smol_gguf, smol_hf, top1_agreement, vocab_only_copy)
 from gguf import GGMLQuantizationType as T
 
 
@@ -214,10 +214,14 @@ def test_qwen_pyresa_logits_match_transformers(qwen_gguf, qwen_hf, qwen_ids, tmp
 
 
 def test_qwen_tokenization_matches_hf(qwen_gguf, qwen_hf):
+    """And matches llama.cpp on the original 7B GGUF (whose pre-tokenizer is named
+    deepseek-r1-qwen; ours is qwen2: llama.cpp treats the two alike)."""
     tok, vocab = hf_tokenizer(qwen_hf), llama_cpp_vocab(qwen_gguf("f32"))
+    original = llama_cpp_vocab(vocab_only_copy(QWEN_HEADER, qwen_hf.parent))
     for text in TOKENIZER_TEXTS:
-        assert vocab.tokenize(text.encode(), add_bos=False, special=False) == \
-            tok(text, add_special_tokens=False)["input_ids"], text
+        ours = vocab.tokenize(text.encode(), add_bos=False, special=False)
+        assert ours == tok(text, add_special_tokens=False)["input_ids"], text
+        assert ours == original.tokenize(text.encode(), add_bos=False, special=False), text
     chat = "<｜User｜>Why is the sky blue?<｜Assistant｜><think>\nRayleigh</think>"
     assert vocab.tokenize(chat.encode(), add_bos=False, special=True) == tok(chat, add_special_tokens=False)["input_ids"]
 

@@ -1,7 +1,7 @@
 """Micro-benchmark of the legacy-format CPU kernels: matrix-vector products as decoding runs them.
 
-For every weight type and every kernel set (ISA) this CPU supports, one thread computes
-`rows` dot products of length `n` against one activation row (quantized once, as the engine
+For every weight type and every kernel set (ISA) this CPU supports, one thread (or --threads)
+computes `rows` dot products of length `n` against one activation row (quantized once, as the engine
 does), i.e. a sweep over a rows x n weight matrix, and reports
   - dots/s       rows per second,
   - GB/s         weight bytes streamed per second (the figure that matters: decoding is
@@ -37,7 +37,9 @@ TYPES = {"F32": 0, "F16": 1, "BF16": 30, "Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1"
 SCALE_OFFSETS = {"Q4_0": (0,), "Q4_1": (0, 2), "Q5_0": (0,), "Q5_1": (0, 2), "Q8_0": (0,)}
 
 HARNESS = r"""
+#include <atomic>
 #include <chrono>
+#include <thread>
 #include <cstdint>
 #include <cstring>
 #include <string>
@@ -48,9 +50,10 @@ using namespace pyresa::cpu;
 static double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 
 extern "C" {
-// Best seconds of `reps` sweeps of rows dot products over a weight matrix; -1 if unsupported.
+// Best seconds of `reps` sweeps of rows dot products over a weight matrix, the rows split
+// in contiguous chunks over `threads` threads (as the engine's matmul would); -1 if unsupported.
 double bench_matvec(const char* isa, int type, const uint8_t* w, int64_t rows, int64_t n,
-                    const float* x, int reps, float* out) {
+                    const float* x, int reps, int threads, float* out) {
   try { set_cpu_isa(isa); } catch (...) { return -1; }
   const CpuKernels& k = cpu_kernels();
   const GgmlType t = (GgmlType)type, at = type_traits(t).vec_dot_type;
@@ -59,14 +62,32 @@ double bench_matvec(const char* isa, int type, const uint8_t* w, int64_t rows, i
   if (!dot || !quant) return -1;
   std::vector<uint8_t> act(row_size(at, n));
   const size_t rb = row_size(t, n);
+  std::atomic<int> arrived{0};
+  std::atomic<int> generation{0};
+  auto barrier = [&](int& gen) {  // spin barrier: thread start-up stays out of the timings
+    if (arrived.fetch_add(1) + 1 == threads) { arrived = 0; generation.fetch_add(1); }
+    else while (generation.load() == gen) std::this_thread::yield();
+    ++gen;
+  };
   double best = 1e30;
-  for (int r = 0; r < reps; ++r) {
-    const double t0 = now();
-    quant(x, act.data(), n);
-    for (int64_t i = 0; i < rows; ++i) out[i] = dot(n, w + i * rb, act.data());
-    const double dt = now() - t0;
-    if (dt < best) best = dt;
-  }
+  auto worker = [&](int id) {
+    const int64_t lo = rows * id / threads, hi = rows * (id + 1) / threads;
+    int gen = 0;
+    for (int r = 0; r < reps; ++r) {
+      barrier(gen);
+      const double t0 = now();
+      if (id == 0) quant(x, act.data(), n);
+      barrier(gen);  // the activation row is ready
+      for (int64_t i = lo; i < hi; ++i) out[i] = dot(n, w + i * rb, act.data());
+      barrier(gen);
+      const double dt = now() - t0;
+      if (id == 0 && dt < best) best = dt;
+    }
+  };
+  std::vector<std::thread> pool;
+  for (int id = 1; id < threads; ++id) pool.emplace_back(worker, id);
+  worker(0);
+  for (auto& th : pool) th.join();
   return best;
 }
 
@@ -101,14 +122,27 @@ def build_harness(tmp: Path) -> ctypes.CDLL:
                     str(tmp / "harness.cpp"), str(lib), "-o", str(so), "-lpthread"], check=True)
     h = ctypes.CDLL(str(so))
     P = ctypes.c_void_p
-    h.bench_matvec.argtypes = [ctypes.c_char_p, ctypes.c_int, P, ctypes.c_int64, ctypes.c_int64, P, ctypes.c_int, P]
+    h.bench_matvec.argtypes = [ctypes.c_char_p, ctypes.c_int, P, ctypes.c_int64, ctypes.c_int64, P, ctypes.c_int, ctypes.c_int, P]
     h.bench_matvec.restype = ctypes.c_double
     h.bench_read.argtypes = [P, ctypes.c_int64, ctypes.c_int, P]
     h.bench_read.restype = ctypes.c_double
     return h
 
 
-def weights(name: str, rows: int, n: int, rng) -> np.ndarray:
+def aligned(data: np.ndarray, offset: int) -> np.ndarray:
+    """A copy of the bytes starting `offset` bytes past a 64-byte boundary."""
+    raw = np.empty(data.nbytes + 128, np.uint8)
+    start = (-raw.ctypes.data) % 64 + offset
+    out = raw[start:start + data.nbytes]
+    out[:] = data.view(np.uint8).reshape(-1)
+    return out
+
+
+def weights(name: str, rows: int, n: int, rng, offset: int) -> np.ndarray:
+    return aligned(random_weights(name, rows, n, rng), offset)
+
+
+def random_weights(name: str, rows: int, n: int, rng) -> np.ndarray:
     """Random weight rows: random quant bits with weight-like fp16 scales."""
     t = TYPES[name]
     nbytes = _core.row_size(t, n) * rows
@@ -134,15 +168,19 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=576, help="row length (elements)")
     ap.add_argument("--rows", type=int, default=49152, help="rows of the first sweep")
     ap.add_argument("--big-mb", type=float, default=256, help="weight MB of the DRAM-bound sweep (0: skip)")
+    ap.add_argument("--align", type=int, default=32,
+                    help="weight data starts this many bytes past a 64-byte boundary (GGUF aligns tensors to 32)")
+    ap.add_argument("--threads", type=int, default=1, help="threads sharing the rows of a sweep")
     ap.add_argument("--reps", type=int, default=7, help="sweeps per measurement; the best is reported")
     args = ap.parse_args()
 
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
         h = build_harness(Path(tmp))
-        x = rng.standard_normal(args.n).astype(np.float32)
+        x = aligned(rng.standard_normal(args.n).astype(np.float32), 0).view(np.float32)
         sink = ctypes.c_uint64(0)
-        print(f"CPU: {_cpu_name()}, kernel sets: {', '.join(_core.supported_isas())}; one thread")
+        print(f"CPU: {_cpu_name()}, kernel sets: {', '.join(_core.supported_isas())}; {args.threads} thread(s); "
+              f"weights at 64k+{args.align} bytes")
         for label, mb in (("L3-sized", 24), ("DRAM", 512)):
             buf = rng.integers(0, 256, size=int(mb * 2**20), dtype=np.uint8)
             t = h.bench_read(buf.ctypes.data, buf.size, args.reps, ctypes.byref(sink))
@@ -155,13 +193,13 @@ def main() -> None:
             else:
                 sweeps_t = sweeps
             for rows, shape in sweeps_t:
-                w = weights(name, rows, args.n, rng)
+                w = weights(name, rows, args.n, rng, args.align)
                 out = np.empty(rows, np.float32)
                 cells = []
                 for isa in args.isas.split(","):
                     reps = args.reps if rows * args.n < 1e8 else max(2, args.reps // 2)
                     t = h.bench_matvec(isa.encode(), TYPES[name], w.ctypes.data, rows, args.n, x.ctypes.data, reps,
-                                       out.ctypes.data)
+                                       args.threads, out.ctypes.data)
                     if t < 0:
                         cells.append(f"{isa}: n/a")
                         continue

@@ -167,8 +167,16 @@ def test_vec_dot_matches_float64(isa, qtype, n):
         exact, with_xq, quant_tol, float_tol = dot_bounds(qtype, data, x, act)
         # Integer parts exact: only float32 scaling error against the quantized activations.
         assert abs(got - with_xq) <= float_tol, (trial, got, with_xq, float_tol)
-        # Against the float64 dot with the original x: plus activation quantization error.
+        # Against the float64 dot with the original x: plus activation quantization error, at
+        # worst sum_b |d_b|/2 * sum |w| ...
         assert abs(got - exact) <= quant_tol + float_tol, (trial, got, exact, quant_tol)
+        # ... and typically far less: rounding errors are spread evenly over [-d/2, d/2], so
+        # their weighted sum has standard deviation sigma = sqrt(sum w^2 d_b^2 / 12). Fixed
+        # seeds make this deterministic; 6 sigma leaves no room for flakiness.
+        d, _, _ = parse_q8_K(act, n)
+        w = dequantize(data, qtype).reshape(-1, QK_K).astype(np.float64)
+        sigma = np.sqrt(np.sum((w**2).sum(-1) * d.astype(np.float64) ** 2 / 12))
+        assert abs(got - exact) <= 6 * sigma + float_tol, (trial, got, exact, sigma)
 
 
 @pytest.mark.parametrize("qtype", WEIGHT_TYPES, ids=lambda t: t.name)
@@ -212,3 +220,60 @@ def test_isas_agree(qtype):
         np.testing.assert_array_equal(deq.view(np.uint32), deq0.view(np.uint32), err_msg=isa)
         np.testing.assert_array_equal(act, act0, err_msg=isa)  # Q8_K bytes identical
         assert abs(dot - dot0) <= 2 * float_tol, (isa, dot, dot0)
+
+
+# ---- ggml itself, where llama-cpp-python installed its CPU library ---------------------------
+
+def _ggml_cpu():
+    import ctypes
+    import sysconfig
+    from pathlib import Path
+
+    for base in {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}:
+        lib = Path(base) / "lib"
+        if (lib / "libggml-cpu.so").exists() and (lib / "libggml-base.so").exists():
+            ctypes.CDLL(str(lib / "libggml-base.so"), mode=ctypes.RTLD_GLOBAL)
+            cpu = ctypes.CDLL(str(lib / "libggml-cpu.so"))
+
+            class Traits(ctypes.Structure):  # struct ggml_type_traits_cpu (ggml-cpu.h)
+                _fields_ = [("from_float", ctypes.c_void_p), ("vec_dot", ctypes.c_void_p),
+                            ("vec_dot_type", ctypes.c_int), ("nrows", ctypes.c_int64)]
+
+            cpu.ggml_get_type_traits_cpu.restype = ctypes.POINTER(Traits)
+            cpu.ggml_cpu_init()
+            from_float = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
+            vec_dot = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p,
+                                       ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+
+            def quantize_q8_K(x):
+                out = np.zeros(x.size // QK_K * BLOCK_BYTES[T.Q8_K], np.uint8)
+                from_float(cpu.ggml_get_type_traits_cpu(int(T.Q8_K)).contents.from_float)(
+                    x.ctypes.data, out.ctypes.data, x.size)
+                return out
+
+            def dot(qtype, weights, act, n):
+                s = ctypes.c_float()
+                vec_dot(cpu.ggml_get_type_traits_cpu(int(qtype)).contents.vec_dot)(
+                    n, ctypes.addressof(s), 0, weights.ctypes.data, 0, act.ctypes.data, 0, 1)
+                return s.value
+
+            return quantize_q8_K, dot
+    return None
+
+
+GGML = _ggml_cpu()
+
+
+@pytest.mark.skipif(GGML is None, reason="ggml's CPU library (llama-cpp-python) not installed")
+@pytest.mark.parametrize("qtype", WEIGHT_TYPES, ids=lambda t: t.name)
+def test_matches_ggml(isa, qtype):
+    """Q8_K bytes identical to ggml's quantizer; vec_dot equal to ggml's within float rounding."""
+    ggml_quantize, ggml_dot = GGML
+    rng = np.random.default_rng(5 + int(qtype))
+    for n in (256, 3584, 18944):
+        x = activations(rng, n)
+        act = core.quantize_row(int(T.Q8_K), x)
+        np.testing.assert_array_equal(act, ggml_quantize(x))
+        data = random_blocks(rng, qtype, n // QK_K, fp16=moderate_fp16)
+        _, _, _, float_tol = dot_bounds(qtype, data, x, act)
+        assert abs(core.vec_dot(int(qtype), data, x) - ggml_dot(qtype, data, act, n)) <= 2 * float_tol

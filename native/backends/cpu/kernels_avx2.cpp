@@ -12,7 +12,8 @@ void fill_attention_kernels(CpuKernels& k);  // attend_key_range
 
 const CpuKernels* kernels_avx2() {
   static const CpuKernels table = [] {
-    CpuKernels k;
+    // Start from the next ISA down, so any kernel this ISA does not specialise still runs.
+    CpuKernels k = *kernels_scalar();
     k.isa = "avx2";
     avx2::fill_legacy_kernels(k);
     avx2::fill_kquants_kernels(k);

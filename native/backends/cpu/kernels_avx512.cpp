@@ -12,7 +12,8 @@ void fill_attention_kernels(CpuKernels& k);  // attend_key_range
 
 const CpuKernels* kernels_avx512() {
   static const CpuKernels table = [] {
-    CpuKernels k;
+    // Start from the next ISA down, so any kernel this ISA does not specialise still runs.
+    CpuKernels k = *kernels_avx2();
     k.isa = "avx512";
     avx512::fill_legacy_kernels(k);
     avx512::fill_kquants_kernels(k);

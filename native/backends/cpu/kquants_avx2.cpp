@@ -3,7 +3,7 @@
 // scale (pairs into int32); one int32 vector per super-block is converted to float once.
 // Mins (Q4_K/Q5_K) and Q6_K's -32 offset come from Q8_K's bsums instead of per-element work.
 //
-// int16 stages cannot saturate: maddubs adds two products of at most 63 * 127 (Q6_K) = 16002.
+// int16 stages cannot saturate: maddubs adds two products of at most 63 * 127 each (Q6_K): 16002.
 #include <immintrin.h>
 
 #include <type_traits>

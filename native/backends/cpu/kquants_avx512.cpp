@@ -2,11 +2,12 @@
 // of 32 (Q4_K/Q5_K) or four groups of 16 (Q6_K), against 64 contiguous Q8_K activations.
 //
 // Dot products: vpdpbusd multiplies unsigned weights by signed activations and sums each 4
-// into an int32 lane. That sum is at most 4 * 63 * 127 = 32004 in magnitude, so it fits the
-// low int16 half of the lane, and vpdpwssd with a scale vector whose lanes are (scale, 0) as
-// int16 pairs multiplies it by the sub-block scale and accumulates, in one instruction, with
-// no int32 multiply. One int32 vector per super-block is converted to float once; mins and
-// Q6_K's -32 offset come from Q8_K's bsums; one horizontal sum per row.
+// into an int32 lane. That sum is at most 4 * 63 * 127 = 32004 in magnitude, so two zmm of
+// such sums pack (vpackssdw, never saturating) into one zmm of int16, and vpdpwssd against the
+// matching int16 sub-block scales multiplies and accumulates 32 of them in one instruction:
+// no int32 multiplies, half the scale work. One int32 vector per super-block is converted to
+// float once; mins and Q6_K's -32 offset come from Q8_K's bsums; one horizontal sum per row.
+//
 // GCC 12's AVX-512 headers trip -Wuninitialized on their own _mm512_undefined_* (GCC bug 105593).
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -37,8 +38,18 @@ inline __m128i load128(const void* p) { return _mm_loadu_si128(static_cast<const
 // 32 bytes loaded into both halves of a zmm.
 inline __m512i load256_twice(const void* p) { return _mm512_broadcast_i64x4(load256(p)); }
 
-// Permutation indices: lanes 0-7 take lane a, lanes 8-15 take lane b.
-inline __m512i lanes_ab(int a, int b) { return _mm512_mask_blend_epi32(0xFF00, _mm512_set1_epi32(a), _mm512_set1_epi32(b)); }
+// vpackssdw(u, v) puts, in each 128-bit lane k, u's int32 lanes 4k..4k+3 then v's, as int16.
+// For dot vectors whose int32 lane l belongs to group u_group(l) (resp. v_group(l)), this gives
+// the group of each int16 lane of the packed vector: the index vector for vpermw over scales.
+template <typename UGroup, typename VGroup>
+inline __m512i packed_groups(UGroup u_group, VGroup v_group) {
+  alignas(64) int16_t idx[32];
+  for (int e = 0; e < 32; ++e) {
+    const int k = e / 8, l = 4 * k + e % 4;
+    idx[e] = (int16_t)((e % 8) < 4 ? u_group(l) : v_group(l));
+  }
+  return _mm512_load_si512(idx);
+}
 
 // ---- dot products --------------------------------------------------------------------
 
@@ -49,8 +60,10 @@ float vec_dot_q45_K(int64_t n, const void* w, const void* a) {
   const __m512i m4 = _mm512_set1_epi8(0x0F);
   const __m512i sixteen = _mm512_set1_epi8(0x10);
   const __m512i nibble_shift = _mm512_setr_epi64(0, 0, 0, 0, 4, 4, 4, 4);  // low half: low nibbles
-  // Scale lane indices per 64-element chunk c: sub-block 2c in lanes 0-7, 2c+1 in 8-15.
-  const __m512i pick[4] = {lanes_ab(0, 1), lanes_ab(2, 3), lanes_ab(4, 5), lanes_ab(6, 7)};
+  // The dot vector of chunk c has sub-block 2c in int32 lanes 0-7 and 2c+1 in lanes 8-15;
+  // chunks are packed in pairs (0, 1) and (2, 3).
+  auto chunk = [](int c) { return [c](int l) { return 2 * c + l / 8; }; };
+  const __m512i pick[2] = {packed_groups(chunk(0), chunk(1)), packed_groups(chunk(2), chunk(3))};
   __m512 acc = _mm512_setzero_ps();
   __m256 acc_m = _mm256_setzero_ps();
   for (int64_t i = 0; i < n / QK_K; ++i) {
@@ -58,13 +71,12 @@ float vec_dot_q45_K(int64_t n, const void* w, const void* a) {
     prefetch_ahead(&x);
     const block_q8_K& y = ab[i];
     const __m128i sm = unpack_scales_mins_sse(x.scales);  // bytes: 8 scales, 8 mins
-    const __m512i sc32 = _mm512_cvtepu8_epi32(sm);      // lanes 0-7: scales as (scale, 0) int16 pairs
     const __m256i mins_dup = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(sm, sm));  // m0 m0 m1 m1 ...
     const __m256i mins = _mm256_madd_epi16(load256(y.bsums), mins_dup);
 
     __m512i qh;
     if constexpr (kFive) qh = load256_twice(x.qh);
-    __m512i sumi = _mm512_setzero_si512();
+    __m512i dots[4];
     for (int c = 0; c < 4; ++c) {
       // Low half: sub-block 2c (low nibbles), high half: sub-block 2c+1 (high nibbles).
       __m512i q = _mm512_and_si512(_mm512_srlv_epi64(load256_twice(x.qs + 32 * c), nibble_shift), m4);
@@ -73,9 +85,12 @@ float vec_dot_q45_K(int64_t n, const void* w, const void* a) {
                                                    _mm512_set1_epi8((char)(2 << (2 * c))));
         q = _mm512_mask_add_epi8(q, _mm512_test_epi8_mask(qh, bit), q, sixteen);
       }
-      const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, load512(y.qs + 64 * c));
-      sumi = _mm512_dpwssd_epi32(sumi, dot, _mm512_permutexvar_epi32(pick[c], sc32));
+      dots[c] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, load512(y.qs + 64 * c));
     }
+    const __m512i sc16 = _mm512_castsi128_si512(_mm_cvtepu8_epi16(sm));  // int16 lanes 0-7: scales
+    __m512i sumi = _mm512_dpwssd_epi32(_mm512_setzero_si512(), _mm512_packs_epi32(dots[0], dots[1]),
+                                       _mm512_permutexvar_epi16(pick[0], sc16));
+    sumi = _mm512_dpwssd_epi32(sumi, _mm512_packs_epi32(dots[2], dots[3]), _mm512_permutexvar_epi16(pick[1], sc16));
     const __m128 dd = d_dmin_times(&x.d, y.d);  // d*y.d, dmin*y.d
     acc = _mm512_fmadd_ps(_mm512_broadcastss_ps(dd), _mm512_cvtepi32_ps(sumi), acc);
     acc_m = _mm256_fmadd_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dd)), _mm256_cvtepi32_ps(mins), acc_m);
@@ -93,19 +108,17 @@ float vec_dot_q6_K(int64_t n, const void* w, const void* a) {
   const auto* ab = static_cast<const block_q8_K*>(a);
   const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
   const __m512i qh_shift = _mm512_setr_epi64(0, 0, 0, 0, 2, 2, 2, 2);
-  const __m512i low16 = _mm512_set1_epi32(0xFFFF);
-  // Lane l of the zmm for elements 64i..64i+63 takes scale 4i + l/4.
-  __m512i pick[4];
-  for (int z = 0; z < 4; ++z)
-    pick[z] = _mm512_add_epi32(_mm512_set1_epi32(4 * z), _mm512_srli_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), 2));
+  // The dot vector of elements 128h + 64z + (0..63) has group 8h + 4z + l/4 in int32 lane l;
+  // the two of each half are packed together.
+  auto groups = [](int h, int z) { return [h, z](int l) { return 8 * h + 4 * z + l / 4; }; };
+  const __m512i pick[2] = {packed_groups(groups(0, 0), groups(0, 1)), packed_groups(groups(1, 0), groups(1, 1))};
   __m512 acc = _mm512_setzero_ps();
   for (int64_t i = 0; i < n / QK_K; ++i) {
     const block_q6_K& x = wb[i];
     prefetch_ahead(&x);
     const block_q8_K& y = ab[i];
-    const __m128i sc8 = load128(x.scales);
-    const __m512i sc32 = _mm512_and_si512(_mm512_cvtepi8_epi32(sc8), low16);  // (scale, 0) int16 pairs
-    const __m256i offset = _mm256_slli_epi32(_mm256_madd_epi16(_mm256_cvtepi8_epi16(sc8), load256(y.bsums)), 5);
+    const __m256i sc16 = _mm256_cvtepi8_epi16(load128(x.scales));
+    const __m256i offset = _mm256_slli_epi32(_mm256_madd_epi16(sc16, load256(y.bsums)), 5);
     __m512i sumi = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_zextsi256_si512(offset));
     for (int h = 0; h < 2; ++h) {
       const __m512i ql = load512(x.ql + 64 * h);
@@ -114,10 +127,10 @@ float vec_dot_q6_K(int64_t n, const void* w, const void* a) {
       const __m512i q1 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4), _mm512_and_si512(qh, m30));
       const __m512i d0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q0, load512(y.qs + 128 * h));
       const __m512i d1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q1, load512(y.qs + 128 * h + 64));
-      sumi = _mm512_dpwssd_epi32(sumi, d0, _mm512_permutexvar_epi32(pick[2 * h], sc32));
-      sumi = _mm512_dpwssd_epi32(sumi, d1, _mm512_permutexvar_epi32(pick[2 * h + 1], sc32));
+      sumi = _mm512_dpwssd_epi32(sumi, _mm512_packs_epi32(d0, d1),
+                                 _mm512_permutexvar_epi16(pick[h], _mm512_castsi256_si512(sc16)));
     }
-    acc = _mm512_fmadd_ps(_mm512_set1_ps(h2f(x.d) * y.d), _mm512_cvtepi32_ps(sumi), acc);
+    acc = _mm512_fmadd_ps(_mm512_set1_ps(_cvtsh_ss(x.d) * y.d), _mm512_cvtepi32_ps(sumi), acc);
   }
   return _mm512_reduce_add_ps(acc);
 }

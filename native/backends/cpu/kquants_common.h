@@ -1,5 +1,5 @@
 // Shared by kquants_scalar.cpp, kquants_avx2.cpp and kquants_avx512.cpp: the packing of
-// Q4_K/Q5_K scales and mins, and Q8_K's rounding rule.
+// Q4_K/Q5_K scales and mins, Q8_K's scale rule, and the weight-stream prefetch.
 //
 // Everything here has internal linkage on purpose: these files are compiled with different
 // ISA flags, and an ordinary inline function would be emitted once per file and merged by

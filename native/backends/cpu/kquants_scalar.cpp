@@ -52,25 +52,29 @@ void dequantize_row_q5_K(const void* src, float* y, int64_t n) {
 
 // Q6_K: two halves of 128. In half h, element 32k+l (k<4, l<32) takes its low 4 bits from
 // ql[64h + 32*(k&1) + l] (low nibble for k<2, high for k>=2) and its top 2 bits from
-// bits 2k..2k+1 of qh[32h + l]; q - 32 is scaled by scales[element/16].
-inline int q6_value(const block_q6_K& b, int h, int k, int l) {
-  const uint8_t lo = b.ql[64 * h + 32 * (k & 1) + l];
-  const int low4 = k < 2 ? (lo & 0xF) : (lo >> 4);
-  const int high2 = (b.qh[32 * h + l] >> (2 * k)) & 3;
-  return (low4 | (high2 << 4)) - 32;
+// bits 2k..2k+1 of qh[32h + l]; q - 32 is scaled by scales[element/16]. Unpacks q (0..63).
+inline void unpack_q6(const block_q6_K& x, uint8_t* q) {
+  for (int h = 0; h < 2; ++h)
+    for (int l = 0; l < 32; ++l) {
+      const uint8_t ql0 = x.ql[64 * h + l], ql1 = x.ql[64 * h + 32 + l], qh = x.qh[32 * h + l];
+      q[128 * h + l] = (ql0 & 0xF) | ((qh & 3) << 4);
+      q[128 * h + 32 + l] = (ql1 & 0xF) | (((qh >> 2) & 3) << 4);
+      q[128 * h + 64 + l] = (ql0 >> 4) | (((qh >> 4) & 3) << 4);
+      q[128 * h + 96 + l] = (ql1 >> 4) | (((qh >> 6) & 3) << 4);
+    }
 }
 
 void dequantize_row_q6_K(const void* src, float* y, int64_t n) {
   const auto* blocks = static_cast<const block_q6_K*>(src);
+  uint8_t q[QK_K];
   for (int64_t i = 0; i < n / QK_K; ++i) {
     const block_q6_K& b = blocks[i];
     const float d = fp16_to_fp32(b.d);
-    for (int h = 0; h < 2; ++h)
-      for (int k = 0; k < 4; ++k)
-        for (int l = 0; l < 32; ++l) {
-          const int e = 128 * h + 32 * k + l;
-          y[e] = (d * b.scales[e / 16]) * q6_value(b, h, k, l);
-        }
+    unpack_q6(b, q);
+    for (int g = 0; g < QK_K / 16; ++g) {
+      const float dg = d * b.scales[g];
+      for (int l = 16 * g; l < 16 * g + 16; ++l) y[l] = dg * (q[l] - 32);
+    }
     y += QK_K;
   }
 }
@@ -190,14 +194,7 @@ float vec_dot_q6_K(int64_t n, const void* w, const void* a) {
   for (int64_t i = 0; i < n / QK_K; ++i) {
     const block_q6_K& x = wb[i];
     const block_q8_K& y = ab[i];
-    for (int h = 0; h < 2; ++h)
-      for (int l = 0; l < 32; ++l) {
-        const uint8_t ql0 = x.ql[64 * h + l], ql1 = x.ql[64 * h + 32 + l], qh = x.qh[32 * h + l];
-        q[128 * h + l] = (ql0 & 0xF) | ((qh & 3) << 4);
-        q[128 * h + 32 + l] = (ql1 & 0xF) | (((qh >> 2) & 3) << 4);
-        q[128 * h + 64 + l] = (ql0 >> 4) | (((qh >> 4) & 3) << 4);
-        q[128 * h + 96 + l] = (ql1 >> 4) | (((qh >> 6) & 3) << 4);
-      }
+    unpack_q6(x, q);
     int32_t sum_q = 0;
     for (int g = 0; g < 16; ++g) sum_q += x.scales[g] * (dot<16>(q + 16 * g, y.qs + 16 * g) - 32 * y.bsums[g]);
     sum += y.d * fp16_to_fp32(x.d) * sum_q;

@@ -6,6 +6,7 @@
 #include <nanobind/stl/tuple.h>
 #include <nanobind/stl/vector.h>
 
+#include <algorithm>
 #include <map>
 #include <memory>
 #include <string>
@@ -114,6 +115,46 @@ void bind_engine(nb::module_& m) {
              return d;
            })
       .def("reset_stats", &Engine::reset_stats)
+      .def("kv",
+           [](const Engine& e, int layer) {
+             // copies of K and V for the tokens in the cache: uint16 (F16 bits) [n_kv_heads][n_past][D]
+             const KvCache& c = e.cache();
+             if (layer < 0 || layer >= e.config().n_layer) throw std::out_of_range("layer out of range");
+             const size_t H = c.n_kv_heads(), T = e.n_past(), D = c.head_dim();
+             auto copy = [&](bool keys) {
+               auto* buf = new uint16_t[H * T * D];
+               for (size_t h = 0; h < H; ++h) {
+                 const fp16_t* src = keys ? c.k(layer, h) : c.v(layer, h);
+                 std::copy(src, src + T * D, buf + h * T * D);
+               }
+               nb::capsule owner(buf, [](void* p) noexcept { delete[] static_cast<uint16_t*>(p); });
+               size_t shape[3] = {H, T, D};
+               return nb::ndarray<nb::numpy, uint16_t>(buf, 3, shape, owner);
+             };
+             return nb::make_tuple(copy(true), copy(false));
+           },
+           nb::arg("layer"), "Copies of the layer's cached K and V (F16 bits), [n_kv_heads][n_past][head_dim].")
+      .def("descriptors",
+           [](const Engine& e, int layer) {
+             // (kmin, kmax) float32 [n_kv_heads][n_blocks][D] for the blocks of the tokens in the cache
+             const BlockDescriptors* d = e.descriptors();
+             if (!d) throw std::runtime_error("no block descriptors: attention is dense");
+             const size_t H = d->n_kv_heads(), D = d->head_dim();
+             const size_t B = (e.n_past() + d->block_size() - 1) / d->block_size();
+             auto make = [&](bool max) {
+               auto* buf = new float[H * B * D];
+               for (size_t h = 0; h < H; ++h)
+                 for (size_t b = 0; b < B; ++b) {
+                   const float* src = max ? d->kmax(layer, h, b) : d->kmin(layer, h, b);
+                   std::copy(src, src + D, buf + (h * B + b) * D);
+                 }
+               nb::capsule owner(buf, [](void* p) noexcept { delete[] static_cast<float*>(p); });
+               size_t shape[3] = {H, B, D};
+               return nb::ndarray<nb::numpy, float>(buf, 3, shape, owner);
+             };
+             return nb::make_tuple(make(false), make(true));
+           },
+           nb::arg("layer"))
       .def("eval",
            [](Engine& e, Tokens tokens, bool all_logits) {
              const int n = static_cast<int>(tokens.size());

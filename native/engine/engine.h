@@ -58,6 +58,10 @@ class Engine {
   AttentionMode attention_mode() const { return mode_; }
   const AttentionStats& stats() const { return stats_; }
   void reset_stats() { stats_ = AttentionStats{}; }
+  // Read access for tests and tools: the cache and the descriptors of a layer.
+  const KvCache& cache() const { return cache_; }
+  const BlockDescriptors* descriptors() const { return descriptors_.get(); }
+
   // Tokens decoded sparsely since the last rectification (their K/V are approximate).
   int pending_rectification() const { return n_sparse_; }
 

@@ -21,6 +21,10 @@ class KvCache {
 
   fp16_t* k(int layer, int head) { return k_.get() + offset(layer, head); }
   fp16_t* v(int layer, int head) { return v_.get() + offset(layer, head); }
+  const fp16_t* k(int layer, int head) const { return k_.get() + offset(layer, head); }
+  const fp16_t* v(int layer, int head) const { return v_.get() + offset(layer, head); }
+  int n_kv_heads() const { return n_kv_heads_; }
+  int head_dim() const { return head_dim_; }
   size_t head_stride() const { return static_cast<size_t>(capacity_) * head_dim_; }
 
  private:

@@ -9,7 +9,6 @@ import argparse
 import os
 import signal
 import sys
-import tempfile
 import threading
 from typing import TextIO
 
@@ -52,27 +51,9 @@ def sampling_kwargs(args: argparse.Namespace) -> dict:
 
 
 def load_tokenizer_quietly(model) -> None:
-    """Loads the tokenizer now (not during the first message) without llama.cpp's load-time
-    warnings on the terminal; they are shown if loading fails."""
-    sys.stderr.flush()
-    try:
-        fd = sys.stderr.fileno()
-    except (AttributeError, OSError, ValueError):  # stderr replaced (pytest capture, IDEs)
-        model.tokenizer.llama
-        return
-    saved = os.dup(fd)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), fd)
-        try:
-            model.tokenizer.llama
-        except BaseException:
-            os.dup2(saved, fd)
-            captured.seek(0)
-            sys.stderr.write(captured.read().decode("utf-8", "replace"))
-            raise
-        finally:
-            os.dup2(saved, fd)
-            os.close(saved)
+    """Loads the tokenizer now, not during the first message (it loads without llama.cpp's
+    load-time warnings: see pyresa.tokenizer)."""
+    model.tokenizer.llama
 
 
 # -- output -----------------------------------------------------------------------------------

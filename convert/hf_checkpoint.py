@@ -42,12 +42,14 @@ _LAYER_TENSORS = {
     "self_attn.k_proj.bias": "attn_k.bias",
     "self_attn.v_proj.bias": "attn_v.bias",
     "self_attn.o_proj.weight": "attn_output.weight",
+    "self_attn.o_proj.bias": "attn_output.bias",
     "post_attention_layernorm.weight": "ffn_norm.weight",
     "mlp.gate_proj.weight": "ffn_gate.weight",
     "mlp.up_proj.weight": "ffn_up.weight",
     "mlp.down_proj.weight": "ffn_down.weight",
 }
-_OPTIONAL = {"self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"}
+# Always there in qwen2; llama has them when config.json says attention_bias.
+_OPTIONAL = {"self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias", "self_attn.o_proj.bias"}
 
 
 def _rope_params(cfg: dict) -> tuple[float, dict | None]:
@@ -92,9 +94,12 @@ def _qk_row_order(n_rows: int, n_head: int) -> np.ndarray:
 
 
 def _rows_reader(t: StoredTensor, order: np.ndarray | None = None, block: int = 1):
-    """read_rows for a stored tensor, optionally with rows permuted within groups of `block` rows."""
+    """read_rows for a stored tensor, optionally with rows permuted within groups of `block` rows
+    (a vector, one row, has its elements permuted instead)."""
     if order is None:
         return lambda r0, r1: t.read_rows(slice(r0, r1))
+    if len(t.shape) == 1:
+        return lambda r0, r1: t.read_rows(slice(0, 1))[:, order]
 
     def read(r0: int, r1: int) -> np.ndarray:
         g0, g1 = (r0 // block) * block, -(-r1 // block) * block  # whole groups cover [r0, r1)
@@ -147,14 +152,8 @@ def plan_from_hf(directory: Path) -> ConversionPlan:
         used.add(hf_name)
         if t.shape != shape:
             raise ModelFormatError(f"{t.where}: shape {list(t.shape)} does not match config.json, expected {list(shape)}")
-        reader = _rows_reader(t)
-        if n_head_perm:
-            hd = shape[0] // n_head_perm
-            if len(shape) == 1:  # a bias: one "row" of shape[0]; permute its elements
-                order = _qk_row_order(shape[0], n_head_perm)
-                reader = (lambda t, order: lambda r0, r1: t.read_rows(slice(0, 1))[:, order])(t, order)
-            else:
-                reader = _rows_reader(t, _qk_row_order(shape[0], n_head_perm), block=hd)
+        order = _qk_row_order(shape[0], n_head_perm) if n_head_perm else None
+        reader = _rows_reader(t, order, block=shape[0] // n_head_perm if n_head_perm else 1)
         jobs.append(TensorJob(gguf_name, shape, reader, t.where))
 
     add("token_embd.weight", "model.embed_tokens.weight", (n_vocab, n_embd))
@@ -169,13 +168,14 @@ def plan_from_hf(directory: Path) -> ConversionPlan:
             "self_attn.k_proj.bias": (n_head_kv * head_dim,),
             "self_attn.v_proj.bias": (n_head_kv * head_dim,),
             "self_attn.o_proj.weight": (n_embd, n_head * head_dim),
+            "self_attn.o_proj.bias": (n_embd,),
             "post_attention_layernorm.weight": (n_embd,),
             "mlp.gate_proj.weight": (n_ff, n_embd),
             "mlp.up_proj.weight": (n_ff, n_embd),
             "mlp.down_proj.weight": (n_embd, n_ff),
         }
         for hf, gg in _LAYER_TENSORS.items():
-            if hf in _OPTIONAL and not arch.qkv_bias and p + hf not in ckpt.tensors:
+            if hf in _OPTIONAL and p + hf not in ckpt.tensors and (not arch.qkv_bias or hf.startswith("self_attn.o_")):
                 continue
             perm = 0
             if arch.permute_qk and hf.startswith("self_attn.q_proj"):

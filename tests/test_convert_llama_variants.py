@@ -66,6 +66,14 @@ def test_mistral_with_explicit_head_dim(tiny_tokenizer, tmp_path):  # noqa: F811
     assert "output.weight" in {t.name for t in gguf.GGUFReader(out).tensors}
 
 
+def test_llama_with_attention_biases(tiny_tokenizer, tmp_path):  # noqa: F811
+    """Llama's q/k biases are permuted like the q/k rows."""
+    model, d = build(tmp_path, tiny_tokenizer, "LlamaForCausalLM", tie_word_embeddings=True, attention_bias=True)
+    out = check_logits(model, d, tmp_path)
+    assert {"blk.0.attn_q.bias", "blk.0.attn_k.bias", "blk.0.attn_v.bias", "blk.0.attn_output.bias"} <= \
+        {t.name for t in gguf.GGUFReader(out).tensors}
+
+
 def test_linear_rope_scaling(tiny_tokenizer, tmp_path):  # noqa: F811
     model, d = build(tmp_path, tiny_tokenizer, "LlamaForCausalLM", tie_word_embeddings=True,
                      rope_parameters={"rope_type": "linear", "factor": 4.0, "rope_theta": 10000.0})

@@ -10,6 +10,12 @@ import pytest
 
 GPL3 = Path("/usr/share/common-licenses/GPL-3")
 
+# Subprocesses the tests start (`python -m pyresa ...`) must import the installed pyresa, not the
+# source folder of the same name in the working directory (it has no compiled _core). Python
+# 3.11+ leaves the working directory off sys.path with this; a developer's explicit PYTHONPATH
+# (the dev build links _core into the source tree) still applies.
+os.environ.setdefault("PYTHONSAFEPATH", "1")
+
 
 @pytest.fixture(scope="session")
 def model_path() -> Path:

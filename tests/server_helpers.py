@@ -36,7 +36,7 @@ def http(url, method="GET", path="/", body=None, timeout=30):
 def start_server(*flags, timeout=90):
     """Starts `pyresa serve` on a free local port; returns (process, base url)."""
     port = free_port()
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ)  # the installed pyresa (or the developer's own PYTHONPATH)
     proc = subprocess.Popen([sys.executable, "-m", "pyresa", "serve", str(default_model_path()), "--host",
                              "127.0.0.1", "--port", str(port), "--threads", "1", "--log-level", "warning", *flags],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -27,7 +27,7 @@ def chat_command(*flags):
 
 def child_env(tmp_path):
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = env.get("PYTHONPATH", "")  # the installed pyresa, or the developer's own path
     env["PYRESA_CACHE"] = str(tmp_path)  # input history goes here, not to the user's cache
     return env
 
@@ -144,7 +144,7 @@ def test_terminal_session_two_turns_interrupt_reset(tmux, tmp_path):
     cmd = " ".join(shlex.quote(a) for a in chat_command("-c", "2048", "--temperature", "0", "--max-tokens", "1500"))
     exports = " ".join(f"{k}={shlex.quote(env[k])}" for k in ("PYTHONPATH", "PYRESA_CACHE"))
     tmux("new-session", "-d", "-s", "chat", "-x", "120", "-y", "40",
-         f"cd {shlex.quote(str(ROOT))} && env {exports} {cmd}; echo CHAT-EXITED-$?; sleep 600")
+         f"cd {shlex.quote(str(tmp_path))} && env {exports} {cmd}; echo CHAT-EXITED-$?; sleep 600")
     tmux("set-option", "-t", "chat", "history-limit", "5000")
     tmux.wait_for(lambda s: "Ctrl-D leaves" in s and s.rstrip().endswith(">"), what="the banner and prompt")
 

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 
 def run_example(name, *args, stdin=None, timeout=180):
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ)  # the installed pyresa (or the developer's own PYTHONPATH)
     r = subprocess.run([sys.executable, str(EXAMPLES / name), *args], input=stdin, capture_output=True, text=True,
                        env=env, timeout=timeout, cwd=ROOT)
     assert r.returncode == 0, f"{name} failed:\n{r.stdout}\n{r.stderr}"

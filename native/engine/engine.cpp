@@ -162,9 +162,9 @@ cpu::SparseAttentionArgs Engine::attention_args(int layer, const float* q, float
   return a;
 }
 
-void Engine::attention_layer(int layer, int n, int pos0) {
+void Engine::attention_layer(int layer, int n, int pos0, bool sparse) {
   if (n == 1) {
-    decode_attention(layer, pos0);
+    decode_attention(layer, pos0, sparse);
     return;
   }
   // Prefill: query i sees keys [0, pos0 + i]; one work item per (query, KV head), each over
@@ -189,14 +189,14 @@ void Engine::attention_layer(int layer, int n, int pos0) {
   });
 }
 
-void Engine::decode_attention(int layer, int pos) {
+void Engine::decode_attention(int layer, int pos, bool sparse) {
   const ModelConfig& c = config_;
   const int64_t n_tokens = pos + 1;  // the new token's K/V are already in the cache
   cpu::ResaSelectParams sel = resa_.select;
   const int64_t n_blocks = cpu::resa_block_count(n_tokens, sel.block_size);
   int64_t n_sel;
   const int32_t* blocks;
-  if (mode_ != AttentionMode::Dense) {
+  if (sparse) {
     n_sel = cpu::resa_select_count(n_tokens, sel);
     selected_.resize(static_cast<size_t>(c.n_head_kv) * n_sel);
     const BlockDescriptorView view = descriptors_->layer_view(layer);
@@ -212,7 +212,7 @@ void Engine::decode_attention(int layer, int pos) {
   stats_.blocks_read += n_sel * c.n_head_kv;
   stats_.blocks_total += n_blocks * c.n_head_kv;
   const cpu::SparseAttentionArgs a = attention_args(layer, q_.data(), attn_.data(), n_tokens, blocks, n_sel,
-                                                    mode_ == AttentionMode::Dense ? 0 : n_sel);
+                                                    sparse ? n_sel : 0);
   pool_.run([&](int ith, int nth) {
     cpu::sparse_attention_heads(a, c.n_head * ith / nth, c.n_head * (ith + 1) / nth);
   });
@@ -250,7 +250,7 @@ void Engine::forward_chunk(const int32_t* tokens, int n, int pos0, float* logits
         descriptors_->refresh(l, pos0, n, cache_.k(l, 0), nb1, nb2, pos0 + n);
       }
     }
-    attention_layer(l, n, pos0);
+    attention_layer(l, n, pos0, sparse);
     cpu::matmul(w.wo, attn_.data(), n, out_.data(), nullptr, pool_, matmul_scratch_);
     parallel_rows(n, [&](int i) {
       cpu::add_in_place(&x_[i * e], &out_[i * e], e);

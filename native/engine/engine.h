@@ -77,8 +77,8 @@ class Engine {
   struct Scratch;
   void eval_dense(const int32_t* tokens, int n, bool all_logits, float* logits);
   void forward_chunk(const int32_t* tokens, int n, int pos0, float* logits, bool all_logits, bool sparse);
-  void attention_layer(int layer, int n, int pos0);
-  void decode_attention(int layer, int pos);
+  void attention_layer(int layer, int n, int pos0, bool sparse);
+  void decode_attention(int layer, int pos, bool sparse);  // sparse: select blocks; else all of them
   cpu::SparseAttentionArgs attention_args(int layer, const float* q, float* out, int64_t n_kv,
                                           const int32_t* blocks, int64_t n_sel, int64_t blocks_stride);
   void parallel_rows(int n, const std::function<void(int)>& fn);

@@ -15,3 +15,4 @@ __version__ = "0.1.0"
 
 from pyresa.generation import Chunk, GenerationStats  # noqa: E402,F401
 from pyresa.model import Model  # noqa: E402,F401
+from pyresa.resa import ResaConfig  # noqa: E402,F401

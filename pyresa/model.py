@@ -10,24 +10,27 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from pyresa import _core
+from pyresa.api import CompletionsMixin
 from pyresa.default_model import default_model_path
 from pyresa.errors import ContextFullError, InvalidRequestError, UnsupportedError
 from pyresa.generation import Chunk, GenerationStats, StopStringFilter
 from pyresa.gguf_file import open_gguf
+from pyresa.resa import ResaConfig, check_mode
 from pyresa.sampling import Sampler, SamplingParams
 from pyresa.tokenizer import StreamDecoder, Tokenizer
 
 DEFAULT_MAX_TOKENS = 256
 
 
-class Model:
+class Model(CompletionsMixin):
     """A GGUF language model and one sequence (its KV cache).
 
     ``Model()`` loads the default model (SmolLM2-135M-Instruct Q4_1), fetching it on first use.
     """
 
     def __init__(self, path: str | os.PathLike | None = None, *, n_ctx: int | None = None,
-                 threads: int | None = None, device: str = "cpu", n_batch: int = 256):
+                 threads: int | None = None, device: str = "cpu", n_batch: int = 256,
+                 attention: str = "dense", resa: ResaConfig | None = None):
         self.path = Path(path) if path is not None else default_model_path()
         self.device = self._resolve_device(device)
         self.file = open_gguf(self.path)
@@ -42,6 +45,21 @@ class Model:
         self.tokenizer = Tokenizer(self.path, self.file.metadata)
         self._cached: list[int] = []  # tokens whose K/V are in the cache, in order
         self.last_stats = GenerationStats()
+        self.attention = "dense"
+        self.resa = ResaConfig()
+        self.set_attention(attention, resa)
+
+    def set_attention(self, attention: str, resa: ResaConfig | None = None) -> None:
+        """Decode attention: "dense", "sparse" (block-sparse, no rectification) or "resa"
+        (block-sparse + dense rectification every resa.rectify_every tokens). Prefill is dense."""
+        check_mode(attention)
+        if resa is not None and not isinstance(resa, ResaConfig):
+            raise InvalidRequestError(f"resa must be a pyresa.ResaConfig, got {type(resa).__name__}")
+        self.resa = resa or self.resa
+        r = self.resa
+        self._engine.set_attention(attention, r.block_size, float(r.ratio), r.min_blocks, r.local_blocks,
+                                   r.rectify_every)
+        self.attention = attention
 
     @staticmethod
     def _resolve_device(device: str) -> str:
@@ -130,6 +148,35 @@ class Model:
         self._cached = list(tokens)
         return out
 
+    def score(self, tokens: Sequence[int], *, prefill: int, attention: str | None = None,
+              resa: ResaConfig | None = None) -> np.ndarray:
+        """Per-token log-probabilities with teacher forcing ("language modelling in decode mode"):
+        the first `prefill` tokens are prefilled densely, every later token goes through the
+        decode path of `attention` (rectification included). Returns float64 [len(tokens) - prefill]:
+        log p(tokens[i] | tokens[:i]) for i = prefill .. len(tokens) - 1."""
+        tokens = self._prompt_tokens(tokens)
+        if not 1 <= prefill < len(tokens):
+            raise InvalidRequestError(f"prefill must be in [1, {len(tokens) - 1}], got {prefill}")
+        self._check_fits(len(tokens))
+        saved = (self.attention, self.resa)
+        try:
+            self.set_attention(attention or self.attention, resa)
+            self.reset()
+            self._engine.reset_stats()
+            out = np.empty(len(tokens) - prefill, dtype=np.float64)
+            logits = self._engine.eval(np.asarray(tokens[:prefill], dtype=np.int32), False)
+            for i in range(prefill, len(tokens)):
+                z = logits.astype(np.float64)
+                m = z.max()
+                out[i - prefill] = z[tokens[i]] - m - np.log(np.exp(z - m).sum())
+                if i + 1 < len(tokens):
+                    logits = self._engine.eval(np.asarray(tokens[i: i + 1], dtype=np.int32), False)
+            self._cached = list(tokens[:-1])
+            self.last_score_stats = self._engine.stats()
+            return out
+        finally:
+            self.set_attention(*saved)
+
     def _check_fits(self, n: int) -> None:
         if n > self.n_ctx:
             raise ContextFullError(f"{n} tokens do not fit in the context window (n_ctx = {self.n_ctx})")
@@ -169,8 +216,9 @@ class Model:
 
     def _generate(self, tokens: list[int], max_tokens: int | None, params: SamplingParams,
                   stops: list[str]) -> Iterator[Chunk]:
-        stats = GenerationStats(prompt_tokens=len(tokens))
+        stats = GenerationStats(prompt_tokens=len(tokens), attention=self.attention)
         self.last_stats = stats
+        self._engine.reset_stats()
         t0 = time.perf_counter()
         logits, stats.cached_tokens = self._prefill(tokens)
         stats.prefill_seconds = time.perf_counter() - t0
@@ -207,7 +255,13 @@ class Model:
                 logits = self._engine.eval(np.asarray([token], dtype=np.int32), False)
                 self._cached.append(token)
             stats.decode_seconds = time.perf_counter() - t_decode
+            self._update_attention_stats(stats)
             yield Chunk(text, token)
+
+    def _update_attention_stats(self, stats: GenerationStats) -> None:
+        s = self._engine.stats()
+        stats.kv_blocks_read = s["blocks_read"] / s["blocks_total"] if s["blocks_total"] else 1.0
+        stats.rectifications = s["rectifications"]
 
     def _has_tokenizer(self) -> bool:
         try:

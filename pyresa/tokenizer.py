@@ -5,6 +5,9 @@ tokenizer (a GPU machine without llama-cpp-python can still run it)."""
 from __future__ import annotations
 
 import codecs
+import os
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +34,8 @@ class Tokenizer:
                 raise TokenizerUnavailableError(
                     "text needs the tokenizer from llama-cpp-python, which is not installed "
                     "(pip install llama-cpp-python), or pass token ids instead") from e
-            self._llama = Llama(str(self.path), vocab_only=True, verbose=False)
+            with _native_stderr_captured():
+                self._llama = Llama(str(self.path), vocab_only=True, verbose=False)
         return self._llama
 
     def stop_ids(self) -> set[int]:
@@ -68,6 +72,35 @@ class Tokenizer:
         fmt = Jinja2ChatFormatter(self.chat_template, eos_token=piece(self.eos_id), bos_token=piece(self.bos_id),
                                   add_generation_prompt=add_generation_prompt)
         return fmt(messages=messages).prompt
+
+
+class _native_stderr_captured:
+    """llama.cpp prints load-time warnings on file descriptor 2 even with verbose=False (e.g.
+    'n_ctx_seq (512) > n_ctx_train (0)' for a vocabulary-only load). Capture them; show them
+    only if loading fails."""
+
+    def __enter__(self):
+        self.saved = None
+        try:
+            sys.stderr.flush()
+            self.fd = sys.stderr.fileno()
+        except (AttributeError, OSError, ValueError):  # stderr replaced (pytest capture, IDEs)
+            return self
+        self.captured = tempfile.TemporaryFile()
+        self.saved = os.dup(self.fd)
+        os.dup2(self.captured.fileno(), self.fd)
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if self.saved is None:
+            return False
+        os.dup2(self.saved, self.fd)
+        os.close(self.saved)
+        if exc_type is not None:
+            self.captured.seek(0)
+            sys.stderr.write(self.captured.read().decode("utf-8", "replace"))
+        self.captured.close()
+        return False
 
 
 class StreamDecoder:

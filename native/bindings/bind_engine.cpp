@@ -6,6 +6,7 @@
 #include <nanobind/stl/tuple.h>
 #include <nanobind/stl/vector.h>
 
+#include <algorithm>
 #include <map>
 #include <memory>
 #include <string>
@@ -83,6 +84,77 @@ void bind_engine(nb::module_& m) {
       .def_prop_ro("n_threads", &Engine::n_threads)
       .def_prop_ro("kv_bytes", &Engine::kv_bytes)
       .def("truncate", &Engine::truncate, nb::arg("n"))
+      .def("set_attention",
+           [](Engine& e, const std::string& mode, int block_size, double ratio, int min_blocks, int local_blocks,
+              int rectify_every) {
+             AttentionMode m;
+             if (mode == "dense") m = AttentionMode::Dense;
+             else if (mode == "sparse") m = AttentionMode::Sparse;
+             else if (mode == "resa") m = AttentionMode::Resa;
+             else throw std::invalid_argument("attention must be 'dense', 'sparse' or 'resa', got '" + mode + "'");
+             ResaParams p;
+             p.select.block_size = block_size;
+             p.select.ratio = ratio;
+             p.select.min_blocks = min_blocks;
+             p.select.local_blocks = local_blocks;
+             p.rectify_every = rectify_every;
+             e.set_attention(m, p);
+           },
+           nb::arg("mode"), nb::arg("block_size") = 16, nb::arg("ratio") = 0.1, nb::arg("min_blocks") = 16,
+           nb::arg("local_blocks") = 1, nb::arg("rectify_every") = 32)
+      .def("stats",
+           [](const Engine& e) {
+             const AttentionStats& s = e.stats();
+             nb::dict d;
+             d["decode_steps"] = s.decode_steps;
+             d["blocks_read"] = s.blocks_read;
+             d["blocks_total"] = s.blocks_total;
+             d["rectifications"] = s.rectifications;
+             d["rectified_tokens"] = s.rectified_tokens;
+             d["pending_rectification"] = e.pending_rectification();
+             return d;
+           })
+      .def("reset_stats", &Engine::reset_stats)
+      .def("kv",
+           [](const Engine& e, int layer) {
+             // copies of K and V for the tokens in the cache: uint16 (F16 bits) [n_kv_heads][n_past][D]
+             const KvCache& c = e.cache();
+             if (layer < 0 || layer >= e.config().n_layer) throw std::out_of_range("layer out of range");
+             const size_t H = c.n_kv_heads(), T = e.n_past(), D = c.head_dim();
+             auto copy = [&](bool keys) {
+               auto* buf = new uint16_t[H * T * D];
+               for (size_t h = 0; h < H; ++h) {
+                 const fp16_t* src = keys ? c.k(layer, h) : c.v(layer, h);
+                 std::copy(src, src + T * D, buf + h * T * D);
+               }
+               nb::capsule owner(buf, [](void* p) noexcept { delete[] static_cast<uint16_t*>(p); });
+               size_t shape[3] = {H, T, D};
+               return nb::ndarray<nb::numpy, uint16_t>(buf, 3, shape, owner);
+             };
+             return nb::make_tuple(copy(true), copy(false));
+           },
+           nb::arg("layer"), "Copies of the layer's cached K and V (F16 bits), [n_kv_heads][n_past][head_dim].")
+      .def("descriptors",
+           [](const Engine& e, int layer) {
+             // (kmin, kmax) float32 [n_kv_heads][n_blocks][D] for the blocks of the tokens in the cache
+             const BlockDescriptors* d = e.descriptors();
+             if (!d) throw std::runtime_error("no block descriptors: attention is dense");
+             const size_t H = d->n_kv_heads(), D = d->head_dim();
+             const size_t B = (e.n_past() + d->block_size() - 1) / d->block_size();
+             auto make = [&](bool max) {
+               auto* buf = new float[H * B * D];
+               for (size_t h = 0; h < H; ++h)
+                 for (size_t b = 0; b < B; ++b) {
+                   const float* src = max ? d->kmax(layer, h, b) : d->kmin(layer, h, b);
+                   std::copy(src, src + D, buf + (h * B + b) * D);
+                 }
+               nb::capsule owner(buf, [](void* p) noexcept { delete[] static_cast<float*>(p); });
+               size_t shape[3] = {H, B, D};
+               return nb::ndarray<nb::numpy, float>(buf, 3, shape, owner);
+             };
+             return nb::make_tuple(make(false), make(true));
+           },
+           nb::arg("layer"))
       .def("eval",
            [](Engine& e, Tokens tokens, bool all_logits) {
              const int n = static_cast<int>(tokens.size());

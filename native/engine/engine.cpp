@@ -5,8 +5,8 @@
 #include <stdexcept>
 #include <string>
 
-#include "backends/cpu/attention.h"
 #include "backends/cpu/ops.h"
+#include "backends/cpu/sparse_attention.h"
 #include "engine/errors.h"
 
 namespace pyresa {
@@ -35,12 +35,45 @@ Engine::Engine(ModelConfig config, ModelWeights weights, EngineOptions options)
   gate_.resize(b * ff);
   up_.resize(b * ff);
   out_.resize(b * e);
+  // Attention runs through the block-sparse operator in every mode, with every block selected
+  // when dense: one code path, so sparse at ratio 1 and ReSA's rectification equal dense.
+  all_blocks_.resize(options_.n_ctx);  // block ids up to n_ctx (block_size >= 1)
+  for (size_t i = 0; i < all_blocks_.size(); ++i) all_blocks_[i] = static_cast<int32_t>(i);
+  history_.reserve(static_cast<size_t>(options_.n_ctx));
+}
+
+void Engine::set_attention(AttentionMode mode, const ResaParams& params) {
+  const auto& p = params.select;
+  if (p.block_size <= 0 || !(p.ratio >= 0.0) || p.min_blocks < 0 || p.local_blocks < 0 ||
+      p.local_blocks > std::max(p.min_blocks, 1) || params.rectify_every <= 0)
+    throw std::invalid_argument("invalid ReSA parameters");
+  if (mode != AttentionMode::Dense) {
+    const bool rebuild = !descriptors_ || descriptors_->block_size() != p.block_size || mode_ == AttentionMode::Dense;
+    if (rebuild) {
+      const int max_blocks = (options_.n_ctx + p.block_size - 1) / p.block_size;
+      descriptors_ = std::make_unique<BlockDescriptors>(config_.n_layer, config_.n_head_kv, config_.head_dim,
+                                                        max_blocks, p.block_size);
+      const size_t nb1 = config_.head_dim * sizeof(fp16_t), nb2 = cache_.head_stride() * sizeof(fp16_t);
+      if (n_past_ > 0)
+        for (int l = 0; l < config_.n_layer; ++l) descriptors_->refresh(l, 0, n_past_, cache_.k(l, 0), nb1, nb2, n_past_);
+    }
+  }
+  if (mode != AttentionMode::Resa) n_sparse_ = 0;  // nothing will rectify them: they stay as decoded
+  mode_ = mode;
+  resa_ = params;
 }
 
 void Engine::truncate(int n) {
   if (n < 0 || n > n_past_)
     throw std::invalid_argument("truncate(" + std::to_string(n) + ") outside [0, " + std::to_string(n_past_) + "]");
   n_past_ = n;
+  history_.resize(n);
+  n_sparse_ = std::min(n_sparse_, n);
+  // Descriptors of the (now partial) last block are rebuilt when tokens are appended there.
+  if (descriptors_ && n > 0 && n % descriptors_->block_size() != 0) {
+    const size_t nb1 = config_.head_dim * sizeof(fp16_t), nb2 = cache_.head_stride() * sizeof(fp16_t);
+    for (int l = 0; l < config_.n_layer; ++l) descriptors_->refresh(l, n - 1, 1, cache_.k(l, 0), nb1, nb2, n);
+  }
 }
 
 void Engine::eval(const int32_t* tokens, int n, bool all_logits, float* logits) {
@@ -52,6 +85,38 @@ void Engine::eval(const int32_t* tokens, int n, bool all_logits, float* logits) 
     if (tokens[i] < 0 || tokens[i] >= config_.n_vocab)
       throw std::invalid_argument("token id " + std::to_string(tokens[i]) + " outside the vocabulary [0, " +
                                   std::to_string(config_.n_vocab) + ")");
+  const bool decode = n == 1 && !all_logits;
+  const bool rectify = mode_ == AttentionMode::Resa && n_sparse_ > 0 && (!decode || n_sparse_ >= resa_.rectify_every);
+  if (rectify) {
+    // Rectification: the pending sparse-decoded tokens run again, densely and batched, with the
+    // new ones, rewriting their K/V and descriptors; the new tokens' logits come from this pass.
+    const int k = n_sparse_;
+    std::vector<int32_t> rerun(history_.end() - k, history_.end());
+    rerun.insert(rerun.end(), tokens, tokens + n);
+    truncate(n_past_ - k);
+    n_sparse_ = 0;
+    stats_.rectifications += 1;
+    stats_.rectified_tokens += k;
+    if (all_logits) {
+      std::vector<float> all(static_cast<size_t>(k + n) * config_.n_vocab);
+      eval_dense(rerun.data(), k + n, true, all.data());
+      std::copy(all.begin() + static_cast<size_t>(k) * config_.n_vocab, all.end(), logits);
+    } else {
+      eval_dense(rerun.data(), k + n, false, logits);
+    }
+    return;
+  }
+  if (decode && mode_ != AttentionMode::Dense) {
+    forward_chunk(tokens, 1, n_past_, logits, false, true);
+    n_past_ += 1;
+    history_.push_back(tokens[0]);
+    if (mode_ == AttentionMode::Resa) n_sparse_ += 1;
+    return;
+  }
+  eval_dense(tokens, n, all_logits, logits);
+}
+
+void Engine::eval_dense(const int32_t* tokens, int n, bool all_logits, float* logits) {
   const int64_t vocab = config_.n_vocab;
   for (int start = 0; start < n; start += options_.n_batch) {
     const int m = std::min(options_.n_batch, n - start);
@@ -59,8 +124,9 @@ void Engine::eval(const int32_t* tokens, int n, bool all_logits, float* logits) 
     float* out = nullptr;
     if (all_logits) out = logits + start * vocab;
     else if (last_chunk) out = logits;
-    forward_chunk(tokens + start, m, n_past_, out, all_logits);
+    forward_chunk(tokens + start, m, n_past_, out, all_logits, false);
     n_past_ += m;
+    history_.insert(history_.end(), tokens + start, tokens + start + m);
   }
 }
 
@@ -74,13 +140,85 @@ void Engine::parallel_rows(int n, const std::function<void(int)>& fn) {
   });
 }
 
-void Engine::attention_layer(int layer, int n, int pos0) {
+cpu::SparseAttentionArgs Engine::attention_args(int layer, const float* q, float* out, int64_t n_kv,
+                                                const int32_t* blocks, int64_t n_sel, int64_t blocks_stride) {
   const ModelConfig& c = config_;
-  const cpu::KvLayerView kv = cache_.layer_view(layer);
-  cpu::attention_dense(q_.data(), n, pos0, c.n_head, kv, 1.0f / std::sqrt((float)c.head_dim), attn_.data(), pool_);
+  cpu::SparseAttentionArgs a;
+  a.q = q;
+  a.n_q_heads = c.n_head;
+  a.n_kv_heads = c.n_head_kv;
+  a.D = c.head_dim;
+  a.K = cache_.k(layer, 0);
+  a.V = cache_.v(layer, 0);
+  a.k_nb1 = a.v_nb1 = c.head_dim * sizeof(fp16_t);
+  a.k_nb2 = a.v_nb2 = cache_.head_stride() * sizeof(fp16_t);
+  a.n_kv = n_kv;
+  a.scale = 1.0f / std::sqrt((float)c.head_dim);
+  a.block_size = resa_.select.block_size;
+  a.blocks = blocks;
+  a.n_sel = n_sel;
+  a.blocks_stride = blocks_stride;
+  a.out = out;
+  return a;
 }
 
-void Engine::forward_chunk(const int32_t* tokens, int n, int pos0, float* logits, bool all_logits) {
+void Engine::attention_layer(int layer, int n, int pos0, bool sparse) {
+  if (n == 1) {
+    decode_attention(layer, pos0, sparse);
+    return;
+  }
+  // Prefill: query i sees keys [0, pos0 + i]; one work item per (query, KV head), each over
+  // all blocks in order with the same kernel a decode step uses (see sparse_attention_heads).
+  const ModelConfig& c = config_;
+  const int group = c.n_head / c.n_head_kv;
+  const int bs = resa_.select.block_size;
+  std::atomic<int> next{0};
+  const int n_items = n * c.n_head_kv;
+  pool_.run([&](int, int) {
+    for (;;) {
+      const int item = next.fetch_add(1, std::memory_order_relaxed);
+      if (item >= n_items) break;
+      const int i = item / c.n_head_kv, h = item % c.n_head_kv;
+      const int64_t n_kv = pos0 + i + 1;
+      const int64_t nb = (n_kv + bs - 1) / bs;
+      const size_t qoff = static_cast<size_t>(i) * c.n_head * c.head_dim;
+      const cpu::SparseAttentionArgs a =
+          attention_args(layer, q_.data() + qoff, attn_.data() + qoff, n_kv, all_blocks_.data(), nb, 0);
+      cpu::sparse_attention_heads(a, h * group, (h + 1) * group);
+    }
+  });
+}
+
+void Engine::decode_attention(int layer, int pos, bool sparse) {
+  const ModelConfig& c = config_;
+  const int64_t n_tokens = pos + 1;  // the new token's K/V are already in the cache
+  cpu::ResaSelectParams sel = resa_.select;
+  const int64_t n_blocks = cpu::resa_block_count(n_tokens, sel.block_size);
+  int64_t n_sel;
+  const int32_t* blocks;
+  if (sparse) {
+    n_sel = cpu::resa_select_count(n_tokens, sel);
+    selected_.resize(static_cast<size_t>(c.n_head_kv) * n_sel);
+    const BlockDescriptorView view = descriptors_->layer_view(layer);
+    pool_.run([&](int ith, int nth) {
+      cpu::select_blocks(q_.data(), c.n_head, c.n_head_kv, c.head_dim, view, n_tokens, sel, selected_.data(), ith, nth);
+    });
+    blocks = selected_.data();
+  } else {
+    n_sel = n_blocks;
+    blocks = all_blocks_.data();
+  }
+  if (layer == 0) stats_.decode_steps += 1;
+  stats_.blocks_read += n_sel * c.n_head_kv;
+  stats_.blocks_total += n_blocks * c.n_head_kv;
+  const cpu::SparseAttentionArgs a = attention_args(layer, q_.data(), attn_.data(), n_tokens, blocks, n_sel,
+                                                    sparse ? n_sel : 0);
+  pool_.run([&](int ith, int nth) {
+    cpu::sparse_attention_heads(a, c.n_head * ith / nth, c.n_head * (ith + 1) / nth);
+  });
+}
+
+void Engine::forward_chunk(const int32_t* tokens, int n, int pos0, float* logits, bool all_logits, bool sparse) {
   const ModelConfig& c = config_;
   const int64_t e = c.n_embd, ff = c.n_ff;
   const int qd = c.n_head * c.head_dim, kvd = c.n_head_kv * c.head_dim;
@@ -104,7 +242,15 @@ void Engine::forward_chunk(const int32_t* tokens, int n, int pos0, float* logits
       cpu::rope(&k_[(size_t)i * kvd], c.n_head_kv, c.head_dim, pos0 + i, c.rope_freq_base, rope_style);
       cache_.store(l, pos0 + i, &k_[(size_t)i * kvd], &v_[(size_t)i * kvd]);
     });
-    attention_layer(l, n, pos0);
+    if (descriptors_ && mode_ != AttentionMode::Dense) {
+      if (n == 1) {
+        descriptors_->append(l, pos0, k_.data());
+      } else {
+        const size_t nb1 = c.head_dim * sizeof(fp16_t), nb2 = cache_.head_stride() * sizeof(fp16_t);
+        descriptors_->refresh(l, pos0, n, cache_.k(l, 0), nb1, nb2, pos0 + n);
+      }
+    }
+    attention_layer(l, n, pos0, sparse);
     cpu::matmul(w.wo, attn_.data(), n, out_.data(), nullptr, pool_, matmul_scratch_);
     parallel_rows(n, [&](int i) {
       cpu::add_in_place(&x_[i * e], &out_[i * e], e);

@@ -19,8 +19,4 @@ void KvCache::store(int layer, int pos, const float* k, const float* v) {
   }
 }
 
-cpu::KvLayerView KvCache::layer_view(int layer) const {
-  return {k_.get() + offset(layer, 0), v_.get() + offset(layer, 0), head_stride(), n_kv_heads_, head_dim_};
-}
-
 }  // namespace pyresa

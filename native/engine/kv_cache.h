@@ -5,7 +5,6 @@
 #include <cstddef>
 #include <memory>
 
-#include "backends/cpu/attention.h"
 #include "formats/ggml_types.h"
 
 namespace pyresa {
@@ -22,7 +21,10 @@ class KvCache {
 
   fp16_t* k(int layer, int head) { return k_.get() + offset(layer, head); }
   fp16_t* v(int layer, int head) { return v_.get() + offset(layer, head); }
-  cpu::KvLayerView layer_view(int layer) const;
+  const fp16_t* k(int layer, int head) const { return k_.get() + offset(layer, head); }
+  const fp16_t* v(int layer, int head) const { return v_.get() + offset(layer, head); }
+  int n_kv_heads() const { return n_kv_heads_; }
+  int head_dim() const { return head_dim_; }
   size_t head_stride() const { return static_cast<size_t>(capacity_) * head_dim_; }
 
  private:

@@ -10,9 +10,6 @@
 
 namespace pyresa::cpu {
 
-struct KvLayerView;
-struct SoftmaxState;
-
 struct TypeKernels {
   // Weight rows -> float. n is a multiple of the type's block size.
   void (*dequantize_row)(const void* src, float* dst, int64_t n) = nullptr;
@@ -33,9 +30,6 @@ struct CpuKernels {
   void (*fp32_to_fp16_row)(const float* src, fp16_t* dst, int n) = nullptr;
   void (*fp16_to_fp32_row)(const fp16_t* src, float* dst, int n) = nullptr;
 
-  // Attention inner loop over keys [t0, t1) of one KV head for its GQA group (attention.h).
-  void (*attend_key_range)(const float* q, int n_group, const KvLayerView& kv, int kv_head, int t0,
-                           int t1, float scale, SoftmaxState* state, float* acc) = nullptr;
 };
 
 // One table per ISA, defined in kernels_<isa>.cpp. Returns nullptr if not compiled in.

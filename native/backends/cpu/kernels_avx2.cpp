@@ -7,7 +7,6 @@ namespace pyresa::cpu {
 namespace avx2 {
 void fill_legacy_kernels(CpuKernels& k);   // F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, float helpers
 void fill_kquants_kernels(CpuKernels& k);  // Q4_K, Q5_K, Q6_K, Q8_K
-void fill_attention_kernels(CpuKernels& k);  // attend_key_range
 }  // namespace avx2
 
 const CpuKernels* kernels_avx2() {
@@ -17,7 +16,6 @@ const CpuKernels* kernels_avx2() {
     k.isa = "avx2";
     avx2::fill_legacy_kernels(k);
     avx2::fill_kquants_kernels(k);
-    avx2::fill_attention_kernels(k);
     return k;
   }();
   return &table;

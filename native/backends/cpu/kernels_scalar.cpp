@@ -7,7 +7,6 @@ namespace pyresa::cpu {
 namespace scalar {
 void fill_legacy_kernels(CpuKernels& k);   // F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, float helpers
 void fill_kquants_kernels(CpuKernels& k);  // Q4_K, Q5_K, Q6_K, Q8_K
-void fill_attention_kernels(CpuKernels& k);  // attend_key_range
 }  // namespace scalar
 
 const CpuKernels* kernels_scalar() {
@@ -16,7 +15,6 @@ const CpuKernels* kernels_scalar() {
     k.isa = "scalar";
     scalar::fill_legacy_kernels(k);
     scalar::fill_kquants_kernels(k);
-    scalar::fill_attention_kernels(k);
     return k;
   }();
   return &table;

@@ -2,6 +2,7 @@
 // log-sum-exp combine of chunks. The arithmetic lives in sparse_attention_kernel.h.
 #include "backends/cpu/sparse_attention.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
@@ -134,6 +135,42 @@ void sparse_attention_reduce(const SparseAttentionArgs& a, int ith, int nth, con
     }
     const float inv = L > 0.0f ? 1.0f / L : 0.0f;
     for (int d = 0; d < D; ++d) out[d] *= inv;
+  }
+}
+
+void sparse_attention_heads(const SparseAttentionArgs& a, int q_begin, int q_end) {
+  check(a);
+  const int group = a.n_q_heads / a.n_kv_heads;
+  const int D = a.D;
+  const SparseAttentionKernel kernel = active_kernel();
+  thread_local std::vector<float> ml;
+  if (ml.size() < 2 * static_cast<size_t>(group)) ml.resize(2 * static_cast<size_t>(group));
+  for (int qh = q_begin; qh < q_end;) {
+    const int h = qh / group;
+    const int g_end = std::min(q_end, (h + 1) * group);  // this KV head's heads in the range
+    SparseAttentionItem it;
+    it.q = a.q + static_cast<int64_t>(qh) * D;
+    it.group = g_end - qh;
+    it.D = D;
+    it.K = reinterpret_cast<const char*>(a.K) + h * a.k_nb2;
+    it.k_nb1 = a.k_nb1;
+    it.V = reinterpret_cast<const char*>(a.V) + h * a.v_nb2;
+    it.v_nb1 = a.v_nb1;
+    it.blocks = a.blocks + h * (a.blocks_stride < 0 ? a.n_sel : a.blocks_stride);
+    it.n_blocks = a.n_sel;
+    it.block_size = a.block_size;
+    it.n_kv = a.n_kv;
+    it.scale = a.scale;
+    it.m = ml.data();
+    it.l = ml.data() + group;
+    it.acc = a.out + static_cast<int64_t>(qh) * D;
+    kernel(it);
+    for (int g = 0; g < it.group; ++g) {
+      const float inv = it.l[g] > 0.0f ? 1.0f / it.l[g] : 0.0f;
+      float* row = it.acc + static_cast<int64_t>(g) * D;
+      for (int d = 0; d < D; ++d) row[d] *= inv;
+    }
+    qh = g_end;
   }
 }
 

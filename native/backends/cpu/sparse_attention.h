@@ -46,6 +46,7 @@ struct SparseAttentionArgs {
   int block_size = 16;
   const int32_t* blocks = nullptr;  // [n_kv_heads][n_sel]
   int64_t n_sel = 0;
+  int64_t blocks_stride = -1;  // entries between KV heads' rows of `blocks` (-1: n_sel; 0: one row shared by all heads)
   float* out = nullptr;  // [n_q_heads][D]
 };
 
@@ -58,6 +59,13 @@ size_t sparse_attention_workspace_floats(int n_q_heads, int n_kv_heads, int D, i
 
 void sparse_attention_compute(const SparseAttentionArgs& a, int ith, int nth, float* ws);
 void sparse_attention_reduce(const SparseAttentionArgs& a, int ith, int nth, const float* ws);
+
+// Query heads [q_begin, q_end) only, each over all its KV head's selected blocks, normalized
+// into out. The work is never split within a head, so every head's result is the same whatever
+// the thread count, and the same for a prefill query as for a decode step over the same keys:
+// the engine splits decode steps by query heads and prefill by queries, so dense decoding,
+// sparse decoding at ratio 1 and ReSA's rectification pass compute identical numbers.
+void sparse_attention_heads(const SparseAttentionArgs& a, int q_begin, int q_end);
 
 // Both steps on the calling thread (nth = 1): tests, and callers without a thread pool.
 void sparse_attention(const SparseAttentionArgs& a);

@@ -18,7 +18,9 @@ namespace {
 constexpr int kSpinsBeforeSleep = 1 << 17;  // ~ a few ms of spinning between jobs
 }
 
-ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads < 1 ? 1 : n_threads) {
+ThreadPool::ThreadPool(int n_threads)
+    : n_threads_(n_threads < 1 ? 1 : n_threads), claimed_(new std::atomic<int>[n_threads < 1 ? 1 : n_threads]) {
+  for (int i = 0; i < n_threads_; ++i) claimed_[i].store(1);
   for (int i = 1; i < n_threads_; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
 }
 
@@ -32,13 +34,18 @@ ThreadPool::~ThreadPool() {
   for (auto& w : workers_) w.join();
 }
 
+bool ThreadPool::claim(int ith) { return claimed_[ith].exchange(1, std::memory_order_acq_rel) == 0; }
+
 void ThreadPool::run(const std::function<void(int, int)>& fn) {
   if (n_threads_ == 1) {
     fn(0, 1);
     return;
   }
-  job_ = &fn;
+  // Order matters: a worker still holding an old generation can only claim a share after the
+  // shares are reset below, and by then job_ already points at this job.
+  job_.store(&fn, std::memory_order_release);
   remaining_.store(n_threads_ - 1, std::memory_order_relaxed);
+  for (int i = 1; i < n_threads_; ++i) claimed_[i].store(0, std::memory_order_release);
   {
     // Publishing under the mutex pairs with the sleeper's predicate check, so no wake-up is lost.
     std::lock_guard<std::mutex> lock(mutex_);
@@ -46,8 +53,14 @@ void ThreadPool::run(const std::function<void(int, int)>& fn) {
   }
   if (sleeping_.load(std::memory_order_acquire) > 0) wake_.notify_all();
   fn(0, n_threads_);
+  // Shares no worker has started yet are run here rather than waited for.
+  for (int i = 1; i < n_threads_; ++i) {
+    if (claim(i)) {
+      fn(i, n_threads_);
+      remaining_.fetch_sub(1, std::memory_order_acq_rel);
+    }
+  }
   while (remaining_.load(std::memory_order_acquire) != 0) PYRESA_PAUSE();
-  job_ = nullptr;
 }
 
 void ThreadPool::worker_loop(int ith) {
@@ -68,7 +81,8 @@ void ThreadPool::worker_loop(int ith) {
     }
     seen = gen;
     if (stop_.load()) return;
-    (*job_)(ith, n_threads_);
+    if (!claim(ith)) continue;  // the caller already ran this share
+    (*job_.load(std::memory_order_acquire))(ith, n_threads_);
     remaining_.fetch_sub(1, std::memory_order_acq_rel);
   }
 }

@@ -2,11 +2,15 @@
 // calls fn(ith, nth) and the caller waits for all of them. A decode step runs hundreds of
 // such jobs, so workers spin briefly between jobs (waking a sleeping thread costs more
 // than a small matrix-vector product) and only then sleep, so an idle model burns no CPU.
+// When another process holds a core, a worker may not get to a job for a whole scheduler
+// time slice: the caller then runs that worker's share itself (each share is claimed once),
+// so a busy machine slows decoding down gracefully instead of stalling every job.
 #pragma once
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -29,7 +33,10 @@ class ThreadPool {
 
   int n_threads_;
   std::vector<std::thread> workers_;
-  const std::function<void(int, int)>* job_ = nullptr;
+  bool claim(int ith);  // true for the one thread that gets to run share ith of the current job
+
+  std::atomic<const std::function<void(int, int)>*> job_{nullptr};
+  std::unique_ptr<std::atomic<int>[]> claimed_;
   std::atomic<uint64_t> generation_{0};
   std::atomic<int> remaining_{0};
   std::atomic<int> sleeping_{0};

@@ -1,0 +1,5 @@
+import sys
+
+from pyresa.cli.main import main
+
+sys.exit(main())

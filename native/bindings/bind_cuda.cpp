@@ -197,6 +197,7 @@ void bind_cuda(nb::module_& m) {
              d["blocks_read"] = s.blocks_read;
              d["blocks_total"] = s.blocks_total;
              d["rectifications"] = s.rectifications;
+             d["rectified_tokens"] = s.rectified_tokens;
              return d;
            })
       .def("reset_stats", &CudaEngine::reset_stats)

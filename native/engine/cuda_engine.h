@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/engine.h"  // AttentionStats, shared with the CPU engine
 #include "engine/model_config.h"
 #include "engine/model_weights.h"
 
@@ -30,13 +31,6 @@ struct AttentionSettings {
   int min_blocks = 16;
   int local_blocks = 1;
   int rectify_every = 32;
-};
-
-struct AttentionStats {
-  int64_t decode_steps = 0;    // single-token steps (dense or sparse), rectifications excluded
-  int64_t blocks_read = 0;     // KV blocks attended by those steps, summed over layers and KV heads
-  int64_t blocks_total = 0;    // KV blocks a dense step would have attended
-  int64_t rectifications = 0;  // dense re-runs of the last rectify_every tokens
 };
 
 bool cuda_runtime_available();

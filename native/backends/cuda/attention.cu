@@ -16,8 +16,8 @@ struct AttnSmem {
   static constexpr int LD = D + 8;  // padded row: ldmatrix rows land in distinct banks
   static constexpr size_t q_elems = (size_t)16 * NW * LD;
   static constexpr size_t kv_elems = (size_t)2 * TT * LD;  // per operand, two stages
-  // Q as F16 (hi), then its rounding error as F16 (lo, block-sparse mode only: the CPU's sparse
-  // operator keeps the query in F32; its dense one rounds it to F16, as llama.cpp does).
+  // Q as F16 (hi), then its rounding error as F16 (lo, when split_query: the CPU's decode attention
+  // keeps the query in F32; its prefill attention rounds it to F16, as llama.cpp does).
   static constexpr size_t bytes = (2 * q_elems + 2 * kv_elems) * sizeof(__half) + 2 * TT * sizeof(int);
 };
 
@@ -43,7 +43,7 @@ __global__ void __launch_bounds__(32 * NW) attention_kernel(AttentionArgs a) {
   const int G = a.n_head / a.n_kv_head, R = a.n_tok * G;
   const int row0 = blockIdx.x * 16 * NW;
   const int pos0 = *a.pos_dev + a.pos_offset;
-  const bool q_split = a.precise && a.blocks != nullptr;
+  const bool q_split = a.split_query;
 
   // Q rows -> F16 in shared memory (rows past R are zero and fully masked).
   for (int idx = tid; idx < 16 * NW * (D / 2); idx += 32 * NW) {

@@ -34,6 +34,7 @@ struct AttentionArgs {
   // Two-term F16 probabilities (and, block-sparse, query): near-F32 accuracy for decode and
   // rectification at twice the tensor-core work; prefill (compute-bound) turns it off.
   bool precise = true;
+  bool split_query = true;  // two-term F16 query too (else the query is rounded to F16)
   int n_splits = 1;
   // Workspace for n_splits > 1: n_kv_head * n_splits * rows * (D + 2) floats.
   float* work = nullptr;

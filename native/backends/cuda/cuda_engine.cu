@@ -315,7 +315,7 @@ struct CudaEngine::Impl {
     float* X = x.get<float>();
     act_src = nullptr;
     dequantize_rows_f32(token_embd, d_tokens, n, X, E, stream);
-    ResaParams rp;
+    cuda::ResaParams rp;
     rp.block_size = att.block_size;
     rp.ratio = att.ratio;
     rp.min_blocks = att.min_blocks;
@@ -378,8 +378,11 @@ struct CudaEngine::Impl {
       a.scale = scale;
       a.n_splits = splits;
       a.work = attn_work.get<float>();
+      // Decode steps keep the query and probabilities at ~F32 (two-term F16), as the CPU's decode
+      // attention; rectification keeps the probabilities; prefill is plain F16 (compute-bound).
       a.precise = kind == StepKind::Rectify || kind == StepKind::SparseDecode ||
                   (kind == StepKind::Decode && precise_dense);
+      a.split_query = kind == StepKind::SparseDecode || (kind == StepKind::Decode && precise_dense);
       if (kind == StepKind::SparseDecode) {
         select_blocks(q.get<float>(), c.n_head, desc.get<__half>(), desc_layout, l, rp, d_pos, keys.get<uint32_t>(),
                       blocks.get<int32_t>(), desc_layout.max_blocks, d_nsel, stream);
@@ -523,6 +526,7 @@ struct CudaEngine::Impl {
     if (att.mode == "resa" && sparse_steps >= att.rectify_every && n_past >= att.rectify_every) {
       run_step(StepKind::Rectify, true);
       st.rectifications++;
+      st.rectified_tokens += att.rectify_every;
       sparse_steps = 0;
     } else if (sparse_mode()) {
       count_step(true);
@@ -639,7 +643,7 @@ void CudaEngine::truncate(int n) {
     throw std::invalid_argument("truncate(" + std::to_string(n) + ") outside [0, " + std::to_string(m.n_past) + "]");
   PYRESA_CUDA_CHECK(cudaSetDevice(m.device));
   const int removed = m.n_past - n;
-  m.sparse_steps = std::max(0, m.sparse_steps - removed);
+  m.sparse_steps = std::min(m.sparse_steps, n);  // as the CPU engine
   m.n_past = n;
   if (removed > 0 && n % m.att.block_size != 0) {
     // The block now ending the context lost tokens: rebuild its min/max from what remains.
@@ -673,6 +677,32 @@ void CudaEngine::eval(const int32_t* tokens, int n, bool all_logits, float* logi
                                         on_device ? cudaMemcpyDeviceToDevice : cudaMemcpyDeviceToHost, m.stream));
     }
     PYRESA_CUDA_CHECK(cudaStreamSynchronize(m.stream));
+    return;
+  }
+  if (m.att.mode == "resa" && m.sparse_steps > 0) {
+    // Tokens decoded sparsely since the last rectification run again, densely, with the new ones
+    // (as the CPU engine): their K/V are rewritten and the new tokens' logits come from this pass.
+    if (all_logits && on_device)
+      throw UnsupportedError("CUDA engine: all-token logits on the device right after sparse decoding");
+    const int k = m.sparse_steps;
+    std::vector<int32_t> rerun(k + n);
+    PYRESA_CUDA_CHECK(cudaMemcpyAsync(rerun.data(), m.history.get<int32_t>() + (m.n_past - k), k * sizeof(int32_t),
+                                      cudaMemcpyDeviceToHost, m.stream));
+    PYRESA_CUDA_CHECK(cudaStreamSynchronize(m.stream));
+    std::copy(tokens, tokens + n, rerun.begin() + k);
+    m.n_past -= k;
+    m.sparse_steps = 0;
+    m.st.rectifications++;
+    m.st.rectified_tokens += k;
+    m.chunk_src = rerun.data();
+    if (all_logits && logits) {  // only the new tokens' rows go out
+      const size_t V = m.c.n_vocab;
+      std::vector<float> all((size_t)(k + n) * V);
+      m.prefill(k + n, all.data(), true, false);
+      std::copy(all.begin() + (size_t)k * V, all.end(), logits);
+    } else {
+      m.prefill(k + n, logits, false, on_device);
+    }
     return;
   }
   m.chunk_src = tokens;
@@ -726,6 +756,7 @@ void CudaEngine::set_attention(const AttentionSettings& s) {
     throw std::invalid_argument("rectify_every + 1 must fit in n_batch (" + std::to_string(m.nb) + ")");
   PYRESA_CUDA_CHECK(cudaSetDevice(m.device));
   const bool rebuild = s.block_size != m.att.block_size;
+  if (s.mode != "resa") m.sparse_steps = 0;  // nothing will rectify them: they stay as decoded
   m.att = s;
   m.drop_graphs();
   if (rebuild) {

@@ -217,6 +217,7 @@ std::vector<float> attention(const float* q, int n_tok, int n_head, int n_kv_hea
   a.scale = scale;
   a.n_splits = n_splits;
   a.work = work.get<float>();
+  a.split_query = blocks != nullptr;  // dense: the query rounded to F16 (prefill's arithmetic)
   cuda::attention(a, nullptr);
   return to_host<float>(out, (size_t)n_tok * n_head * D);
 }

@@ -60,6 +60,7 @@ def main():
     ap.add_argument("--prefill", type=int, default=4096)
     ap.add_argument("--n-batch", type=int, default=2048)
     ap.add_argument("--modes", default="dense,resa")
+    ap.add_argument("--profile", action="store_true", help="also print a per-op breakdown of one step per depth/mode")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
@@ -109,6 +110,15 @@ def main():
                    "ms_per_token": dt / n * 1e3, **st,
                    "kv_read_share": st["blocks_read"] / st["blocks_total"] if st["blocks_total"] else 1.0,
                    "device_memory_used": device_memory_used()}
+            if args.profile:
+                row["profile_ms"] = eng.profile_step(tok, False)
+                if mode == "resa":
+                    row["profile_rectification_ms"] = eng.profile_step(tok, True)
+                for key in ("profile_ms", "profile_rectification_ms"):
+                    if key in row:
+                        tot = sum(row[key].values())
+                        parts = ", ".join(f"{k} {v:.3f}" for k, v in row[key].items())
+                        print(f"    {key}: total {tot:.3f} ms: {parts}", flush=True)
             res["decode"].append(row)
             print(f"depth {d:>7} {mode:>5}: {n / dt:8.1f} tok/s  {dt / n * 1e3:7.3f} ms/token  "
                   f"rect {st['rectifications']}  KV read {row['kv_read_share']:.3f}", flush=True)

@@ -4,6 +4,7 @@
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/map.h>
+#include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
@@ -203,7 +204,16 @@ void bind_cuda(nb::module_& m) {
       .def("reset_stats", &CudaEngine::reset_stats)
       .def("fill_synthetic", &CudaEngine::fill_synthetic, nb::arg("n_tokens"), nb::arg("seed") = 1,
            "Benchmarks: random F16 K/V for positions [0, n_tokens), descriptors rebuilt, n_past = n_tokens.")
-      .def("synchronize", &CudaEngine::synchronize);
+      .def("synchronize", &CudaEngine::synchronize)
+      .def("profile_step",
+           [](CudaEngine& e, int token, bool rectify) {
+             auto r = e.profile_step(token, rectify);
+             nb::dict d;
+             for (auto& kv : r) d[kv.first.c_str()] = kv.second;
+             return d;
+           },
+           nb::arg("token"), nb::arg("rectify") = false,
+           "Milliseconds per op of one eager step at the current position (the position does not advance).");
 
   // ---- test hooks: one kernel each, host arrays in and out -----------------------------------
   nb::module_ t = m.def_submodule("cuda_test", "Single CUDA kernels for tests against the CPU backend.");

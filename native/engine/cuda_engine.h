@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "engine/engine.h"  // AttentionStats, shared with the CPU engine
@@ -71,6 +72,9 @@ class CudaEngine {
   // token history, n_past = n_tokens. The decode that follows is the real decode path.
   void fill_synthetic(int n_tokens, uint64_t seed);
   void synchronize();
+  // Benchmarks: one eager decode (or rectification) step at the current position with events
+  // between its ops; milliseconds per op label, summed over layers. The position does not advance.
+  std::vector<std::pair<std::string, double>> profile_step(int32_t token, bool rectify);
 
  private:
   struct Impl;

@@ -103,9 +103,21 @@ struct CudaEngine::Impl {
   int gemm_min_tokens = 65;
   int matvec_max_tokens = 8;
   bool precise_dense = true;
+  bool rect_precise = true;
 
   // Graph cache: (kind, attention splits) -> executable graph.
   std::map<std::pair<int, int>, cudaGraphExec_t> graphs;
+
+  // Step profiler (profile_step): events between the ops of one eager step, time per label.
+  bool prof_on = false;
+  std::vector<std::pair<std::string, cudaEvent_t>> prof_marks;
+  void mark(const char* label) {
+    if (!prof_on) return;
+    cudaEvent_t e;
+    PYRESA_CUDA_CHECK(cudaEventCreate(&e));
+    PYRESA_CUDA_CHECK(cudaEventRecord(e, stream));
+    prof_marks.emplace_back(label, e);
+  }
 
   // Activation reuse within a layer: what `act` currently holds.
   const void* act_src = nullptr;
@@ -314,7 +326,9 @@ struct CudaEngine::Impl {
     const int64_t FF = c.n_ff;
     float* X = x.get<float>();
     act_src = nullptr;
+    mark("start");
     dequantize_rows_f32(token_embd, d_tokens, n, X, E, stream);
+    mark("embed");
     cuda::ResaParams rp;
     rp.block_size = att.block_size;
     rp.ratio = att.ratio;
@@ -334,6 +348,7 @@ struct CudaEngine::Impl {
       linear(L.wq, norm1, &L.attn_norm, n, q.get<float>(), QD, &L.bq, false);
       linear(L.wk, norm1, &L.attn_norm, n, k.get<float>(), KVD, &L.bk, false);
       linear(L.wv, norm1, &L.attn_norm, n, v.get<float>(), KVD, &L.bv, false);
+      mark("qkv (norm + products)");
 
       RopeStoreArgs r;
       r.q = q.get<float>();
@@ -359,6 +374,7 @@ struct CudaEngine::Impl {
       rope_store(r, stream);
       if (!single)
         refresh_descriptors(desc.get<__half>(), desc_layout, l, Kl, head_stride, d_pos, pos_offset, n, stream);
+      mark("rope + kv store + descriptors");
 
       AttentionArgs a;
       a.q = q.get<float>();
@@ -380,7 +396,7 @@ struct CudaEngine::Impl {
       a.work = attn_work.get<float>();
       // Decode steps keep the query and probabilities at ~F32 (two-term F16), as the CPU's decode
       // attention; rectification keeps the probabilities; prefill is plain F16 (compute-bound).
-      a.precise = kind == StepKind::Rectify || kind == StepKind::SparseDecode ||
+      a.precise = (kind == StepKind::Rectify && rect_precise) || kind == StepKind::SparseDecode ||
                   (kind == StepKind::Decode && precise_dense);
       a.split_query = kind == StepKind::SparseDecode || (kind == StepKind::Decode && precise_dense);
       if (kind == StepKind::SparseDecode) {
@@ -389,13 +405,16 @@ struct CudaEngine::Impl {
         a.blocks = blocks.get<int32_t>();
         a.blocks_stride = desc_layout.max_blocks;
         a.n_sel_dev = d_nsel;
+        mark("block selection");
       }
       cuda::attention(a, stream);
+      mark("attention");
 
       ActPrep plain;
       plain.x = attn.get<float>();
       plain.ld_x = QD;
       linear(L.wo, plain, attn.get(), n, X, E, nullptr, true);
+      mark("output projection");
 
       ActPrep norm2;
       norm2.transform = ActTransform::RmsNorm;
@@ -405,12 +424,14 @@ struct CudaEngine::Impl {
       norm2.eps = c.rms_eps;
       linear(L.w_gate, norm2, &L.ffn_norm, n, gate.get<float>(), FF, nullptr, false);
       linear(L.w_up, norm2, &L.ffn_norm, n, up.get<float>(), FF, nullptr, false);
+      mark("gate + up");
       ActPrep glu;
       glu.transform = ActTransform::SwiGLU;
       glu.x = gate.get<float>();
       glu.up = up.get<float>();
       glu.ld_x = FF;
       linear(L.w_down, glu, gate.get(), n, X, E, nullptr, true);
+      mark("down");
     }
     if (!logits) return;
     const int first = all_logits ? 0 : n - 1;
@@ -421,6 +442,7 @@ struct CudaEngine::Impl {
     fin.norm_w = reinterpret_cast<const float*>(output_norm.data);
     fin.eps = c.rms_eps;
     linear(output, fin, &output_norm, n - first, logits, c.n_vocab, nullptr, false);
+    mark("lm head");
   }
 
   // ---- steps ---------------------------------------------------------------------------------
@@ -611,6 +633,7 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, CudaEngi
   m.gemm_min_tokens = env_int("PYRESA_CUDA_GEMM_MIN_TOKENS", 65);
   m.matvec_max_tokens = env_int("PYRESA_CUDA_MATVEC_MAX_TOKENS", 8);
   m.precise_dense = env_int("PYRESA_CUDA_PRECISE_DENSE", 1) != 0;
+  m.rect_precise = env_int("PYRESA_CUDA_RECT_PRECISE", 1) != 0;
   m.upload(weights);
   m.check_types();
   m.opt.n_batch = std::max(options.n_batch, m.att.rectify_every + 1);
@@ -799,6 +822,58 @@ void CudaEngine::fill_synthetic(int n_tokens, uint64_t seed) {
   m.sparse_steps = 0;
   m.set_pos_host(n_tokens);
   PYRESA_CUDA_CHECK(cudaStreamSynchronize(m.stream));
+}
+
+std::vector<std::pair<std::string, double>> CudaEngine::profile_step(int32_t token, bool rectify) {
+  Impl& m = *impl_;
+  PYRESA_CUDA_CHECK(cudaSetDevice(m.device));
+  if (m.n_past + 1 > m.opt.n_ctx) throw ContextFullError("profile_step: context full");
+  m.set_pos_host(m.n_past);
+  m.stage_tokens(&token, 1);
+  const int f = m.att.rectify_every;
+  const bool rect = rectify && m.n_past >= f;
+  const StepKind kind = rect ? StepKind::Rectify : m.sparse_mode() ? StepKind::SparseDecode : StepKind::Decode;
+  int splits;
+  if (rect) {
+    splits = m.attention_splits((f + 1) * (m.c.n_head / m.c.n_head_kv), (m.n_past + 1 + 31) / 32, false);
+    m.gather_rectify_tokens();
+  } else {
+    cpu::ResaSelectParams p;
+    p.block_size = m.att.block_size;
+    p.ratio = m.att.ratio;
+    p.min_blocks = m.att.min_blocks;
+    p.local_blocks = m.att.local_blocks;
+    const int n_tiles = kind == StepKind::SparseDecode
+                            ? (int)((cpu::resa_select_count(m.n_past + 1, p) * (m.att.block_size / 16) + 1) / 2)
+                            : (m.n_past + 1 + 31) / 32;
+    splits = m.attention_splits(m.c.n_head / m.c.n_head_kv, n_tiles, false);
+  }
+  PYRESA_CUDA_CHECK(cudaStreamSynchronize(m.stream));
+  m.prof_on = true;
+  m.prof_marks.clear();
+  try {
+    m.forward(rect ? f + 1 : 1, rect ? -f : 0, kind, splits, m.logits1.get<float>(), false);
+  } catch (...) {
+    m.prof_on = false;
+    throw;
+  }
+  m.prof_on = false;
+  PYRESA_CUDA_CHECK(cudaStreamSynchronize(m.stream));
+  std::vector<std::pair<std::string, double>> out;
+  std::map<std::string, double> acc;
+  for (size_t i = 1; i < m.prof_marks.size(); ++i) {
+    float ms = 0.0f;
+    PYRESA_CUDA_CHECK(cudaEventElapsedTime(&ms, m.prof_marks[i - 1].second, m.prof_marks[i].second));
+    if (!acc.count(m.prof_marks[i].first)) out.emplace_back(m.prof_marks[i].first, 0.0);
+    acc[m.prof_marks[i].first] += ms;
+  }
+  for (auto& e : m.prof_marks) cudaEventDestroy(e.second);
+  m.prof_marks.clear();
+  for (auto& o : out) o.second = acc[o.first];
+  // The step is not kept: the position does not advance (the cache slot is overwritten next).
+  m.set_pos_host(m.n_past);
+  PYRESA_CUDA_CHECK(cudaStreamSynchronize(m.stream));
+  return out;
 }
 
 void CudaEngine::synchronize() { PYRESA_CUDA_CHECK(cudaStreamSynchronize(impl_->stream)); }

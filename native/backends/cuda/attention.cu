@@ -3,6 +3,7 @@
 
 #include "backends/cuda/attention.cuh"
 #include "backends/cuda/common.cuh"
+#include "backends/cuda/launch.cuh"
 #include "backends/cuda/mma.cuh"
 
 namespace pyresa::cuda {
@@ -29,6 +30,7 @@ __device__ __forceinline__ int span_start(const AttentionArgs& a, int h, int e, 
 
 template <int D, int NW>
 __global__ void __launch_bounds__(32 * NW) attention_kernel(AttentionArgs a) {
+  pdl_wait();  // inputs may come from the kernel launched just before (PDL)
   using S = AttnSmem<D, NW>;
   constexpr int LD = S::LD;
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -241,6 +243,7 @@ constexpr int kMaxCombineSplits = 1024;
 
 template <int D>
 __global__ void __launch_bounds__(D) combine_kernel(AttentionArgs a, int R, int G) {
+  pdl_wait();  // inputs may come from the kernel launched just before (PDL)
   __shared__ float cs[kMaxCombineSplits];
   __shared__ float red[D / 32];
   const int r = blockIdx.x, h = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -282,7 +285,7 @@ __global__ void __launch_bounds__(D) combine_kernel(AttentionArgs a, int R, int 
 }
 
 template <int D, int NW>
-void launch(const AttentionArgs& a, cudaStream_t stream) {
+void launch_attention(const AttentionArgs& a, cudaStream_t stream) {
   const size_t smem = AttnSmem<D, NW>::bytes;
   static bool configured[64] = {};
   int dev = 0;
@@ -293,10 +296,10 @@ void launch(const AttentionArgs& a, cudaStream_t stream) {
   }
   const int G = a.n_head / a.n_kv_head, R = a.n_tok * G;
   dim3 grid(ceil_div(R, 16 * NW), a.n_splits, a.n_kv_head);
-  attention_kernel<D, NW><<<grid, 32 * NW, smem, stream>>>(a);
+  launch(attention_kernel<D, NW>, grid, 32 * NW, smem, stream, a);
   PYRESA_CUDA_LAUNCH_CHECK();
   if (a.n_splits > 1) {
-    combine_kernel<D><<<dim3(R, a.n_kv_head), D, 0, stream>>>(a, R, G);
+    launch(combine_kernel<D>, dim3(R, a.n_kv_head), D, 0, stream, a, R, G);
     PYRESA_CUDA_LAUNCH_CHECK();
   }
 }
@@ -304,10 +307,10 @@ void launch(const AttentionArgs& a, cudaStream_t stream) {
 template <int D>
 void launch_d(const AttentionArgs& a, cudaStream_t stream) {
   const int R = a.n_tok * (a.n_head / a.n_kv_head);
-  if (R <= 16) launch<D, 1>(a, stream);
-  else if (R <= 64) launch<D, 4>(a, stream);
-  else if (R <= 128) launch<D, 8>(a, stream);
-  else launch<D, 16>(a, stream);
+  if (R <= 16) launch_attention<D, 1>(a, stream);
+  else if (R <= 64) launch_attention<D, 4>(a, stream);
+  else if (R <= 128) launch_attention<D, 8>(a, stream);
+  else launch_attention<D, 16>(a, stream);
 }
 
 }  // namespace

@@ -48,3 +48,10 @@ void* device_alloc_for_python(size_t bytes, int device) {
 }
 void device_free_for_python(void* p, int) noexcept { cudaFree(p); }
 }  // namespace pyresa::cuda_bind
+
+namespace pyresa::cuda {
+bool& pdl_enabled() {
+  static bool on = false;
+  return on;
+}
+}  // namespace pyresa::cuda

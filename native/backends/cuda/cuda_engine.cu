@@ -14,6 +14,7 @@
 #include "backends/cuda/attention.cuh"
 #include "backends/cuda/common.cuh"
 #include "backends/cuda/gemm.cuh"
+#include "backends/cuda/launch.cuh"
 #include "backends/cuda/ops.cuh"
 #include "backends/cuda/quant.cuh"
 #include "backends/cuda/resa.cuh"
@@ -304,6 +305,42 @@ struct CudaEngine::Impl {
     }
   }
 
+  // Several products of the same input in one launch when they can share it (decode: q, k, v;
+  // gate, up); otherwise one linear() each.
+  struct LinearOut {
+    const DeviceWeight* w;
+    float* y;
+    int64_t ldy;
+    const DeviceWeight* bias;
+  };
+  void linear_multi(const LinearOut* outs, int n_out, const ActPrep& prep, const void* src_id, int n) {
+    bool same = path_for(*outs[0].w, n) == Path::Matvec;
+    for (int i = 1; i < n_out; ++i)
+      same = same && outs[i].w->type == outs[0].w->type && outs[i].w->cols == outs[0].w->cols;
+    if (!same || env_int("PYRESA_CUDA_FUSE", 1) == 0) {
+      for (int i = 0; i < n_out; ++i) linear(*outs[i].w, prep, src_id, n, outs[i].y, outs[i].ldy, outs[i].bias, false);
+      return;
+    }
+    const DeviceWeight& w0 = *outs[0].w;
+    const GgmlType fmt = act_type_for(w0.type);
+    const size_t rb = act_row_bytes(fmt, w0.cols);
+    if (act_src != src_id || act_fmt != fmt || act_rows != n) {
+      prepare_activations(prep, fmt, n, w0.cols, act.get(), rb, stream);
+      act_src = src_id;
+      act_fmt = fmt;
+      act_rows = n;
+    }
+    DeviceWeight ws[3];
+    MatvecOut os[3];
+    for (int i = 0; i < n_out; ++i) {
+      ws[i] = *outs[i].w;
+      os[i].y = outs[i].y;
+      os[i].ldy = outs[i].ldy;
+      os[i].bias = outs[i].bias && outs[i].bias->present() ? reinterpret_cast<const float*>(outs[i].bias->data) : nullptr;
+    }
+    matvec_multi(ws, os, n_out, act.get(), rb, n, stream);
+  }
+
   int attention_splits(int n_rows_per_head, int n_tiles, bool graph) const {
     const int nw = n_rows_per_head <= 16 ? 1 : n_rows_per_head <= 64 ? 4 : n_rows_per_head <= 128 ? 8 : 16;
     const int row_tiles = (n_rows_per_head + 16 * nw - 1) / (16 * nw);
@@ -345,9 +382,15 @@ struct CudaEngine::Impl {
       norm1.ld_x = E;
       norm1.norm_w = reinterpret_cast<const float*>(L.attn_norm.data);
       norm1.eps = c.rms_eps;
-      linear(L.wq, norm1, &L.attn_norm, n, q.get<float>(), QD, &L.bq, false);
-      linear(L.wk, norm1, &L.attn_norm, n, k.get<float>(), KVD, &L.bk, false);
-      linear(L.wv, norm1, &L.attn_norm, n, v.get<float>(), KVD, &L.bv, false);
+      const LinearOut qkv[3] = {{&L.wq, q.get<float>(), QD, &L.bq},
+                                {&L.wk, k.get<float>(), KVD, &L.bk},
+                                {&L.wv, v.get<float>(), KVD, &L.bv}};
+      if (L.wv.type == L.wq.type) {
+        linear_multi(qkv, 3, norm1, &L.attn_norm, n);
+      } else {  // e.g. Q4_K_M: v in Q6_K
+        linear_multi(qkv, 2, norm1, &L.attn_norm, n);
+        linear_multi(qkv + 2, 1, norm1, &L.attn_norm, n);
+      }
       mark("qkv (norm + products)");
 
       RopeStoreArgs r;
@@ -422,8 +465,8 @@ struct CudaEngine::Impl {
       norm2.ld_x = E;
       norm2.norm_w = reinterpret_cast<const float*>(L.ffn_norm.data);
       norm2.eps = c.rms_eps;
-      linear(L.w_gate, norm2, &L.ffn_norm, n, gate.get<float>(), FF, nullptr, false);
-      linear(L.w_up, norm2, &L.ffn_norm, n, up.get<float>(), FF, nullptr, false);
+      const LinearOut gu[2] = {{&L.w_gate, gate.get<float>(), FF, nullptr}, {&L.w_up, up.get<float>(), FF, nullptr}};
+      linear_multi(gu, 2, norm2, &L.ffn_norm, n);
       mark("gate + up");
       ActPrep glu;
       glu.transform = ActTransform::SwiGLU;
@@ -625,6 +668,7 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, CudaEngi
     throw UnsupportedError(std::string("pyresa's CUDA kernels need compute capability 8.0+, ") + prop.name + " has " +
                            std::to_string(prop.major) + "." + std::to_string(prop.minor));
   m.n_sm = prop.multiProcessorCount;
+  pdl_enabled() = prop.major >= 9 && env_int("PYRESA_CUDA_PDL", 1) != 0;
   if (m.c.head_dim != 64 && m.c.head_dim != 128)
     throw UnsupportedError("CUDA backend: head_dim must be 64 or 128, got " + std::to_string(m.c.head_dim));
   if (m.c.n_head / m.c.n_head_kv > 16) throw UnsupportedError("CUDA backend: at most 16 query heads per KV head");

@@ -3,6 +3,7 @@
 #include <stdexcept>
 
 #include "backends/cuda/common.cuh"
+#include "backends/cuda/launch.cuh"
 #include "backends/cuda/gemm.cuh"
 #include "backends/cuda/mma.cuh"
 
@@ -16,6 +17,7 @@ __global__ void __launch_bounds__(THREADS) gemm_kernel(const __half* __restrict_
                                                        const __half* __restrict__ B, int64_t ldb, float* C,
                                                        int64_t ldc, int M, int N, int K, const float* bias,
                                                        bool accumulate) {
+  pdl_wait();  // inputs may come from the kernel launched just before (PDL)
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __half* As = reinterpret_cast<__half*>(smem_raw);
   __half* Bs = As + STAGES * BM * LDS;
@@ -116,7 +118,7 @@ void gemm_f16(const __half* A, int64_t lda, const __half* B, int64_t ldb, float*
     configured = true;
   }
   dim3 grid(ceil_div(N, BN), ceil_div(M, BM));
-  gemm_kernel<<<grid, THREADS, smem, stream>>>(A, lda, B, ldb, C, ldc, M, N, K, bias, accumulate);
+  launch(gemm_kernel, grid, THREADS, smem, stream, A, lda, B, ldb, C, ldc, M, N, K, bias, accumulate);
   PYRESA_CUDA_LAUNCH_CHECK();
 }
 

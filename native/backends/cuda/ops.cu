@@ -1,6 +1,7 @@
 #include <algorithm>
 
 #include "backends/cuda/common.cuh"
+#include "backends/cuda/launch.cuh"
 #include "backends/cuda/ops.cuh"
 
 namespace pyresa::cuda {
@@ -13,6 +14,7 @@ __device__ __forceinline__ int order_key16(uint16_t h) {
 }
 
 __global__ void rope_store_kernel(RopeStoreArgs a) {
+  pdl_wait();  // inputs may come from the kernel launched just before (PDL)
   const int tok = blockIdx.x, head = blockIdx.y, i = threadIdx.x, D = a.D, half = D / 2;
   if (i >= half) return;
   const int pos = *a.pos_dev + a.pos_offset + tok;
@@ -63,6 +65,7 @@ __global__ void rope_store_kernel(RopeStoreArgs a) {
 }
 
 __global__ void argmax_kernel(const float* x, int n, int32_t* out, int32_t* history, const int* pos_dev) {
+  pdl_wait();  // inputs may come from the kernel launched just before (PDL)
   __shared__ float sv[32];
   __shared__ int si[32];
   float best = -INFINITY;
@@ -96,9 +99,16 @@ __global__ void argmax_kernel(const float* x, int n, int32_t* out, int32_t* hist
   }
 }
 
-__global__ void advance_kernel(int* pos, int n) { *pos += n; }
-__global__ void set_int_kernel(int* dst, int v) { *dst = v; }
+__global__ void advance_kernel(int* pos, int n) {
+  pdl_wait();
+  *pos += n;
+}
+__global__ void set_int_kernel(int* dst, int v) {
+  pdl_wait();
+  *dst = v;
+}
 __global__ void gather_kernel(const int32_t* h, const int* pos, int offset, int n, int32_t* out) {
+  pdl_wait();  // inputs may come from the kernel launched just before (PDL)
   const int i = threadIdx.x;
   if (i < n) out[i] = h[*pos + offset + i];
 }
@@ -111,6 +121,7 @@ __device__ __forceinline__ uint64_t mix64(uint64_t z) {
 
 __global__ void fill_kernel(__half* K, __half* V, int n_layer, int n_kv_head, int64_t head_stride, int D,
                             int n_tokens, uint64_t seed) {
+  pdl_wait();  // inputs may come from the kernel launched just before (PDL)
   const int64_t per_head = (int64_t)n_tokens * D;
   const int64_t total = (int64_t)n_layer * n_kv_head * per_head;
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total / 2; i += (int64_t)gridDim.x * blockDim.x) {
@@ -131,28 +142,28 @@ __global__ void fill_kernel(__half* K, __half* V, int n_layer, int n_kv_head, in
 
 void rope_store(const RopeStoreArgs& a, cudaStream_t stream) {
   if (a.n <= 0) return;
-  rope_store_kernel<<<dim3(a.n, a.n_head + a.n_kv_head), a.D / 2, 0, stream>>>(a);
+  launch(rope_store_kernel, dim3(a.n, a.n_head + a.n_kv_head), a.D / 2, 0, stream, a);
   PYRESA_CUDA_LAUNCH_CHECK();
 }
 
 void argmax(const float* logits, int n, int32_t* out, int32_t* history, const int* pos_dev, cudaStream_t stream) {
-  argmax_kernel<<<1, 1024, 0, stream>>>(logits, n, out, history, pos_dev);
+  launch(argmax_kernel, 1, 1024, 0, stream, logits, n, out, history, pos_dev);
   PYRESA_CUDA_LAUNCH_CHECK();
 }
 
 void advance_position(int* pos_dev, int n, cudaStream_t stream) {
-  advance_kernel<<<1, 1, 0, stream>>>(pos_dev, n);
+  launch(advance_kernel, 1, 1, 0, stream, pos_dev, n);
   PYRESA_CUDA_LAUNCH_CHECK();
 }
 
 void set_device_int(int* dst, int value, cudaStream_t stream) {
-  set_int_kernel<<<1, 1, 0, stream>>>(dst, value);
+  launch(set_int_kernel, 1, 1, 0, stream, dst, value);
   PYRESA_CUDA_LAUNCH_CHECK();
 }
 
 void gather_tokens(const int32_t* history, const int* pos_dev, int offset, int n, int32_t* out, cudaStream_t stream) {
   for (int s = 0; s < n; s += 1024) {
-    gather_kernel<<<1, 1024, 0, stream>>>(history + s, pos_dev, offset, std::min(1024, n - s), out + s);
+    launch(gather_kernel, 1, 1024, 0, stream, history + s, pos_dev, offset, std::min(1024, n - s), out + s);
     PYRESA_CUDA_LAUNCH_CHECK();
   }
 }
@@ -160,7 +171,7 @@ void gather_tokens(const int32_t* history, const int* pos_dev, int offset, int n
 void fill_kv_random(__half* K, __half* V, int n_layer, int n_kv_head, int64_t head_stride, int D, int n_tokens,
                     uint64_t seed, cudaStream_t stream) {
   if (n_tokens <= 0) return;
-  fill_kernel<<<132 * 16, 256, 0, stream>>>(K, V, n_layer, n_kv_head, head_stride, D, n_tokens, seed);
+  launch(fill_kernel, 132 * 16, 256, 0, stream, K, V, n_layer, n_kv_head, head_stride, D, n_tokens, seed);
   PYRESA_CUDA_LAUNCH_CHECK();
 }
 

@@ -4,6 +4,7 @@
 #include <string>
 #include <vector>
 
+#include "backends/cuda/launch.cuh"
 #include "backends/cuda/mma.cuh"
 #include "backends/cuda/quant.cuh"
 
@@ -89,6 +90,7 @@ constexpr int kPrepWarps = 8;  // blocks per CTA (one per warp); a row spreads o
 template <ActTransform T, GgmlType A>
 __global__ void __launch_bounds__(32 * kPrepWarps) prepare_kernel(ActPrep p, int64_t cols, uint8_t* out,
                                                                    size_t out_row_bytes) {
+  pdl_wait();  // inputs may come from the kernel launched just before (PDL)
   const int row = blockIdx.x;
   const float* xr = p.x + row * p.ld_x;
   const float* ur = T == ActTransform::SwiGLU ? p.up + row * p.ld_x : nullptr;
@@ -177,11 +179,11 @@ void launch_prepare(const ActPrep& p, GgmlType a, int n_rows, int64_t cols, void
   const int64_t block = a == GgmlType::Q8_K ? QK_K : 32;
   const dim3 grid(n_rows, ceil_div((cols + block - 1) / block, kPrepWarps));
   switch (a) {
-    case GgmlType::F32: prepare_kernel<T, GgmlType::F32><<<grid, threads, 0, s>>>(p, cols, o, rb); break;
-    case GgmlType::F16: prepare_kernel<T, GgmlType::F16><<<grid, threads, 0, s>>>(p, cols, o, rb); break;
-    case GgmlType::Q8_0: prepare_kernel<T, GgmlType::Q8_0><<<grid, threads, 0, s>>>(p, cols, o, rb); break;
-    case GgmlType::Q8_1: prepare_kernel<T, GgmlType::Q8_1><<<grid, threads, 0, s>>>(p, cols, o, rb); break;
-    case GgmlType::Q8_K: prepare_kernel<T, GgmlType::Q8_K><<<grid, threads, 0, s>>>(p, cols, o, rb); break;
+    case GgmlType::F32: launch(prepare_kernel<T, GgmlType::F32>, grid, threads, 0, s, p, cols, o, rb); break;
+    case GgmlType::F16: launch(prepare_kernel<T, GgmlType::F16>, grid, threads, 0, s, p, cols, o, rb); break;
+    case GgmlType::Q8_0: launch(prepare_kernel<T, GgmlType::Q8_0>, grid, threads, 0, s, p, cols, o, rb); break;
+    case GgmlType::Q8_1: launch(prepare_kernel<T, GgmlType::Q8_1>, grid, threads, 0, s, p, cols, o, rb); break;
+    case GgmlType::Q8_K: launch(prepare_kernel<T, GgmlType::Q8_K>, grid, threads, 0, s, p, cols, o, rb); break;
     default: throw std::invalid_argument("prepare_activations: unsupported activation format");
   }
   PYRESA_CUDA_LAUNCH_CHECK();
@@ -200,6 +202,12 @@ __global__ void __launch_bounds__(32 * kRowsPerCta) matvec_kernel(DeviceWeight w
                                                                   int n_tokens, MatvecOut out) {
   const int lane = threadIdx.x & 31;
   const int64_t row = (int64_t)blockIdx.x * kRowsPerCta + (threadIdx.x >> 5);
+  // The weights do not depend on the previous kernel: start pulling this row into L2 while it
+  // finishes (PDL), then wait for the activations.
+  if (row < w.rows && W != GgmlType::Q6_K)
+    for (int64_t off = (int64_t)lane * 128; off < (int64_t)w.row_bytes; off += 32 * 128)
+      prefetch_l2(w.data + row * w.row_bytes + off);
+  pdl_wait();
   if (row >= w.rows) return;
   float acc[NT], acc_m[NT];
 #pragma unroll
@@ -444,6 +452,7 @@ __device__ void dequant_chunk(const DeviceWeight& w, int64_t row, int64_t chunk,
 
 template <GgmlType W>
 __global__ void dequant_rows_f32_kernel(DeviceWeight w, const int32_t* rows, float* dst, int64_t ld) {
+  pdl_wait();  // inputs may come from the kernel launched just before (PDL)
   const int64_t n_chunks = w.cols / 32;
   const int64_t row = rows[blockIdx.y];
   for (int64_t c = blockIdx.x * blockDim.x + threadIdx.x; c < n_chunks; c += gridDim.x * blockDim.x) {
@@ -456,6 +465,7 @@ __global__ void dequant_rows_f32_kernel(DeviceWeight w, const int32_t* rows, flo
 
 template <GgmlType W>
 __global__ void dequant_rows_f16_kernel(DeviceWeight w, int64_t r0, int64_t n_rows, __half* dst) {
+  pdl_wait();  // inputs may come from the kernel launched just before (PDL)
   const int64_t n_chunks = w.cols / 32;
   const int64_t total = n_rows * n_chunks;
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
@@ -486,6 +496,7 @@ template <GgmlType W>
 __global__ void __launch_bounds__(DQ_THREADS) dqmm_kernel(DeviceWeight w, const __half* A, int64_t lda, int M,
                                                          float* y, int64_t ldy, const float* bias, bool accumulate,
                                                          int k_chunks_per_split, float* partial) {
+  pdl_wait();  // inputs may come from the kernel launched just before (PDL)
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __half* As = reinterpret_cast<__half*>(smem_raw);
   __half* Ws = As + 64 * DQ_LD;
@@ -565,6 +576,7 @@ __global__ void __launch_bounds__(DQ_THREADS) dqmm_kernel(DeviceWeight w, const 
 
 __global__ void dqmm_reduce_kernel(const float* partial, int splits, int M, int64_t N, float* y, int64_t ldy,
                                    const float* bias, bool accumulate) {
+  pdl_wait();  // inputs may come from the kernel launched just before (PDL)
   const int64_t total = (int64_t)M * N;
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
     const int64_t m = i / N, n = i % N;
@@ -595,12 +607,12 @@ struct DqmmLaunch {
     const int per = ceil_div(k_chunks, splits);
     splits = ceil_div(k_chunks, per);
     float* partial = splits > 1 ? ws : nullptr;
-    dqmm_kernel<W><<<dim3(n_blocks, splits), DQ_THREADS, kDqSmem, s>>>(w, A, lda, M, y, ldy, bias, accumulate, per,
+    launch(dqmm_kernel<W>, dim3(n_blocks, splits), DQ_THREADS, kDqSmem, s, w, A, lda, M, y, ldy, bias, accumulate, per,
                                                                          partial);
     PYRESA_CUDA_LAUNCH_CHECK();
     if (partial) {
       const int64_t total = (int64_t)M * w.rows;
-      dqmm_reduce_kernel<<<(int)std::min<int64_t>((total + 255) / 256, 4 * n_sm), 256, 0, s>>>(
+      launch(dqmm_reduce_kernel, (int)std::min<int64_t>((total + 255) / 256, 4 * n_sm), 256, 0, s, 
           partial, splits, M, w.rows, y, ldy, bias, accumulate);
       PYRESA_CUDA_LAUNCH_CHECK();
     }
@@ -634,10 +646,10 @@ struct MatvecLaunch {
       MatvecOut o = out;
       o.y = out.y + t0 * out.ldy;
       const uint8_t* a = act + t0 * arb;
-      if (m == 1) matvec_kernel<W, 1><<<grid, 32 * kRowsPerCta, 0, s>>>(w, a, arb, m, o);
-      else if (m == 2) matvec_kernel<W, 2><<<grid, 32 * kRowsPerCta, 0, s>>>(w, a, arb, m, o);
-      else if (m <= 4) matvec_kernel<W, 4><<<grid, 32 * kRowsPerCta, 0, s>>>(w, a, arb, m, o);
-      else matvec_kernel<W, 8><<<grid, 32 * kRowsPerCta, 0, s>>>(w, a, arb, m, o);
+      if (m == 1) launch(matvec_kernel<W, 1>, grid, 32 * kRowsPerCta, 0, s, w, a, arb, m, o);
+      else if (m == 2) launch(matvec_kernel<W, 2>, grid, 32 * kRowsPerCta, 0, s, w, a, arb, m, o);
+      else if (m <= 4) launch(matvec_kernel<W, 4>, grid, 32 * kRowsPerCta, 0, s, w, a, arb, m, o);
+      else launch(matvec_kernel<W, 8>, grid, 32 * kRowsPerCta, 0, s, w, a, arb, m, o);
       PYRESA_CUDA_LAUNCH_CHECK();
     }
   }
@@ -648,7 +660,7 @@ struct DequantF32Launch {
   static void run(const DeviceWeight& w, const int32_t* rows, int n, float* dst, int64_t ld, cudaStream_t s) {
     const int chunks = (int)(w.cols / 32);
     dim3 grid(ceil_div(chunks, 128), n);
-    dequant_rows_f32_kernel<W><<<grid, 128, 0, s>>>(w, rows, dst, ld);
+    launch(dequant_rows_f32_kernel<W>, grid, 128, 0, s, w, rows, dst, ld);
     PYRESA_CUDA_LAUNCH_CHECK();
   }
 };
@@ -658,7 +670,7 @@ struct DequantF16Launch {
   static void run(const DeviceWeight& w, int64_t r0, int64_t n_rows, __half* dst, cudaStream_t s) {
     const int64_t total = n_rows * (w.cols / 32);
     const int grid = (int)std::min<int64_t>((total + 255) / 256, 132 * 32);
-    dequant_rows_f16_kernel<W><<<grid, 256, 0, s>>>(w, r0, n_rows, dst);
+    launch(dequant_rows_f16_kernel<W>, grid, 256, 0, s, w, r0, n_rows, dst);
     PYRESA_CUDA_LAUNCH_CHECK();
   }
 };

@@ -58,6 +58,9 @@ struct MatvecOut {
 };
 void matvec(const DeviceWeight& w, const void* act, size_t act_row_bytes, int n_tokens, const MatvecOut& out,
             cudaStream_t stream);
+// Several weights (same type and row length, at most 3) on the same activations, one launch.
+void matvec_multi(const DeviceWeight* w, const MatvecOut* out, int n_w, const void* act, size_t act_row_bytes,
+                  int n_tokens, cudaStream_t stream);
 
 // y[m][n] (+)= W[n] . A[m] (+ bias[n]) for M <= 64 tokens of F16 activations (lda halves apart):
 // W is dequantized tile by tile into shared memory and multiplied on tensor cores, read once.

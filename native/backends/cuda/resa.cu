@@ -2,6 +2,7 @@
 #include <stdexcept>
 
 #include "backends/cuda/common.cuh"
+#include "backends/cuda/launch.cuh"
 #include "backends/cuda/resa.cuh"
 
 namespace pyresa::cuda {
@@ -20,6 +21,7 @@ __device__ __forceinline__ uint16_t from_key(int k) {
 
 __global__ void refresh_kernel(__half* desc, DescLayout L, int layer, const __half* K, int64_t head_stride,
                                const int* pos_dev, int pos_offset, int n_tokens) {
+  pdl_wait();  // inputs may come from the kernel launched just before (PDL)
   const int first = *pos_dev + pos_offset;
   const int n_valid = first + n_tokens;
   const int blk = first / L.block_size + blockIdx.x;
@@ -61,6 +63,7 @@ constexpr int kScoreThreads = 256;
 __global__ void __launch_bounds__(kScoreThreads) score_kernel(const float* q, int n_head, const __half* desc,
                                                              DescLayout L, int layer, ResaParams p,
                                                              const int* pos_dev, uint32_t* keys) {
+  pdl_wait();  // inputs may come from the kernel launched just before (PDL)
   __shared__ float qp[256];
   const int h = blockIdx.y, D = L.D, G = n_head / L.n_kv_head;
   int n_blocks, n_local, n_sel;
@@ -130,6 +133,7 @@ __device__ void block_scan2(int& a, int& b, int* sm /* 2*32 */) {
 __global__ void __launch_bounds__(kSelThreads) select_kernel(DescLayout L, ResaParams p, const int* pos_dev,
                                                             const uint32_t* keys_all, int32_t* blocks,
                                                             int64_t blocks_stride, int* n_sel_out, bool keys_in_smem) {
+  pdl_wait();  // inputs may come from the kernel launched just before (PDL)
   __shared__ unsigned hist[256];
   __shared__ int s_digit, s_above;
   __shared__ int scan_sm[64];
@@ -223,7 +227,7 @@ void refresh_descriptors(__half* desc, const DescLayout& L, int layer, const __h
                          const int* pos_dev, int pos_offset, int n_tokens, cudaStream_t stream) {
   if (n_tokens <= 0) return;
   const int n_blk = n_tokens / L.block_size + 2;  // blocks a range of n_tokens can touch
-  refresh_kernel<<<dim3(n_blk, L.n_kv_head), L.D, 0, stream>>>(desc, L, layer, K, head_stride, pos_dev, pos_offset,
+  launch(refresh_kernel, dim3(n_blk, L.n_kv_head), L.D, 0, stream, desc, L, layer, K, head_stride, pos_dev, pos_offset,
                                                                 n_tokens);
   PYRESA_CUDA_LAUNCH_CHECK();
 }
@@ -233,7 +237,7 @@ void select_blocks(const float* q, int n_head, const __half* desc, const DescLay
                    cudaStream_t stream) {
   if (p.block_size != L.block_size) throw std::invalid_argument("select_blocks: block size differs from the descriptors'");
   if (L.D > 256 || L.D % 8) throw UnsupportedError("CUDA block selection: head_dim must be a multiple of 8, <= 256");
-  score_kernel<<<dim3(ceil_div(L.max_blocks, kScoreThreads), L.n_kv_head), kScoreThreads, 0, stream>>>(
+  launch(score_kernel, dim3(ceil_div(L.max_blocks, kScoreThreads), L.n_kv_head), kScoreThreads, 0, stream, 
       q, n_head, desc, L, layer, p, pos_dev, keys);
   PYRESA_CUDA_LAUNCH_CHECK();
   const size_t smem = (size_t)L.max_blocks * sizeof(uint32_t);
@@ -245,7 +249,7 @@ void select_blocks(const float* q, int n_head, const __half* desc, const DescLay
     PYRESA_CUDA_CHECK(cudaFuncSetAttribute(select_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     configured_smem[dev & 63] = (int)smem;
   }
-  select_kernel<<<L.n_kv_head, kSelThreads, in_smem ? smem : 0, stream>>>(L, p, pos_dev, keys, blocks, blocks_stride,
+  launch(select_kernel, L.n_kv_head, kSelThreads, in_smem ? smem : 0, stream, L, p, pos_dev, keys, blocks, blocks_stride,
                                                                           n_sel_out, in_smem);
   PYRESA_CUDA_LAUNCH_CHECK();
 }

@@ -197,11 +197,24 @@ void launch_prepare(const ActPrep& p, GgmlType a, int n_rows, int64_t cols, void
 
 constexpr int kRowsPerCta = 4;
 
+// Up to three weights of one type applied to the same activations in one launch (q, k, v; gate,
+// up): CTAs [0, first[1]) work on weight 0, [first[1], first[2]) on weight 1, and so on.
+struct MatvecBatch {
+  DeviceWeight w[3];
+  MatvecOut out[3];
+  int first[3] = {0, 0, 0};  // first CTA of each weight
+  int n = 1;
+};
+
 template <GgmlType W, int NT>
-__global__ void __launch_bounds__(32 * kRowsPerCta) matvec_kernel(DeviceWeight w, const uint8_t* act, size_t arb,
-                                                                  int n_tokens, MatvecOut out) {
+__global__ void __launch_bounds__(32 * kRowsPerCta) matvec_kernel(MatvecBatch batch, const uint8_t* act, size_t arb,
+                                                                  int n_tokens) {
   const int lane = threadIdx.x & 31;
-  const int64_t row = (int64_t)blockIdx.x * kRowsPerCta + (threadIdx.x >> 5);
+  const int wi = (batch.n > 2 && (int)blockIdx.x >= batch.first[2]) ? 2
+               : (batch.n > 1 && (int)blockIdx.x >= batch.first[1]) ? 1 : 0;
+  const DeviceWeight& w = batch.w[wi];
+  const MatvecOut& out = batch.out[wi];
+  const int64_t row = (int64_t)(blockIdx.x - batch.first[wi]) * kRowsPerCta + (threadIdx.x >> 5);
   // The weights do not depend on the previous kernel: start pulling this row into L2 while it
   // finishes (PDL), then wait for the activations.
   if (row < w.rows && W != GgmlType::Q6_K)
@@ -639,17 +652,22 @@ void dispatch_type(GgmlType t, Args&&... args) {
 
 template <GgmlType W>
 struct MatvecLaunch {
-  static void run(const DeviceWeight& w, const uint8_t* act, size_t arb, int n, const MatvecOut& out, cudaStream_t s) {
-    const int grid = ceil_div(w.rows, kRowsPerCta);
+  static void run(const MatvecBatch& batch0, const uint8_t* act, size_t arb, int n, cudaStream_t s) {
+    MatvecBatch b = batch0;
+    int grid = 0;
+    for (int i = 0; i < b.n; ++i) {
+      b.first[i] = grid;
+      grid += ceil_div(b.w[i].rows, kRowsPerCta);
+    }
     for (int t0 = 0; t0 < n; t0 += 8) {
       const int m = n - t0 < 8 ? n - t0 : 8;
-      MatvecOut o = out;
-      o.y = out.y + t0 * out.ldy;
+      MatvecBatch bt = b;
+      for (int i = 0; i < b.n; ++i) bt.out[i].y = b.out[i].y + t0 * b.out[i].ldy;
       const uint8_t* a = act + t0 * arb;
-      if (m == 1) launch(matvec_kernel<W, 1>, grid, 32 * kRowsPerCta, 0, s, w, a, arb, m, o);
-      else if (m == 2) launch(matvec_kernel<W, 2>, grid, 32 * kRowsPerCta, 0, s, w, a, arb, m, o);
-      else if (m <= 4) launch(matvec_kernel<W, 4>, grid, 32 * kRowsPerCta, 0, s, w, a, arb, m, o);
-      else launch(matvec_kernel<W, 8>, grid, 32 * kRowsPerCta, 0, s, w, a, arb, m, o);
+      if (m == 1) launch(matvec_kernel<W, 1>, grid, 32 * kRowsPerCta, 0, s, bt, a, arb, m);
+      else if (m == 2) launch(matvec_kernel<W, 2>, grid, 32 * kRowsPerCta, 0, s, bt, a, arb, m);
+      else if (m <= 4) launch(matvec_kernel<W, 4>, grid, 32 * kRowsPerCta, 0, s, bt, a, arb, m);
+      else launch(matvec_kernel<W, 8>, grid, 32 * kRowsPerCta, 0, s, bt, a, arb, m);
       PYRESA_CUDA_LAUNCH_CHECK();
     }
   }
@@ -746,8 +764,22 @@ void prepare_activations(const ActPrep& p, GgmlType a, int n_rows, int64_t cols,
 }
 
 void matvec(const DeviceWeight& w, const void* act, size_t arb, int n_tokens, const MatvecOut& out, cudaStream_t s) {
-  if (n_tokens <= 0) return;
-  dispatch_type<MatvecLaunch>(w.type, w, static_cast<const uint8_t*>(act), arb, n_tokens, out, s);
+  matvec_multi(&w, &out, 1, act, arb, n_tokens, s);
+}
+
+void matvec_multi(const DeviceWeight* ws, const MatvecOut* outs, int n_w, const void* act, size_t arb, int n_tokens,
+                  cudaStream_t s) {
+  if (n_tokens <= 0 || n_w <= 0) return;
+  if (n_w > 3) throw std::invalid_argument("matvec_multi: at most 3 weights");
+  MatvecBatch b;
+  b.n = n_w;
+  for (int i = 0; i < n_w; ++i) {
+    if (ws[i].type != ws[0].type || ws[i].cols != ws[0].cols)
+      throw std::invalid_argument("matvec_multi: the weights must share type and row length");
+    b.w[i] = ws[i];
+    b.out[i] = outs[i];
+  }
+  dispatch_type<MatvecLaunch>(ws[0].type, b, static_cast<const uint8_t*>(act), arb, n_tokens, s);
 }
 
 void dequant_matmul_small(const DeviceWeight& w, const __half* A, int64_t lda, int M, float* y, int64_t ldy,

@@ -412,33 +412,59 @@ __device__ void dequant_chunk(const DeviceWeight& w, int64_t row, int64_t chunk,
   } else if constexpr (W == GgmlType::BF16) {
     for (int i = 0; i < 32; ++i) y[i] = bf2f(reinterpret_cast<const uint16_t*>(r)[chunk * 32 + i]);
   } else if constexpr (W == GgmlType::Q4_K || W == GgmlType::Q5_K) {
+    // 16-byte loads: the header (d, dmin, scales), the 32 quant bytes this sub-block shares with
+    // its neighbour (low or high nibbles), and for Q5_K the 32 high-bit bytes.
     const int64_t b = chunk / 8;
     const int j = (int)(chunk % 8), c = j / 2;
     const uint8_t* blk = r + b * (W == GgmlType::Q4_K ? 144 : 176);
-    const uint32_t* hw = reinterpret_cast<const uint32_t*>(blk);
+    const uint4 hdr = *reinterpret_cast<const uint4*>(blk);
     int sc, m;
-    q4k_scale_min(hw[1], hw[2], hw[3], j, sc, m);
-    const float d = h2f((uint16_t)(hw[0] & 0xffff)), dmin = h2f((uint16_t)(hw[0] >> 16));
+    q4k_scale_min(hdr.y, hdr.z, hdr.w, j, sc, m);
+    const float d = h2f((uint16_t)(hdr.x & 0xffff)), dmin = h2f((uint16_t)(hdr.x >> 16));
     const float d0 = __fmul_rn(d, (float)sc), m0 = __fmul_rn(dmin, (float)m);
-    const uint8_t* qs = blk + (W == GgmlType::Q4_K ? 16 : 48) + 32 * c;
-    for (int l = 0; l < 32; ++l) {
-      int q = (j & 1) ? (qs[l] >> 4) : (qs[l] & 0xF);
-      if constexpr (W == GgmlType::Q5_K) q |= ((blk[16 + l] >> j) & 1) << 4;
-      y[l] = __fsub_rn(__fmul_rn(d0, (float)q), m0);
+    const uint4* qv = reinterpret_cast<const uint4*>(blk + (W == GgmlType::Q4_K ? 16 : 48) + 32 * c);
+    uint32_t qw[8];
+    *reinterpret_cast<uint4*>(qw) = qv[0];
+    *reinterpret_cast<uint4*>(qw + 4) = qv[1];
+    uint32_t hw[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    if constexpr (W == GgmlType::Q5_K) {
+      const uint4* hv = reinterpret_cast<const uint4*>(blk + 16);
+      *reinterpret_cast<uint4*>(hw) = hv[0];
+      *reinterpret_cast<uint4*>(hw + 4) = hv[1];
     }
+    const int shift = (j & 1) ? 4 : 0;
+#pragma unroll
+    for (int wi = 0; wi < 8; ++wi)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        int q = (qw[wi] >> (8 * e + shift)) & 0xF;
+        if constexpr (W == GgmlType::Q5_K) q |= ((hw[wi] >> (8 * e + j)) & 1) << 4;
+        y[4 * wi + e] = __fsub_rn(__fmul_rn(d0, (float)q), m0);
+      }
   } else if constexpr (W == GgmlType::Q6_K) {
     const int64_t nb = w.cols / QK_K;
     const Q6Planes pl = q6_planes(w.data, w.rows * nb);
     const int64_t blk = row * nb + chunk / 8;
     const int e0 = (int)(chunk % 8) * 32;  // first element in the superblock
+    const int h = e0 / 128, k = (e0 % 128) / 32;
     const float d = h2f(pl.d[blk]);
-    for (int i = 0; i < 32; ++i) {
-      const int e = e0 + i, h = e / 128, k = (e % 128) / 32, l = e % 32;
-      const uint8_t ql = pl.ql[blk * kQ6Ql + 64 * h + 32 * (k & 1) + l];
-      const uint8_t qh = pl.qh[blk * kQ6Qh + 32 * h + l];
-      const int q = ((k < 2 ? ql & 0xF : ql >> 4) | (((qh >> (2 * k)) & 3) << 4)) - 32;
-      y[i] = __fmul_rn(__fmul_rn(d, (float)pl.sc[blk * kQ6Sc + e / 16]), (float)q);
-    }
+    const uint4* qlv = reinterpret_cast<const uint4*>(pl.ql + blk * kQ6Ql + 64 * h + 32 * (k & 1));
+    const uint4* qhv = reinterpret_cast<const uint4*>(pl.qh + blk * kQ6Qh + 32 * h);
+    uint32_t lw[8], hw[8];
+    *reinterpret_cast<uint4*>(lw) = qlv[0];
+    *reinterpret_cast<uint4*>(lw + 4) = qlv[1];
+    *reinterpret_cast<uint4*>(hw) = qhv[0];
+    *reinterpret_cast<uint4*>(hw + 4) = qhv[1];
+    const float dg0 = __fmul_rn(d, (float)pl.sc[blk * kQ6Sc + e0 / 16]);
+    const float dg1 = __fmul_rn(d, (float)pl.sc[blk * kQ6Sc + e0 / 16 + 1]);
+    const int lshift = k < 2 ? 0 : 4;
+#pragma unroll
+    for (int wi = 0; wi < 8; ++wi)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int q = (((lw[wi] >> (8 * e + lshift)) & 0xF) | (((hw[wi] >> (8 * e + 2 * k)) & 3) << 4)) - 32;
+        y[4 * wi + e] = __fmul_rn(wi < 4 ? dg0 : dg1, (float)q);
+      }
   } else {
     constexpr int kBytes = W == GgmlType::Q4_0 ? 18 : W == GgmlType::Q4_1 ? 20 : W == GgmlType::Q5_0 ? 22
                          : W == GgmlType::Q5_1 ? 24 : 34;

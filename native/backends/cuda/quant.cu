@@ -238,41 +238,25 @@ __global__ void __launch_bounds__(32 * kRowsPerCta) matvec_kernel(MatvecBatch ba
         if (t < n_tokens) acc[t] = fmaf(wv, reinterpret_cast<const float*>(act + t * arb)[c], acc[t]);
     }
   } else if constexpr (W == GgmlType::Q4_K || W == GgmlType::Q5_K || W == GgmlType::Q6_K) {
-    // Lane group g = lane / 8 takes superblocks g, g + 4, ...; no shuffles inside, so the groups
-    // run independently. The raw weight loads of the next superblock are issued before the
-    // current one is computed (two superblocks in flight per lane).
     const int64_t nb = cols / QK_K;
     const int j = lane & 7;
     const ActLayout al = act_layout(GgmlType::Q8_K, cols);
-    const Q6Planes pl = q6_planes(w.data, w.rows * nb);
-    struct Raw {
-      uint4 v0, v1, v2;  // Q4_K: header, quants; Q5_K: + high bits; Q6_K: ql, qh, scales
-      uint32_t d;        // Q6_K: d
-    };
-    auto load = [&](int64_t b, Raw& r) {
-      if constexpr (W == GgmlType::Q6_K) {
-        const int64_t blk = row * nb + b;
-        const int h = j >> 2, k2 = (j >> 1) & 1, lh = j & 1;
-        r.v0 = *reinterpret_cast<const uint4*>(pl.ql + blk * kQ6Ql + 64 * h + 32 * k2 + 16 * lh);
-        r.v1 = *reinterpret_cast<const uint4*>(pl.qh + blk * kQ6Qh + 32 * h + 16 * lh);
-        r.v2 = *reinterpret_cast<const uint4*>(pl.sc + blk * kQ6Sc);
-        r.d = pl.d[blk];
-      } else {
-        const uint8_t* blk = w.data + row * w.row_bytes + b * (W == GgmlType::Q4_K ? 144 : 176);
-        const int c = j >> 1, hh = j & 1;
-        r.v0 = *reinterpret_cast<const uint4*>(blk);
-        r.v1 = *reinterpret_cast<const uint4*>(blk + (W == GgmlType::Q4_K ? 16 : 48) + 32 * c + 16 * hh);
-        if constexpr (W == GgmlType::Q5_K) r.v2 = *reinterpret_cast<const uint4*>(blk + 16 + 16 * hh);
-      }
-    };
-    auto compute = [&](int64_t b, const Raw& r) {
+    for (int64_t b0 = 0; b0 < nb; b0 += 4) {
+      // All 32 lanes run every iteration (the group sums below shuffle across the warp); lanes
+      // past the row's last block compute on block 0 and discard the result.
+      const bool valid = b0 + (lane >> 3) < nb;
+      const int64_t b = valid ? b0 + (lane >> 3) : 0;
       int qa_lo_off, qa_hi_off, g_lo, g_hi;
       int wlo[4], whi[4];
       int sc_lo = 0, sc_hi = 0, m_lo = 0, m_hi = 0;
       float d = 0.0f, dmin = 0.0f;
       if constexpr (W == GgmlType::Q6_K) {
+        const Q6Planes pl = q6_planes(w.data, w.rows * nb);
+        const int64_t blk = row * nb + b;
         const int h = j >> 2, k2 = (j >> 1) & 1, lh = j & 1;
-        const uint32_t qlw[4] = {r.v0.x, r.v0.y, r.v0.z, r.v0.w}, qhw[4] = {r.v1.x, r.v1.y, r.v1.z, r.v1.w};
+        const uint4 ql = *reinterpret_cast<const uint4*>(pl.ql + blk * kQ6Ql + 64 * h + 32 * k2 + 16 * lh);
+        const uint4 qh = *reinterpret_cast<const uint4*>(pl.qh + blk * kQ6Qh + 32 * h + 16 * lh);
+        const uint32_t qlw[4] = {ql.x, ql.y, ql.z, ql.w}, qhw[4] = {qh.x, qh.y, qh.z, qh.w};
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
           wlo[i] = (int)((qlw[i] & 0x0f0f0f0fu) | (((qhw[i] >> (2 * k2)) & 0x03030303u) << 4));
@@ -280,18 +264,17 @@ __global__ void __launch_bounds__(32 * kRowsPerCta) matvec_kernel(MatvecBatch ba
         }
         g_lo = 8 * h + 2 * k2 + lh;
         g_hi = g_lo + 4;
-        auto sc_byte = [&](int g) {  // byte g of the 16 scales, without indexing a register array
-          const uint32_t wv = g < 4 ? r.v2.x : g < 8 ? r.v2.y : g < 12 ? r.v2.z : r.v2.w;
-          return (int)(int8_t)((wv >> (8 * (g & 3))) & 0xffu);
-        };
-        sc_lo = sc_byte(g_lo);
-        sc_hi = sc_byte(g_hi);
-        d = h2f((uint16_t)r.d);
+        sc_lo = pl.sc[blk * kQ6Sc + g_lo];
+        sc_hi = pl.sc[blk * kQ6Sc + g_hi];
+        d = h2f(pl.d[blk]);
         qa_lo_off = 128 * h + 32 * k2 + 16 * lh;
         qa_hi_off = qa_lo_off + 64;
       } else {
+        const uint8_t* blk = w.data + row * w.row_bytes + b * (W == GgmlType::Q4_K ? 144 : 176);
+        const uint4 hdr = *reinterpret_cast<const uint4*>(blk);
         const int c = j >> 1, hh = j & 1;
-        const uint32_t qsw[4] = {r.v1.x, r.v1.y, r.v1.z, r.v1.w};
+        const uint4 qs = *reinterpret_cast<const uint4*>(blk + (W == GgmlType::Q4_K ? 16 : 48) + 32 * c + 16 * hh);
+        const uint32_t qsw[4] = {qs.x, qs.y, qs.z, qs.w};
         if constexpr (W == GgmlType::Q4_K) {
 #pragma unroll
           for (int i = 0; i < 4; ++i) {
@@ -299,17 +282,18 @@ __global__ void __launch_bounds__(32 * kRowsPerCta) matvec_kernel(MatvecBatch ba
             whi[i] = (int)((qsw[i] >> 4) & 0x0f0f0f0fu);
           }
         } else {
-          const uint32_t qhw[4] = {r.v2.x, r.v2.y, r.v2.z, r.v2.w};
+          const uint4 qh = *reinterpret_cast<const uint4*>(blk + 16 + 16 * hh);
+          const uint32_t qhw[4] = {qh.x, qh.y, qh.z, qh.w};
 #pragma unroll
           for (int i = 0; i < 4; ++i) {
             wlo[i] = (int)((qsw[i] & 0x0f0f0f0fu) | (((qhw[i] >> (2 * c)) & 0x01010101u) << 4));
             whi[i] = (int)(((qsw[i] >> 4) & 0x0f0f0f0fu) | (((qhw[i] >> (2 * c + 1)) & 0x01010101u) << 4));
           }
         }
-        q4k_scale_min(r.v0.y, r.v0.z, r.v0.w, 2 * c, sc_lo, m_lo);
-        q4k_scale_min(r.v0.y, r.v0.z, r.v0.w, 2 * c + 1, sc_hi, m_hi);
-        d = h2f((uint16_t)(r.v0.x & 0xffff));
-        dmin = h2f((uint16_t)(r.v0.x >> 16));
+        q4k_scale_min(hdr.y, hdr.z, hdr.w, 2 * c, sc_lo, m_lo);
+        q4k_scale_min(hdr.y, hdr.z, hdr.w, 2 * c + 1, sc_hi, m_hi);
+        d = h2f((uint16_t)(hdr.x & 0xffff));
+        dmin = h2f((uint16_t)(hdr.x >> 16));
         qa_lo_off = 64 * c + 16 * hh;
         qa_hi_off = qa_lo_off + 32;
         g_lo = 4 * c + hh;
@@ -333,25 +317,17 @@ __global__ void __launch_bounds__(32 * kRowsPerCta) matvec_kernel(MatvecBatch ba
         dhi = __dp4a(whi[3], (int)ahi.w, dhi);
         const int16_t* bs = reinterpret_cast<const int16_t*>(a + al.bsum_off) + b * 16;
         const float ad = reinterpret_cast<const float*>(a + al.d_off)[b];
-        // Each lane scales its own share of the superblock's integer sums; the CPU scales the
-        // whole superblock's sums at once, so only float rounding differs.
+        // Each lane scales its own share of the superblock's integer sums (no shuffles in the
+        // loop); the CPU scales the whole superblock's sums at once, so only float rounding differs.
         if constexpr (W == GgmlType::Q6_K) {
           const int sq = sc_lo * (dlo - 32 * bs[g_lo]) + sc_hi * (dhi - 32 * bs[g_hi]);
-          acc[t] += __fmul_rn(__fmul_rn(ad, d), (float)sq);
+          if (valid) acc[t] += __fmul_rn(__fmul_rn(ad, d), (float)sq);
         } else {
           const int sq = sc_lo * dlo + sc_hi * dhi;
           const int sm = m_lo * bs[g_lo] + m_hi * bs[g_hi];
-          acc[t] += __fmul_rn(ad, __fsub_rn(__fmul_rn(d, (float)sq), __fmul_rn(dmin, (float)sm)));
+          if (valid) acc[t] += __fmul_rn(ad, __fsub_rn(__fmul_rn(d, (float)sq), __fmul_rn(dmin, (float)sm)));
         }
       }
-    };
-    int64_t b = lane >> 3;
-    Raw cur{}, nxt{};
-    if (b < nb) load(b, cur);
-    for (; b < nb; b += 4) {
-      if (b + 4 < nb) load(b + 4, nxt);
-      compute(b, cur);
-      cur = nxt;
     }
   } else {  // legacy 32-element blocks, 4 lanes per block
     constexpr int kBytes = W == GgmlType::Q4_0 ? 18 : W == GgmlType::Q4_1 ? 20 : W == GgmlType::Q5_0 ? 22

@@ -22,7 +22,6 @@ from conftest_convert import LOGIT_TEXT, pc
 from pyresa.errors import ModelFormatError, UnsupportedError
 
 writer_mod = importlib.import_module(pc.__name__ + ".writer")
-REPO = Path(__file__).resolve().parents[1]
 
 H, HEADS, KV, FF, LAYERS, VOCAB = 64, 4, 2, 128, 2, 320
 
@@ -142,7 +141,6 @@ def test_peak_memory_is_bounded_by_a_chunk_not_the_model(tiny_tokenizer, tmp_pat
     out = tmp_path / "big.gguf"
     script = (
         "import resource, sys\n"
-        f"sys.path[:0] = [{str(REPO)!r}]\n"
         f"import {pc.__name__} as pc\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         f"pc.convert({str(src)!r}, {str(out)!r}, 'q8_0', progress=False)\n"
@@ -277,7 +275,6 @@ def _slow_conversion(src: Path, out: Path) -> subprocess.Popen:
     """pyresa-convert in a subprocess, slowed to 0.1 s per tensor so a signal lands mid-write."""
     script = (
         "import sys, time\n"
-        f"sys.path[:0] = [{str(REPO)!r}]\n"
         f"import {pc.__name__}.writer as w\n"
         f"from {pc.__name__}.cli import main\n"
         "orig = w._write_tensor\n"

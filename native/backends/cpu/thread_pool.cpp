@@ -9,7 +9,7 @@
 #include <immintrin.h>
 #define PYRESA_PAUSE() _mm_pause()
 #else
-#define PYRESA_PAUSE() ((void)0)
+#define PYRESA_PAUSE() _mm_pause()
 #endif
 
 namespace pyresa::cpu {

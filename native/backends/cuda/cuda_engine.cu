@@ -441,7 +441,10 @@ struct CudaEngine::Impl {
       // attention; rectification keeps the probabilities; prefill is plain F16 (compute-bound).
       a.precise = (kind == StepKind::Rectify && rect_precise) || kind == StepKind::SparseDecode ||
                   (kind == StepKind::Decode && precise_dense);
-      a.split_query = kind == StepKind::SparseDecode || (kind == StepKind::Decode && precise_dense);
+      // The CPU engine attends with an F32 query everywhere (its sparse operator); prefill here
+      // keeps plain F16 (compute-bound), decode and rectification keep the query at ~F32.
+      a.split_query = kind == StepKind::SparseDecode || (kind == StepKind::Decode && precise_dense) ||
+                      (kind == StepKind::Rectify && rect_precise);
       if (kind == StepKind::SparseDecode) {
         select_blocks(q.get<float>(), c.n_head, desc.get<__half>(), desc_layout, l, rp, d_pos, keys.get<uint32_t>(),
                       blocks.get<int32_t>(), desc_layout.max_blocks, d_nsel, stream);

@@ -29,8 +29,11 @@ void bind_cuda(nb::module_& m) {
 #include "backends/cuda/test_hooks.h"
 #include "engine/cuda_engine.h"
 #include "engine/model_loader.h"
+#include "bindings/model_args.h"
 
 using namespace pyresa;
+using bindings::config_from_dict;
+using bindings::tensors_from_dict;
 
 namespace {
 
@@ -39,42 +42,6 @@ using Tokens = nb::ndarray<const int32_t, nb::ndim<1>, nb::c_contig, nb::device:
 using F32 = nb::ndarray<const float, nb::c_contig, nb::device::cpu>;
 using U16 = nb::ndarray<const uint16_t, nb::c_contig, nb::device::cpu>;
 using I32 = nb::ndarray<const int32_t, nb::c_contig, nb::device::cpu>;
-
-// The same dictionaries _core.Engine takes (see bind_engine.cpp).
-ModelConfig config_from_dict(const nb::dict& d) {
-  ModelConfig c;
-  auto get_int = [&](const char* k) { return nb::cast<int>(d[k]); };
-  c.arch = nb::cast<std::string>(d["arch"]);
-  c.n_layer = get_int("n_layer");
-  c.n_embd = get_int("n_embd");
-  c.n_head = get_int("n_head");
-  c.n_head_kv = get_int("n_head_kv");
-  c.head_dim = get_int("head_dim");
-  c.n_ff = get_int("n_ff");
-  c.n_vocab = get_int("n_vocab");
-  c.n_ctx_train = get_int("n_ctx_train");
-  c.rope_freq_base = nb::cast<float>(d["rope_freq_base"]);
-  c.rms_eps = nb::cast<float>(d["rms_eps"]);
-  c.rope_neox = nb::cast<bool>(d["rope_neox"]);
-  return c;
-}
-
-std::map<std::string, TensorRef> tensors_from_dict(const nb::dict& d) {
-  std::map<std::string, TensorRef> out;
-  for (auto [key, value] : d) {
-    auto tup = nb::cast<nb::tuple>(value);
-    TensorRef r;
-    r.type = nb::cast<int32_t>(tup[0]);
-    auto shape = nb::cast<std::vector<int64_t>>(tup[1]);
-    r.n_dims = static_cast<int>(shape.size());
-    for (size_t i = 0; i < shape.size() && i < 4; ++i) r.ne[i] = shape[i];
-    Bytes data = nb::cast<Bytes>(tup[2]);
-    r.data = data.data();
-    r.n_bytes = data.size();
-    out[nb::cast<std::string>(key)] = r;
-  }
-  return out;
-}
 
 template <typename T>
 nb::ndarray<nb::numpy, T> numpy_array(std::vector<T>&& v, std::vector<size_t> shape) {

@@ -30,10 +30,13 @@ void bind_cuda(nb::module_& m) {
 #include "engine/cuda_engine.h"
 #include "engine/model_loader.h"
 #include "bindings/model_args.h"
+#include "bindings/numpy_arrays.h"
 
 using namespace pyresa;
 using bindings::config_from_dict;
 using bindings::tensors_from_dict;
+using bindings::float_array;
+using bindings::numpy_array;
 
 namespace {
 
@@ -43,20 +46,6 @@ using F32 = nb::ndarray<const float, nb::c_contig, nb::device::cpu>;
 using U16 = nb::ndarray<const uint16_t, nb::c_contig, nb::device::cpu>;
 using I32 = nb::ndarray<const int32_t, nb::c_contig, nb::device::cpu>;
 
-template <typename T>
-nb::ndarray<nb::numpy, T> numpy_array(std::vector<T>&& v, std::vector<size_t> shape) {
-  auto* heap = new std::vector<T>(std::move(v));
-  nb::capsule owner(heap, [](void* p) noexcept { delete static_cast<std::vector<T>*>(p); });
-  return nb::ndarray<nb::numpy, T>(heap->data(), shape.size(), shape.data(), owner);
-}
-
-nb::ndarray<nb::numpy, float> float_array(std::vector<size_t> shape) {
-  size_t n = 1;
-  for (size_t s : shape) n *= s;
-  float* data = new float[n];
-  nb::capsule owner(data, [](void* p) noexcept { delete[] static_cast<float*>(p); });
-  return nb::ndarray<nb::numpy, float>(data, shape.size(), shape.data(), owner);
-}
 
 }  // namespace
 

@@ -15,23 +15,17 @@
 #include "engine/engine.h"
 #include "engine/model_loader.h"
 #include "bindings/model_args.h"
+#include "bindings/numpy_arrays.h"
 
 namespace nb = nanobind;
 using namespace pyresa;
 using bindings::config_from_dict;
 using bindings::tensors_from_dict;
+using bindings::float_array;
 
 namespace {
 
 using Tokens = nb::ndarray<const int32_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
-
-nb::ndarray<nb::numpy, float> float_array(std::vector<size_t> shape) {
-  size_t n = 1;
-  for (size_t s : shape) n *= s;
-  float* data = new float[n];
-  nb::capsule owner(data, [](void* p) noexcept { delete[] static_cast<float*>(p); });
-  return nb::ndarray<nb::numpy, float>(data, shape.size(), shape.data(), owner);
-}
 
 }  // namespace
 

@@ -11,6 +11,7 @@
 
 #include "backends/cpu/cpu_kernels.h"
 #include "formats/ggml_types.h"
+#include "bindings/numpy_arrays.h"
 
 namespace nb = nanobind;
 using namespace pyresa;
@@ -25,12 +26,6 @@ GgmlType checked_type(int type_id) {
 using Bytes = nb::ndarray<const uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 using Floats = nb::ndarray<const float, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 
-template <typename T>
-nb::ndarray<nb::numpy, T, nb::ndim<1>> owned_array(std::vector<T>&& v) {
-  auto* heap = new std::vector<T>(std::move(v));
-  nb::capsule owner(heap, [](void* p) noexcept { delete static_cast<std::vector<T>*>(p); });
-  return nb::ndarray<nb::numpy, T, nb::ndim<1>>(heap->data(), {heap->size()}, owner);
-}
 
 const cpu::TypeKernels& kernels_of(GgmlType t) {
   const auto& k = cpu::cpu_kernels().types[static_cast<int>(t)];
@@ -54,7 +49,8 @@ void bind_kernels(nb::module_& m) {
     if (!k.dequantize_row) throw std::invalid_argument(std::string("no dequantize kernel for ") + type_traits(t).name);
     std::vector<float> out(n);
     k.dequantize_row(data.data(), out.data(), n);
-    return owned_array(std::move(out));
+    const size_t n_out = out.size();
+    return bindings::numpy_array(std::move(out), {n_out});
   }, nb::arg("type"), nb::arg("data"), nb::arg("n"));
 
   m.def("quantize_row", [](int type_id, Floats x) {
@@ -64,7 +60,8 @@ void bind_kernels(nb::module_& m) {
     int64_t n = static_cast<int64_t>(x.size());
     std::vector<uint8_t> out(row_size(t, n));
     k.quantize_row(x.data(), out.data(), n);
-    return owned_array(std::move(out));
+    const size_t n_out = out.size();
+    return bindings::numpy_array(std::move(out), {n_out});
   }, nb::arg("type"), nb::arg("x"));
 
   m.def("vec_dot", [](int type_id, Bytes weight_row, Floats x) {

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "backends/cpu/block_select.h"
+#include "backends/cpu/causal_attention.h"
 #include "backends/cpu/sparse_attention.h"
 #include "engine/block_descriptors.h"
 
@@ -251,6 +252,40 @@ void bind_resa_ops(nb::module_& m) {
      "out [n_q_heads, D] = attention of q [n_q_heads, D] over the selected blocks [n_kv_heads, n_sel] of\n"
      "K, V [n_kv_heads, n_ctx, D] float16 (keys >= n_kv masked). n_threads > 1 runs the (ith, nth) shares\n"
      "one after another, then the reduce step; threaded=True runs them on real threads with barriers.");
+
+  m.def("causal_attention", [](F32_3 q, Half3 K, Half3 V, int64_t pos0, float scale, int n_threads) {
+    if (n_threads < 1) throw std::invalid_argument("n_threads must be >= 1");
+    const HalfView k = half_view(K, "K"), v = half_view(V, "V");
+    const size_t n = q.shape(0), n_q_heads = q.shape(1), D = q.shape(2);
+    if (k.D != D || v.D != D) throw std::invalid_argument("causal_attention: K/V head_dim differs from q");
+    if (k.heads != v.heads) throw std::invalid_argument("causal_attention: K and V have different KV heads");
+    if (pos0 < 0 || (size_t)pos0 + n > k.tokens || (size_t)pos0 + n > v.tokens)
+      throw std::invalid_argument("causal_attention: pos0 + n_queries outside the K/V arrays");
+    std::vector<float> out(n * n_q_heads * D, 0.0f);
+    cpu::CausalAttentionArgs a;
+    a.q = q.data();
+    a.n_queries = (int)n;
+    a.n_q_heads = (int)n_q_heads;
+    a.n_kv_heads = (int)k.heads;
+    a.D = (int)D;
+    a.K = k.data;
+    a.k_nb1 = k.nb1;
+    a.k_nb2 = k.nb2;
+    a.V = v.data;
+    a.v_nb1 = v.nb1;
+    a.v_nb2 = v.nb2;
+    a.pos0 = pos0;
+    a.scale = scale;
+    a.out = out.data();
+    {
+      nb::gil_scoped_release release;
+      cpu::causal_attention(a, n_threads);
+    }
+    return owned(std::move(out), {n, n_q_heads, D});
+  }, nb::arg("q"), nb::arg("K"), nb::arg("V"), nb::arg("pos0"), nb::arg("scale"), nb::arg("n_threads") = 1,
+     "out [n, n_q_heads, D]: query i of q [n, n_q_heads, D] at position pos0 + i attends to keys\n"
+     "[0, pos0 + i] of K, V [n_kv_heads, n_ctx, D] float16. n_threads sets the tiling (the work\n"
+     "items run one after another on the calling thread).");
 
   m.def("sparse_attention_chunks", &cpu::sparse_attention_chunks, nb::arg("n_kv_heads"), nb::arg("n_sel"), nb::arg("nth"));
 

@@ -5,6 +5,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "backends/cpu/causal_attention.h"
 #include "backends/cpu/ops.h"
 #include "backends/cpu/sparse_attention.h"
 #include "engine/errors.h"
@@ -167,24 +168,30 @@ void Engine::attention_layer(int layer, int n, int pos0, bool sparse) {
     decode_attention(layer, pos0, sparse);
     return;
   }
-  // Prefill: query i sees keys [0, pos0 + i]; one work item per (query, KV head), each over
-  // all blocks in order with the same kernel a decode step uses (see sparse_attention_heads).
+  // Prefill and rectification: query i sees keys [0, pos0 + i]. Work items are (KV head, tile of
+  // queries), each reading the cache once for its tile; per query the same numbers as a decode
+  // step (see causal_attention.h).
   const ModelConfig& c = config_;
-  const int group = c.n_head / c.n_head_kv;
-  const int bs = resa_.select.block_size;
-  std::atomic<int> next{0};
-  const int n_items = n * c.n_head_kv;
+  cpu::CausalAttentionArgs a;
+  a.q = q_.data();
+  a.n_queries = n;
+  a.n_q_heads = c.n_head;
+  a.n_kv_heads = c.n_head_kv;
+  a.D = c.head_dim;
+  a.K = cache_.k(layer, 0);
+  a.V = cache_.v(layer, 0);
+  a.k_nb1 = a.v_nb1 = c.head_dim * sizeof(fp16_t);
+  a.k_nb2 = a.v_nb2 = cache_.head_stride() * sizeof(fp16_t);
+  a.pos0 = pos0;
+  a.scale = 1.0f / std::sqrt((float)c.head_dim);
+  a.out = attn_.data();
+  const cpu::CausalAttentionPlan plan = cpu::causal_attention_plan(a, pool_.size());
+  std::atomic<int64_t> next{0};
   pool_.run([&](int, int) {
     for (;;) {
-      const int item = next.fetch_add(1, std::memory_order_relaxed);
-      if (item >= n_items) break;
-      const int i = item / c.n_head_kv, h = item % c.n_head_kv;
-      const int64_t n_kv = pos0 + i + 1;
-      const int64_t nb = (n_kv + bs - 1) / bs;
-      const size_t qoff = static_cast<size_t>(i) * c.n_head * c.head_dim;
-      const cpu::SparseAttentionArgs a =
-          attention_args(layer, q_.data() + qoff, attn_.data() + qoff, n_kv, all_blocks_.data(), nb, 0);
-      cpu::sparse_attention_heads(a, h * group, (h + 1) * group);
+      const int64_t item = next.fetch_add(1, std::memory_order_relaxed);
+      if (item >= plan.n_items) break;
+      cpu::causal_attention_item(a, plan, item);
     }
   });
 }

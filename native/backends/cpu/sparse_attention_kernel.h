@@ -27,6 +27,7 @@
 #include <math.h>
 #include <cstdint>
 
+#include "backends/cpu/causal_attention.h"
 #include "backends/cpu/sparse_attention.h"
 
 namespace pyresa::cpu {
@@ -93,9 +94,12 @@ inline void accumulate_values(int D, int c, int n, const char* vrows, size_t v_n
     for (int g = 0; g < GT; ++g) O::store(acc + g * D + c + u * W, a[u][g]);
 }
 
+// One tile of n tokens for GT rows (query heads) whose q rows are q + g*D. n_valid (or null: all
+// n) gives each row's unmasked prefix of the tile: a row's masked keys get probability 0 and add
+// exactly nothing, so a row's numbers do not depend on which other rows share the tile.
 template <class O, int GT>
 void attend_tile(const float* q, int D, float scale, const char* krows, size_t k_nb1, const char* vrows,
-                 size_t v_nb1, int n, float* m, float* l, float* acc) {
+                 size_t v_nb1, int n, const int* n_valid, float* m, float* l, float* acc) {
   using Vec = typename O::Vec;
   constexpr int W = O::W;
   constexpr int UC = unroll<O, GT>();         // vectors of D per pass over the V rows
@@ -111,7 +115,8 @@ void attend_tile(const float* q, int D, float scale, const char* krows, size_t k
   float f[GT];
   alignas(64) float p[GT][W];
   for (int g = 0; g < GT; ++g) {
-    const Vec s = O::keep_first(O::mul(O::lane_sums(dots[g]), O::set1(scale)), n, -INFINITY);
+    const int ng = n_valid ? n_valid[g] : n;
+    const Vec s = O::keep_first(O::mul(O::lane_sums(dots[g]), O::set1(scale)), ng, -INFINITY);
     const float mt = O::hmax(s);
     const float m_new = m[g] > mt ? m[g] : mt;
     if (m_new == -INFINITY) {  // every score -inf: nothing to add
@@ -120,7 +125,7 @@ void attend_tile(const float* q, int D, float scale, const char* krows, size_t k
       continue;
     }
     f[g] = m_new == m[g] ? 1.0f : expf(m[g] - m_new);  // 0 on the first tile (m = -inf)
-    const Vec pv = O::keep_first(O::exp(O::sub(s, O::set1(m_new))), n, 0.0f);
+    const Vec pv = O::keep_first(O::exp(O::sub(s, O::set1(m_new))), ng, 0.0f);
     l[g] = l[g] * f[g] + O::hsum(pv);
     m[g] = m_new;
     O::store(p[g], pv);
@@ -142,8 +147,8 @@ void attend_tile(const float* q, int D, float scale, const char* krows, size_t k
   }
 }
 
-using TileFn = void (*)(const float*, int, float, const char*, size_t, const char*, size_t, int, float*, float*,
-                        float*);
+using TileFn = void (*)(const float*, int, float, const char*, size_t, const char*, size_t, int, const int*, float*,
+                        float*, float*);
 
 template <class O>
 TileFn tile_fn(int gt) {
@@ -191,10 +196,54 @@ void sparse_attention_item_impl(const SparseAttentionItem& it) {
       const char* vr = it.V + t * it.v_nb1;
       for (int k = 0, g0 = 0; k < n_pass; ++k) {
         const int size = G / n_pass + (k < G % n_pass ? 1 : 0);
-        tile_fn<O>(size)(it.q + static_cast<int64_t>(g0) * D, D, it.scale, kr, it.k_nb1, vr, it.v_nb1, n, it.m + g0,
+        tile_fn<O>(size)(it.q + static_cast<int64_t>(g0) * D, D, it.scale, kr, it.k_nb1, vr, it.v_nb1, n, nullptr, it.m + g0,
                          it.l + g0, it.acc + static_cast<int64_t>(g0) * D);
         g0 += size;
       }
+    }
+  }
+}
+
+
+// Dense causal attention of consecutive queries over one KV head (prefill, rectification). Row
+// r is query r / group's head r % group; query i sees keys [0, pos0 + i]. Each K/V tile is read
+// from memory once for all rows (then from L1, per pass of at most 8 rows). Every row visits the
+// same tiles in the same order as sparse_attention_item_impl over all blocks (one span from key
+// 0), with the same per-row arithmetic; keys a row may not see add exact zeros. So a prefill
+// query's numbers equal those of a decode step at its position.
+template <class O>
+void causal_attention_item_impl(const CausalAttentionItem& it) {
+  constexpr int W = O::W;
+  constexpr int kMaxRowsPerPass = 8;
+  const int G = it.group, D = it.D;
+  const int R = it.n_queries * G;
+  for (int r = 0; r < R; ++r) {
+    it.m[r] = -INFINITY;
+    it.l[r] = 0.0f;
+  }
+  for (int64_t i = 0; i < static_cast<int64_t>(R) * D; ++i) it.acc[i] = 0.0f;
+
+  const int64_t n_kv_end = it.pos0 + it.n_queries;  // keys the last query sees
+  int n_valid[kMaxRowsPerPass];
+  for (int64_t t = 0; t < n_kv_end; t += W) {
+    const int n = n_kv_end - t < W ? static_cast<int>(n_kv_end - t) : W;
+    // Query i sees key t iff pos0 + i >= t: the rows before that see nothing of this tile.
+    const int64_t first_query = t - it.pos0 > 0 ? t - it.pos0 : 0;
+    const int r0 = static_cast<int>(first_query) * G;
+    const int rows = R - r0;
+    const int n_pass = (rows + kMaxRowsPerPass - 1) / kMaxRowsPerPass;  // sized evenly, as heads are
+    const char* kr = it.K + t * it.k_nb1;
+    const char* vr = it.V + t * it.v_nb1;
+    for (int k = 0, g0 = r0; k < n_pass; ++k) {
+      const int size = rows / n_pass + (k < rows % n_pass ? 1 : 0);
+      for (int j = 0; j < size; ++j) {
+        const int64_t visible = it.pos0 + (g0 + j) / G + 1 - t;  // keys of this tile the row sees
+        n_valid[j] = visible < n ? static_cast<int>(visible) : n;
+      }
+      // Rows are in query order: the pass's last row sees the most keys, so read only those.
+      tile_fn<O>(size)(it.q + static_cast<int64_t>(g0) * D, D, it.scale, kr, it.k_nb1, vr, it.v_nb1,
+                       n_valid[size - 1], n_valid, it.m + g0, it.l + g0, it.acc + static_cast<int64_t>(g0) * D);
+      g0 += size;
     }
   }
 }

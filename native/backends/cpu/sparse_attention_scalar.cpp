@@ -37,5 +37,6 @@ struct Ops {
 }  // namespace
 
 void sparse_attention_item(const SparseAttentionItem& it) { sparse_attention_item_impl<Ops>(it); }
+void causal_attention_item(const CausalAttentionItem& it) { causal_attention_item_impl<Ops>(it); }
 
 }  // namespace pyresa::cpu::scalar

@@ -288,6 +288,27 @@ def test_vec_dot_random(isa, t):
         check_dots(t, w, x)
 
 
+@pytest.mark.parametrize("t", WEIGHT_TYPES, ids=lambda t: t.name)
+def test_vec_dot_rows_equals_vec_dot(isa, t):
+    # The multi-row kernel (batched prefill, rectification) unpacks a weight row once for several
+    # activation rows: each result must be vec_dot's bit for bit (so a batch computes what decode
+    # steps do) and within the gguf-oracle bound. n_acts covers the groups of 4 and the 1-3 tails.
+    rng = np.random.default_rng(3000 + int(t))
+    for n in (32, 64, 96, 160, 576, 1536):
+        w = random_rows(t, 2, n, rng, realistic=True)
+        ref_w = gguf_dequant(t, w)
+        for n_acts in (1, 2, 3, 4, 5, 9, 33):
+            x = (rng.standard_normal((n_acts, n)) * rng.uniform(0.1, 10, (n_acts, 1))).astype(np.float32)
+            for r in range(w.shape[0]):
+                row = np.ascontiguousarray(w[r])
+                got = _core.vec_dot_rows(int(t), row, x)
+                one = np.array([_core.vec_dot(int(t), row, x[i]) for i in range(n_acts)], dtype=np.float32)
+                np.testing.assert_array_equal(got, one)
+                for i in range(n_acts):
+                    ref = float(np.dot(ref_w[r].astype(np.float64), x[i].astype(np.float64)))
+                    assert abs(got[i] - ref) <= dot_error_bound(t, w[r], ref_w[r], x[i])
+
+
 @pytest.mark.parametrize("t", [QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q5_1, QT.Q8_0], ids=lambda t: t.name)
 def test_vec_dot_extreme_quants(isa, t):
     # Saturating patterns: all quants at their max/min with activations at +-127, so the

@@ -77,4 +77,29 @@ void bind_kernels(nb::module_& m) {
     return wk.vec_dot(n, weight_row.data(), act.data());
   }, nb::arg("type"), nb::arg("weight_row"), nb::arg("x"),
      "Quantize x to the weight's activation format, then the ISA's dot product.");
+
+  m.def("vec_dot_rows", [](int type_id, Bytes weight_row, nb::ndarray<const float, nb::ndim<2>, nb::c_contig, nb::device::cpu> x) {
+    GgmlType t = checked_type(type_id);
+    const int64_t n_acts = static_cast<int64_t>(x.shape(0)), n = static_cast<int64_t>(x.shape(1));
+    if (weight_row.size() < row_size(t, n)) throw std::invalid_argument("vec_dot_rows: weight row too short");
+    GgmlType at = type_traits(t).vec_dot_type;
+    const auto& wk = kernels_of(t);
+    const auto& ak = kernels_of(at);
+    if (!wk.vec_dot || !ak.quantize_row) throw std::invalid_argument(std::string("no dot kernel for ") + type_traits(t).name);
+    const size_t stride = row_size(at, n);
+    std::vector<uint8_t> act(stride * n_acts);
+    for (int64_t i = 0; i < n_acts; ++i) ak.quantize_row(x.data() + i * n, act.data() + i * stride, n);
+    std::vector<float> out(n_acts);
+    if (wk.vec_dot_rows) {
+      wk.vec_dot_rows(n, weight_row.data(), act.data(), stride, static_cast<int>(n_acts), out.data(), 1);
+    } else {
+      for (int64_t i = 0; i < n_acts; ++i) out[i] = wk.vec_dot(n, weight_row.data(), act.data() + i * stride);
+    }
+    const size_t n_out = out.size();
+    return bindings::numpy_array(std::move(out), {n_out});
+  }, nb::arg("type"), nb::arg("weight_row"), nb::arg("x"),
+     "vec_dot of one weight row with every row of x [n_acts, n], through the ISA's multi-row kernel\n"
+     "where it has one (weight blocks unpacked once for several rows), else row by row.");
+  m.def("has_vec_dot_rows", [](int type_id) { return kernels_of(checked_type(type_id)).vec_dot_rows != nullptr; },
+        nb::arg("type"));
 }

@@ -2,6 +2,7 @@
 // table in its own translation unit, compiled with that ISA's flags; cpu_kernels() returns
 // the best one the running CPU supports (chosen at run time, never -march=native).
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -18,6 +19,12 @@ struct TypeKernels {
   // Dot product of a weight row of this type with an activation row already in the
   // type's vec_dot_type (traits). Integer SIMD for quantized types, as ggml does.
   float (*vec_dot)(int64_t n, const void* weight_row, const void* activation_row) = nullptr;
+  // Optional: vec_dot of one weight row with n_acts activation rows act_stride bytes apart,
+  // out[i * out_stride] = vec_dot(n, weight_row, acts + i * act_stride), bit for bit, with the
+  // weight blocks unpacked once for several rows (batched prefill and rectification). Null: the
+  // caller loops over vec_dot.
+  void (*vec_dot_rows)(int64_t n, const void* weight_row, const void* acts, size_t act_stride, int n_acts,
+                       float* out, size_t out_stride) = nullptr;
 };
 
 struct CpuKernels {

@@ -79,8 +79,11 @@ struct Q4_0 {
 struct Q4_1 {
   using W = block_q4_1;
   using A = block_q8_1;
+  // The weight side alone, for kernels that reuse it across activation rows.
+  static __m512i unpack2(const W& w0, const W& w1) { return unpack_nibbles2(w0.qs, w1.qs); }
+  static __m512i isum_unpacked(__m512i u, const A& a0, const A& a1) { return dot_u8_i8(u, load_pair(a0.qs, a1.qs)); }
   static __m512i isum2(const W& w0, const W& w1, const A& a0, const A& a1) {
-    return dot_u8_i8(unpack_nibbles2(w0.qs, w1.qs), load_pair(a0.qs, a1.qs));
+    return isum_unpacked(unpack2(w0, w1), a0, a1);
   }
 };
 struct Q5_0 {
@@ -94,9 +97,12 @@ struct Q5_0 {
 struct Q5_1 {
   using W = block_q5_1;
   using A = block_q8_1;
+  static __m512i unpack2(const W& w0, const W& w1) {
+    return add_fifth_bits2(unpack_nibbles2(w0.qs, w1.qs), w0.qh, w1.qh);
+  }
+  static __m512i isum_unpacked(__m512i u, const A& a0, const A& a1) { return dot_u8_i8(u, load_pair(a0.qs, a1.qs)); }
   static __m512i isum2(const W& w0, const W& w1, const A& a0, const A& a1) {
-    const __m512i u = add_fifth_bits2(unpack_nibbles2(w0.qs, w1.qs), w0.qh, w1.qh);
-    return dot_u8_i8(u, load_pair(a0.qs, a1.qs));
+    return isum_unpacked(unpack2(w0, w1), a0, a1);
   }
 };
 struct Q8_0 {
@@ -214,6 +220,81 @@ float dot_with_min(int64_t n, const void* wv, const void* av) {
   }
   const __m256 ms = _mm256_maskz_mov_ps(0xaa, acc_m);  // the m * s lanes
   return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc0, acc1), _mm512_zextps256_ps512(ms)));
+}
+
+// dot_with_min for R activation rows against one weight row: each weight block pair is unpacked
+// (nibbles, fifth bits, fp16 d and m) once for the R rows instead of once per row. Per activation
+// row the float operations are dot_with_min's, in the same order, so every result is bit-identical
+// to vec_dot's: a batched prefill or rectification computes the same numbers as decode steps.
+template <class F, int R>
+void dot_with_min_group(int64_t n, const void* wv, const uint8_t* acts, size_t act_stride, float* out,
+                        size_t out_stride) {
+  using W = typename F::W;
+  using A = typename F::A;
+  const auto* w = static_cast<const W*>(wv);
+  const A* a[R];
+  for (int j = 0; j < R; ++j) a[j] = reinterpret_cast<const A*>(acts + j * act_stride);
+  const int64_t nb = n / 32;
+  __m512 acc0[R], acc1[R];
+  __m256 acc_m[R];
+  for (int j = 0; j < R; ++j) {
+    acc0[j] = acc1[j] = _mm512_setzero_ps();
+    acc_m[j] = _mm256_setzero_ps();
+  }
+  int64_t b = 0;
+  for (; b + 4 <= nb; b += 4) {
+    const __m256 wdm = _mm256_cvtph_ps(fields<sizeof(W), 2, 4>(&w[b]));
+    const __m512i u01 = F::unpack2(w[b], w[b + 1]), u23 = F::unpack2(w[b + 2], w[b + 3]);
+    for (int j = 0; j < R; ++j) {
+      const __m256 p = _mm256_mul_ps(wdm, _mm256_cvtph_ps(fields<sizeof(A), 2, 4>(&a[j][b])));
+      acc_m[j] = _mm256_add_ps(acc_m[j], p);
+      const __m512 s = _mm512_castps256_ps512(p);
+      acc0[j] = fma_isum(F::isum_unpacked(u01, a[j][b], a[j][b + 1]), expand_pair<0, 2>(s), acc0[j]);
+      acc1[j] = fma_isum(F::isum_unpacked(u23, a[j][b + 2], a[j][b + 3]), expand_pair<4, 6>(s), acc1[j]);
+    }
+  }
+  if (b + 2 <= nb) {
+    const __m128 wdm = _mm_cvtph_ps(fields<sizeof(W), 2, 2>(&w[b]));
+    const __m512i u01 = F::unpack2(w[b], w[b + 1]);
+    for (int j = 0; j < R; ++j) {
+      const __m128 p = _mm_mul_ps(wdm, _mm_cvtph_ps(fields<sizeof(A), 2, 2>(&a[j][b])));
+      acc_m[j] = _mm256_add_ps(acc_m[j], _mm256_zextps128_ps256(p));
+      acc0[j] = fma_isum(F::isum_unpacked(u01, a[j][b], a[j][b + 1]), expand_pair<0, 2>(_mm512_castps128_ps512(p)), acc0[j]);
+    }
+    b += 2;
+  }
+  if (b < nb) {
+    const __m128 wdm = _mm_cvtph_ps(fields<sizeof(W), 2, 1>(&w[b]));
+    const __m512i u = F::unpack2(w[b], w[b]);
+    for (int j = 0; j < R; ++j) {
+      const __m128 p = _mm_mul_ps(wdm, _mm_cvtph_ps(fields<sizeof(A), 2, 1>(&a[j][b])));
+      acc_m[j] = _mm256_add_ps(acc_m[j], _mm256_zextps128_ps256(p));
+      const __m512 s = _mm512_maskz_permutexvar_ps(0x00ff, _mm512_setzero_si512(), _mm512_castps128_ps512(p));
+      acc1[j] = fma_isum(F::isum_unpacked(u, a[j][b], a[j][b]), s, acc1[j]);
+    }
+  }
+  for (int j = 0; j < R; ++j) {
+    const __m256 ms = _mm256_maskz_mov_ps(0xaa, acc_m[j]);
+    out[j * out_stride] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc0[j], acc1[j]), _mm512_zextps256_ps512(ms)));
+  }
+}
+
+// Four activation rows per weight-row pass: 8 accumulators and the weight pair in registers.
+template <class F>
+void dot_with_min_rows(int64_t n, const void* w, const void* acts, size_t act_stride, int n_acts, float* out,
+                       size_t out_stride) {
+  const auto* act = static_cast<const uint8_t*>(acts);
+  int i = 0;
+  for (; i + 4 <= n_acts; i += 4)
+    dot_with_min_group<F, 4>(n, w, act + i * act_stride, act_stride, out + i * out_stride, out_stride);
+  const uint8_t* rest = act + i * act_stride;
+  float* rest_out = out + i * out_stride;
+  switch (n_acts - i) {
+    case 3: dot_with_min_group<F, 3>(n, w, rest, act_stride, rest_out, out_stride); break;
+    case 2: dot_with_min_group<F, 2>(n, w, rest, act_stride, rest_out, out_stride); break;
+    case 1: dot_with_min_group<F, 1>(n, w, rest, act_stride, rest_out, out_stride); break;
+    default: break;
+  }
 }
 
 // ---- dequantization -----------------------------------------------------------------------
@@ -455,6 +536,7 @@ void fill_legacy_kernels(CpuKernels& k) {
   auto& q4_1 = k.types[(int)GgmlType::Q4_1];
   q4_1.dequantize_row = dequantize_q4_1;
   q4_1.vec_dot = dot_with_min<Q4_1>;
+  q4_1.vec_dot_rows = dot_with_min_rows<Q4_1>;
 
   auto& q5_0 = k.types[(int)GgmlType::Q5_0];
   q5_0.dequantize_row = dequantize_q5_0;
@@ -463,6 +545,7 @@ void fill_legacy_kernels(CpuKernels& k) {
   auto& q5_1 = k.types[(int)GgmlType::Q5_1];
   q5_1.dequantize_row = dequantize_q5_1;
   q5_1.vec_dot = dot_with_min<Q5_1>;
+  q5_1.vec_dot_rows = dot_with_min_rows<Q5_1>;
 
   auto& q8_0 = k.types[(int)GgmlType::Q8_0];
   q8_0.dequantize_row = dequantize_q8<block_q8_0>;

@@ -288,6 +288,28 @@ def test_vec_dot_random(isa, t):
         check_dots(t, w, x)
 
 
+@pytest.mark.parametrize("t", [QT.Q4_1, QT.Q5_1], ids=lambda t: t.name)
+def test_dot_with_min_is_the_block_formula(isa, t):
+    # Given the activation bytes, the dot is sum_b d_w d_a (q_w . q_a) + m_b s_b with float
+    # rounding only (~1e-6 relative), for even and odd block counts (a single tail block once
+    # added d_w d_a to the m s sum on AVX-512: ~1e-3 relative).
+    rng = np.random.default_rng(4000 + int(t))
+    for n in (32, 64, 96, 160, 224, 576):
+        w = random_rows(t, 3, n, rng, realistic=True)
+        x = rng.standard_normal(n).astype(np.float32)
+        act = _core.quantize_row(int(QT.Q8_1), x)
+        da, s = block_fields(QT.Q8_1, act)
+        qa = np.ascontiguousarray(act).reshape(-1, 36)[:, 4:].view(np.int8).astype(np.float64)
+        ref_w = gguf_dequant(t, w)
+        for r in range(w.shape[0]):
+            dw, m = block_fields(t, w[r])
+            qw = (ref_w[r].astype(np.float64).reshape(-1, 32) - m[:, None]) / np.where(dw == 0, 1, dw)[:, None]
+            want = np.sum(dw * da * np.sum(np.round(qw) * qa, axis=1) + m * s)
+            got = _core.vec_dot(int(t), np.ascontiguousarray(w[r]), x)
+            scale = np.sum(np.abs(dw * da) * np.sum(np.abs(np.round(qw) * qa), axis=1) + np.abs(m * s))
+            assert abs(got - want) <= 1e-6 * scale, (n, r, got, want)
+
+
 @pytest.mark.parametrize("t", WEIGHT_TYPES, ids=lambda t: t.name)
 def test_vec_dot_rows_equals_vec_dot(isa, t):
     # The multi-row kernel (batched prefill, rectification) unpacks a weight row once for several

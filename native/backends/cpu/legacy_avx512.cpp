@@ -213,7 +213,10 @@ float dot_with_min(int64_t n, const void* wv, const void* av) {
     b += 2;
   }
   if (b < nb) {
-    const __m128 p = _mm_mul_ps(_mm_cvtph_ps(fields<sizeof(W), 2, 1>(&w[b])), _mm_cvtph_ps(fields<sizeof(A), 2, 1>(&a[b])));
+    // fields<.., 1> fills the words past the block's two with its first (d), so lanes 2 and 3
+    // hold d_w d_a: keep [scale, m s] only, or lane 3 would add d_w d_a to the m s sum.
+    const __m128 p = _mm_maskz_mov_ps(0x3, _mm_mul_ps(_mm_cvtph_ps(fields<sizeof(W), 2, 1>(&w[b])),
+                                                      _mm_cvtph_ps(fields<sizeof(A), 2, 1>(&a[b]))));
     acc_m = _mm256_add_ps(acc_m, _mm256_zextps128_ps256(p));
     const __m512 s = _mm512_maskz_permutexvar_ps(0x00ff, _mm512_setzero_si512(), _mm512_castps128_ps512(p));
     acc1 = fma_isum(F::isum2(w[b], w[b], a[b], a[b]), s, acc1);
@@ -267,7 +270,7 @@ void dot_with_min_group(int64_t n, const void* wv, const uint8_t* acts, size_t a
     const __m128 wdm = _mm_cvtph_ps(fields<sizeof(W), 2, 1>(&w[b]));
     const __m512i u = F::unpack2(w[b], w[b]);
     for (int j = 0; j < R; ++j) {
-      const __m128 p = _mm_mul_ps(wdm, _mm_cvtph_ps(fields<sizeof(A), 2, 1>(&a[j][b])));
+      const __m128 p = _mm_maskz_mov_ps(0x3, _mm_mul_ps(wdm, _mm_cvtph_ps(fields<sizeof(A), 2, 1>(&a[j][b]))));
       acc_m[j] = _mm256_add_ps(acc_m[j], _mm256_zextps128_ps256(p));
       const __m512 s = _mm512_maskz_permutexvar_ps(0x00ff, _mm512_setzero_si512(), _mm512_castps128_ps512(p));
       acc1[j] = fma_isum(F::isum_unpacked(u, a[j][b], a[j][b]), s, acc1[j]);

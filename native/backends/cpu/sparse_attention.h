@@ -63,8 +63,10 @@ void sparse_attention_reduce(const SparseAttentionArgs& a, int ith, int nth, con
 // Query heads [q_begin, q_end) only, each over all its KV head's selected blocks, normalized
 // into out. The work is never split within a head, so every head's result is the same whatever
 // the thread count, and the same for a prefill query as for a decode step over the same keys:
-// the engine splits decode steps by query heads and prefill by queries, so dense decoding,
-// sparse decoding at ratio 1 and ReSA's rectification pass compute identical numbers.
+// the engine splits decode steps by query heads, and prefill / rectification run
+// causal_attention (causal_attention.h), whose rows go through this kernel's tile code in the
+// same order; so dense decoding, sparse decoding at ratio 1 and ReSA's rectification pass
+// compute identical numbers (tests/test_causal_attention.py checks it bit for bit).
 void sparse_attention_heads(const SparseAttentionArgs& a, int q_begin, int q_end);
 
 // Both steps on the calling thread (nth = 1): tests, and callers without a thread pool.

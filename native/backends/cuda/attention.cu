@@ -1,4 +1,3 @@
-#include <algorithm>
 #include <climits>
 #include <stdexcept>
 
@@ -307,20 +306,14 @@ void launch_attention(const AttentionArgs& a, cudaStream_t stream) {
 
 template <int D>
 void launch_d(const AttentionArgs& a, cudaStream_t stream) {
-  switch (attention_warps(a.n_tok * (a.n_head / a.n_kv_head), a.max_warps)) {
-    case 1: launch_attention<D, 1>(a, stream); break;
-    case 4: launch_attention<D, 4>(a, stream); break;
-    case 8: launch_attention<D, 8>(a, stream); break;
-    default: launch_attention<D, 16>(a, stream); break;
-  }
+  const int R = a.n_tok * (a.n_head / a.n_kv_head);
+  if (R <= 16) launch_attention<D, 1>(a, stream);
+  else if (R <= 64) launch_attention<D, 4>(a, stream);
+  else if (R <= 128) launch_attention<D, 8>(a, stream);
+  else launch_attention<D, 16>(a, stream);
 }
 
 }  // namespace
-
-int attention_warps(int rows_per_head, int max_warps) {
-  const int nw = rows_per_head <= 16 ? 1 : rows_per_head <= 64 ? 4 : rows_per_head <= 128 ? 8 : 16;
-  return std::min(nw, max_warps <= 8 ? 8 : 16);
-}
 
 size_t attention_work_floats(int n_tok, int n_head, int n_kv_head, int D, int n_splits) {
   if (n_splits <= 1) return 0;

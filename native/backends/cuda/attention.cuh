@@ -35,17 +35,10 @@ struct AttentionArgs {
   // rectification at twice the tensor-core work; prefill (compute-bound) turns it off.
   bool precise = true;
   bool split_query = true;  // two-term F16 query too (else the query is rounded to F16)
-  // Warps per CTA (16 query rows each) for > 128 rows per KV head: 16 (one row tile for a
-  // rectification's 231 rows, 1 CTA per SM) or 8 (two row tiles, 2 CTAs per SM, no register
-  // spills; the second tile's K/V reads come from L2). See attention_warps.
-  int max_warps = 16;
   int n_splits = 1;
   // Workspace for n_splits > 1: n_kv_head * n_splits * rows * (D + 2) floats.
   float* work = nullptr;
 };
-
-// Warps per CTA the kernel uses for `rows_per_head` rows (the engine sizes its splits with it).
-int attention_warps(int rows_per_head, int max_warps);
 
 size_t attention_work_floats(int n_tok, int n_head, int n_kv_head, int D, int n_splits);
 void attention(const AttentionArgs& a, cudaStream_t stream);

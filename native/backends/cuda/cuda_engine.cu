@@ -105,7 +105,6 @@ struct CudaEngine::Impl {
   int matvec_max_tokens = 8;
   bool precise_dense = true;
   bool rect_precise = true;
-  int rect_warps = 16;  // attention warps per CTA in a rectification (AttentionArgs::max_warps)
 
   // Graph cache: (kind, attention splits) -> executable graph.
   std::map<std::pair<int, int>, cudaGraphExec_t> graphs;
@@ -342,12 +341,12 @@ struct CudaEngine::Impl {
     matvec_multi(ws, os, n_out, act.get(), rb, n, stream);
   }
 
-  int attention_splits(int n_rows_per_head, int n_tiles, bool graph, int max_warps = 16) const {
-    const int nw = attention_warps(n_rows_per_head, max_warps);
+  int attention_splits(int n_rows_per_head, int n_tiles, bool graph) const {
+    const int nw = n_rows_per_head <= 16 ? 1 : n_rows_per_head <= 64 ? 4 : n_rows_per_head <= 128 ? 8 : 16;
     const int row_tiles = (n_rows_per_head + 16 * nw - 1) / (16 * nw);
     const int base = row_tiles * c.n_head_kv;
     // One-warp CTAs (decode) need many in flight per SM to keep enough loads going.
-    const int target = nw == 1 ? 8 * n_sm : nw == 8 ? 6 * n_sm : 3 * n_sm;
+    const int target = nw == 1 ? 8 * n_sm : 3 * n_sm;
     int s = std::max(1, (target + base - 1) / base);
     s = std::min(s, std::max(1, n_tiles / 4));
     const size_t per_split = (size_t)c.n_head_kv * n_rows_per_head * (c.head_dim + 2) * sizeof(float);
@@ -438,7 +437,6 @@ struct CudaEngine::Impl {
       a.scale = scale;
       a.n_splits = splits;
       a.work = attn_work.get<float>();
-      if (kind == StepKind::Rectify) a.max_warps = rect_warps;
       // Decode steps keep the query and probabilities at ~F32 (two-term F16), as the CPU's decode
       // attention; rectification keeps the probabilities; prefill is plain F16 (compute-bound).
       a.precise = (kind == StepKind::Rectify && rect_precise) || kind == StepKind::SparseDecode ||
@@ -529,7 +527,7 @@ struct CudaEngine::Impl {
     int splits, n_rows;
     if (kind == StepKind::Rectify) {
       n_rows = (f + 1) * (c.n_head / c.n_head_kv);
-      splits = attention_splits(n_rows, (n_past + 1 + 31) / 32, true, rect_warps);
+      splits = attention_splits(n_rows, (n_past + 1 + 31) / 32, true);
     } else {
       n_rows = c.n_head / c.n_head_kv;
       int n_tiles;
@@ -683,7 +681,6 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, CudaEngi
   m.matvec_max_tokens = env_int("PYRESA_CUDA_MATVEC_MAX_TOKENS", 8);
   m.precise_dense = env_int("PYRESA_CUDA_PRECISE_DENSE", 1) != 0;
   m.rect_precise = env_int("PYRESA_CUDA_RECT_PRECISE", 1) != 0;
-  m.rect_warps = env_int("PYRESA_CUDA_RECT_WARPS", 16);
   m.upload(weights);
   m.check_types();
   m.opt.n_batch = std::max(options.n_batch, m.att.rectify_every + 1);
@@ -885,7 +882,7 @@ std::vector<std::pair<std::string, double>> CudaEngine::profile_step(int32_t tok
   const StepKind kind = rect ? StepKind::Rectify : m.sparse_mode() ? StepKind::SparseDecode : StepKind::Decode;
   int splits;
   if (rect) {
-    splits = m.attention_splits((f + 1) * (m.c.n_head / m.c.n_head_kv), (m.n_past + 1 + 31) / 32, false, m.rect_warps);
+    splits = m.attention_splits((f + 1) * (m.c.n_head / m.c.n_head_kv), (m.n_past + 1 + 31) / 32, false);
     m.gather_rectify_tokens();
   } else {
     cpu::ResaSelectParams p;

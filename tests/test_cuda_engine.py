@@ -232,9 +232,12 @@ def test_model_generate_greedy_on_gpu_matches_cpu(gguf):
     d = first_divergence(ref, got)
     print(f"Model.generate greedy: first divergence at token {d} of {len(ref)}")
     assert len(got) == len(ref) and d >= min(32, len(ref)), (ref[:d + 3], got[:d + 3])
-    # With the prompt cached, its last token runs as a decode step instead of in the prefill.
-    again = [c.token for c in gpu.generate(toks, max_tokens=48, temperature=0) if c.token is not None]
-    assert first_divergence(again, got) >= min(32, len(got))
+    # With the prompt cached, its last token runs as a decode step instead of in the prefill (on
+    # this flat random-token distribution that alone can flip an argmax): compare with the CPU
+    # path doing the same.
+    ref2 = [c.token for c in cpu.generate(toks, max_tokens=48, temperature=0) if c.token is not None]
+    got2 = [c.token for c in gpu.generate(toks, max_tokens=48, temperature=0) if c.token is not None]
+    assert first_divergence(ref2, got2) >= min(32, len(ref2)), (ref2, got2)
     for kw in ({"temperature": 0.7, "seed": 1}, {"temperature": 0, "repeat_penalty": 1.3}):
         spy.evals = 0
         list(gpu.generate(toks, max_tokens=4, **kw))

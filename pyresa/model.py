@@ -181,8 +181,9 @@ class Model(CompletionsMixin):
         if n > self.n_ctx:
             raise ContextFullError(f"{n} tokens do not fit in the context window (n_ctx = {self.n_ctx})")
 
-    def _prefill(self, tokens: list[int]) -> tuple[np.ndarray, int]:
-        """Bring the cache to `tokens`, reusing the longest common prefix; returns the last logits."""
+    def _prefill(self, tokens: list[int], greedy_on_device: bool = False) -> tuple[np.ndarray | int, int]:
+        """Bring the cache to `tokens`, reusing the longest common prefix; returns the last logits
+        (or, with greedy_on_device, the argmax token taken on the GPU) and the reused length."""
         common = 0
         for a, b in zip(self._cached, tokens):
             if a != b:
@@ -191,9 +192,15 @@ class Model(CompletionsMixin):
         common = min(common, len(tokens) - 1)  # at least one token must run to give logits
         self._engine.truncate(common)
         self._cached = self._cached[:common]
-        logits = self._engine.eval(np.asarray(tokens[common:], dtype=np.int32), False)
+        rest = np.asarray(tokens[common:], dtype=np.int32)
+        out = self._engine.eval_greedy(rest) if greedy_on_device else self._engine.eval(rest, False)
         self._cached = list(tokens)
-        return logits, common
+        return out, common
+
+    def _greedy_on_device(self, params: SamplingParams) -> bool:
+        """Greedy decoding without a repetition penalty needs only the argmax: on a CUDA device it
+        is taken there and the logits (600 KB a token at a 152K vocabulary) stay on the GPU."""
+        return self.device.startswith("cuda") and params.temperature == 0 and params.repeat_penalty == 1.0
 
     def generate(self, prompt: str | Sequence[int], *, max_tokens: int | None = DEFAULT_MAX_TOKENS,
                  temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
@@ -220,7 +227,9 @@ class Model(CompletionsMixin):
         self.last_stats = stats
         self._engine.reset_stats()
         t0 = time.perf_counter()
-        logits, stats.cached_tokens = self._prefill(tokens)
+        on_device = self._greedy_on_device(params)
+        # `last`: the logits of the newest position, or (on_device) their argmax, the next token.
+        last, stats.cached_tokens = self._prefill(tokens, on_device)
         stats.prefill_seconds = time.perf_counter() - t0
         sampler = Sampler(params)
         stop_ids = self.tokenizer.stop_ids() if self._has_tokenizer() else set()
@@ -233,7 +242,7 @@ class Model(CompletionsMixin):
             if n >= limit:
                 yield Chunk(stop_filter.flush() + decoder.flush(), None, "length")
                 return
-            token = sampler.sample(logits, history)
+            token = last if on_device else sampler.sample(last, history)
             history.append(token)
             n += 1
             stats.completion_tokens = n
@@ -252,7 +261,8 @@ class Model(CompletionsMixin):
                 yield Chunk(text + stop_filter.flush() + decoder.flush(), token, "length")
                 return
             if n < limit:
-                logits = self._engine.eval(np.asarray([token], dtype=np.int32), False)
+                step = np.asarray([token], dtype=np.int32)
+                last = self._engine.eval_greedy(step) if on_device else self._engine.eval(step, False)
                 self._cached.append(token)
             stats.decode_seconds = time.perf_counter() - t_decode
             self._update_attention_stats(stats)

@@ -214,7 +214,7 @@ def test_descriptors_match_cpu(n_tokens, block_size):
 
 @pytest.mark.parametrize("n_tokens,ratio,min_blocks,local", [(100, 0.1, 16, 1), (1037, 0.1, 16, 1), (5000, 0.1, 16, 1),
                                                               (5000, 0.3, 4, 2), (20000, 0.1, 16, 1), (700, 1.0, 16, 1),
-                                                              (3000, 0.05, 0, 0)])
+                                                              (3000, 0.05, 0, 0), (262144, 0.1, 16, 1)])
 def test_select_blocks_matches_cpu(n_tokens, ratio, min_blocks, local):
     rng = np.random.default_rng()
     H, Hkv, D, bs = 28, 4, 128, 16
@@ -225,6 +225,23 @@ def test_select_blocks_matches_cpu(n_tokens, ratio, min_blocks, local):
                                        min_blocks, local)
     kmin, kmax = core.block_descriptors_from_keys(K, n_tokens, bs)
     ref = core.select_blocks(q, kmin, kmax, n_tokens, bs, ratio, min_blocks, local, Hkv)
+    np.testing.assert_array_equal(got, ref)
+
+
+@pytest.mark.parametrize("n_tokens", [5000, 65536])
+def test_select_blocks_many_equal_scores_match_cpu(n_tokens):
+    # Keys in {-1, 0, 1} and a small-integer query: few distinct scores, so the n_sel boundary
+    # falls inside a run of equal scores (taken from the lowest blocks) and the radix passes see
+    # heavily shared digits.
+    rng = np.random.default_rng()
+    H, Hkv, D, bs = 28, 4, 128, 16
+    cap = n_tokens + 16
+    K = rng.integers(-1, 2, (Hkv, cap, D)).astype(np.float16)
+    q = rng.integers(-2, 3, (H, D)).astype(np.float32)
+    got = core.cuda_test.select_blocks(q.reshape(-1), H, K.view(np.uint16).reshape(-1), Hkv, cap, D, n_tokens, bs, 0.1,
+                                       16, 1)
+    kmin, kmax = core.block_descriptors_from_keys(K, n_tokens, bs)
+    ref = core.select_blocks(q, kmin, kmax, n_tokens, bs, 0.1, 16, 1, Hkv)
     np.testing.assert_array_equal(got, ref)
 
 

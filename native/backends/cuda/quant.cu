@@ -640,11 +640,22 @@ struct DqmmLaunch {
     }
     const int n_blocks = ceil_div(w.rows, DQ_BN);
     const int k_chunks = ceil_div(w.cols, DQ_BK);
-    int splits = std::max(1, std::min(k_chunks, ceil_div(2 * n_sm, n_blocks)));
-    splits = (int)std::min<int64_t>(splits, ws ? (int64_t)(ws_floats / ((size_t)M * w.rows)) : 1);
-    splits = std::max(splits, 1);
-    const int per = ceil_div(k_chunks, splits);
-    splits = ceil_div(k_chunks, per);
+    // K splits: minimise (waves of CTAs) x (chunks per CTA) + half a chunk per wave (its ramp),
+    // 2 CTAs per SM (shared memory). Why: filling the SMs once is not enough; a last wave that
+    // is nearly empty costs as much as a full one (gate/up of a 7B model: 148 row blocks x 2
+    // splits = 296 CTAs for 264 slots was two waves for 1.1 waves of work).
+    const int slots = 2 * n_sm;
+    const int max_splits = (int)std::max<int64_t>(
+        1, std::min<int64_t>(k_chunks, ws ? (int64_t)(ws_floats / ((size_t)M * w.rows)) : 1));
+    int splits = 1, per = k_chunks;
+    double best = 1e30;
+    for (int s_try = 1; s_try <= max_splits; ++s_try) {
+      const int p_try = ceil_div(k_chunks, s_try), s_eff = ceil_div(k_chunks, p_try);
+      if (s_eff != s_try) continue;  // same chunks per CTA as a smaller split count
+      const int waves = ceil_div(n_blocks * s_eff, slots);
+      const double cost = (double)waves * p_try + 0.5 * waves;
+      if (cost < best) { best = cost; splits = s_eff; per = p_try; }
+    }
     float* partial = splits > 1 ? ws : nullptr;
     launch(dqmm_kernel<W>, dim3(n_blocks, splits), DQ_THREADS, kDqSmem, s, w, A, lda, M, y, ldy, bias, accumulate, per,
                                                                          partial);

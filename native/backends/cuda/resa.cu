@@ -83,6 +83,9 @@ __global__ void __launch_bounds__(kScoreThreads) score_kernel(const float* q, in
   const uint4* base = reinterpret_cast<const uint4*>(desc + L.index(layer, h, b, 0, 0));  // chunk 0 of block b
   const uint4* maxb = reinterpret_cast<const uint4*>(desc + L.index(layer, h, b, 1, 0));
   float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  // Unrolled so that each thread has several 16-byte loads in flight (the kernel is a stream
+  // over the descriptors: 34 MB per layer at 256K).
+#pragma unroll 4
   for (int c = 0; c < D / 8; ++c) {
     const uint4 mn = base[c * 32], mx = maxb[c * 32];  // next chunk: 32 blocks x 8 halves further
     const __half* hn = reinterpret_cast<const __half*>(&mn);
@@ -101,6 +104,8 @@ __global__ void __launch_bounds__(kScoreThreads) score_kernel(const float* q, in
 }
 
 constexpr int kSelThreads = 1024;
+constexpr int kSelWarps = kSelThreads / 32;
+constexpr int kRadixBits = 11;  // 2048 bins: two per thread in the digit search
 
 // Exclusive block-wide scan of two counters.
 __device__ void block_scan2(int& a, int& b, int* sm /* 2*32 */) {
@@ -130,14 +135,24 @@ __device__ void block_scan2(int& a, int& b, int* sm /* 2*32 */) {
   __syncthreads();
 }
 
+// Top-n_pick of the scored blocks of one (layer, KV head), one CTA.
+// The threshold T (the n_pick-th largest key) is found by a radix select on u = key - min_key,
+// starting at the highest bit where the keys differ, 11 bits a pass. Why not on the raw keys:
+// scores share sign and most exponent bits, so a histogram of the top bits puts nearly every key
+// in one or two bins, and the shared-memory atomics on those bins serialise (that pass alone cost
+// ~10 us per layer at 256K). Relative to the minimum, the first pass spreads the keys over up to
+// 2048 bins; later passes only count the few keys still tied with the prefix. At most 3 passes.
+// The output is then written in index order by warps that each own a contiguous range (ballots
+// give ranks within a warp), taking every key > T and the lowest-index keys == T.
 __global__ void __launch_bounds__(kSelThreads) select_kernel(DescLayout L, ResaParams p, const int* pos_dev,
                                                             const uint32_t* keys_all, int32_t* blocks,
                                                             int64_t blocks_stride, int* n_sel_out, bool keys_in_smem) {
   pdl_wait();  // inputs may come from the kernel launched just before (PDL)
-  __shared__ unsigned hist[256];
+  __shared__ unsigned hist[1 << kRadixBits];
   __shared__ int s_digit, s_above;
   __shared__ int scan_sm[64];
-  const int h = blockIdx.x, tid = threadIdx.x;
+  __shared__ uint32_t red_lo[kSelWarps], red_hi[kSelWarps];
+  const int h = blockIdx.x, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   int n_blocks, n_local, n_sel;
   select_counts(*pos_dev + 1, p, n_blocks, n_local, n_sel);
   if (h == 0 && tid == 0) *n_sel_out = n_sel;
@@ -149,75 +164,94 @@ __global__ void __launch_bounds__(kSelThreads) select_kernel(DescLayout L, ResaP
   }
   for (int i = tid; i < n_local; i += kSelThreads) out[n_pick + i] = n_scored + i;
   if (n_pick <= 0) return;
-  // The keys are read five times below: from shared memory when they fit (one L2 pass).
-  extern __shared__ uint32_t skeys[];
+  // The keys are read several times below: from shared memory when they fit (one L2 pass).
+  extern __shared__ __align__(16) uint32_t skeys[];
   const uint32_t* keys = keys_all + (int64_t)h * L.max_blocks;
-  if (keys_in_smem) {
-    for (int i = tid; i < n_scored; i += kSelThreads) skeys[i] = keys[i];
-    __syncthreads();
-    keys = skeys;
+  // 16-byte loads, four in flight per thread: one CTA reading 64 KB from L2 with one 4-byte load
+  // per thread at a time waits ~16 dependent round trips (measured: as long as the scoring).
+  // The rows start at h * max_blocks, a multiple of 32 keys, so they are 16-byte aligned.
+  uint32_t lo = 0xffffffffu, hi = 0;
+  const int n_vec = n_scored / 4;
+  const uint4* keys4 = reinterpret_cast<const uint4*>(keys);
+#pragma unroll 4
+  for (int i = tid; i < n_vec; i += kSelThreads) {
+    const uint4 v = keys4[i];
+    if (keys_in_smem) reinterpret_cast<uint4*>(skeys)[i] = v;
+    lo = min(min(lo, min(v.x, v.y)), min(v.z, v.w));
+    hi = max(max(hi, max(v.x, v.y)), max(v.z, v.w));
   }
+  for (int i = 4 * n_vec + tid; i < n_scored; i += kSelThreads) {
+    const uint32_t key = keys[i];
+    if (keys_in_smem) skeys[i] = key;
+    lo = min(lo, key);
+    hi = max(hi, key);
+  }
+  lo = __reduce_min_sync(0xffffffffu, lo);
+  hi = __reduce_max_sync(0xffffffffu, hi);
+  if (lane == 0) { red_lo[warp] = lo; red_hi[warp] = hi; }
+  __syncthreads();
+  lo = __reduce_min_sync(0xffffffffu, red_lo[lane]);  // kSelWarps == 32
+  hi = __reduce_max_sync(0xffffffffu, red_hi[lane]);
+  if (keys_in_smem) keys = skeys;
 
-  // Radix select, 8 bits a pass from the top: T = the n_pick-th largest key.
+  // Radix select on u = key - lo (0 .. hi - lo): T = lo + the prefix left after the passes.
   uint32_t prefix = 0, mask = 0;
-  int k = n_pick;
-  for (int shift = 24; shift >= 0; shift -= 8) {
-    for (int i = tid; i < 256; i += kSelThreads) hist[i] = 0;
+  int k = n_pick;  // keys still to take among those matching the prefix
+  for (int top = 32 - __clz(hi - lo); top > 0; top -= kRadixBits) {
+    const int shift = max(top - kRadixBits, 0), nb = 1 << (top - shift);
+    for (int i = tid; i < nb; i += kSelThreads) hist[i] = 0;
     __syncthreads();
     for (int i = tid; i < n_scored; i += kSelThreads) {
-      const uint32_t key = keys[i];
-      if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 255], 1u);
+      const uint32_t u = keys[i] - lo;
+      if ((u & mask) == prefix) atomicAdd(&hist[(u >> shift) & (nb - 1)], 1u);
     }
     __syncthreads();
-    if (tid < 32) {
-      // lane handles digits 255-8*lane .. 248-8*lane (descending)
-      int local = 0;
-      for (int i = 0; i < 8; ++i) local += hist[255 - 8 * tid - i];
-      int incl = local;
-      for (int o = 1; o < 32; o <<= 1) {
-        const int t = __shfl_up_sync(0xffffffffu, incl, o);
-        if (tid >= o) incl += t;
-      }
-      const int excl = incl - local;
-      if (excl < k && incl >= k) {
-        int cum = excl;
-        for (int i = 0; i < 8; ++i) {
-          const int d = 255 - 8 * tid - i;
-          if (cum + (int)hist[d] >= k) { s_digit = d; s_above = cum; break; }
-          cum += hist[d];
-        }
-      }
+    // Digits in descending order, two per thread: the digit where the running count reaches k.
+    const int d0 = nb - 1 - 2 * tid, d1 = d0 - 1;
+    const int c0 = d0 >= 0 ? (int)hist[d0] : 0, c1 = d1 >= 0 ? (int)hist[d1] : 0;
+    int above = c0 + c1, unused = 0;
+    block_scan2(above, unused, scan_sm);  // count of the digits above d0
+    if (above < k && above + c0 >= k) {
+      s_digit = d0;
+      s_above = above;
+    } else if (above + c0 < k && above + c0 + c1 >= k) {
+      s_digit = d1;
+      s_above = above + c0;
     }
     __syncthreads();
     prefix |= (uint32_t)s_digit << shift;
-    mask |= 0xffu << shift;
+    mask |= (uint32_t)(nb - 1) << shift;
     k -= s_above;
-    __syncthreads();
   }
-  const uint32_t T = prefix;
+  const uint32_t T = lo + prefix;
   const int need_eq = k;  // keys equal to T to take, lowest indices first
 
-  // Compaction in index order: each thread owns a contiguous range.
-  const int per = (n_scored + kSelThreads - 1) / kSelThreads;
-  const int i0 = min(n_scored, tid * per), i1 = min(n_scored, i0 + per);
+  // Compaction in index order: warp w owns [w0, w1), lanes read consecutive keys.
+  const int chunk = ((n_scored + kSelWarps - 1) / kSelWarps + 31) & ~31;
+  const int w0 = min(n_scored, warp * chunk), w1 = min(n_scored, w0 + chunk);
   int gt = 0, eq = 0;
-  for (int i = i0; i < i1; ++i) {
-    const uint32_t key = keys[i];
-    gt += key > T;
-    eq += key == T;
+  for (int b = w0; b < w1; b += 32) {
+    const int i = b + lane;
+    const uint32_t key = i < w1 ? keys[i] : 0u;
+    gt += __popc(__ballot_sync(0xffffffffu, i < w1 && key > T));
+    eq += __popc(__ballot_sync(0xffffffffu, i < w1 && key == T));
   }
-  int gt_before = gt, eq_before = eq;
-  block_scan2(gt_before, eq_before, scan_sm);
-  int pos = gt_before + min(eq_before, need_eq);
-  int eq_seen = eq_before;
-  for (int i = i0; i < i1; ++i) {
-    const uint32_t key = keys[i];
-    if (key > T) {
-      out[pos++] = i;
-    } else if (key == T) {
-      if (eq_seen < need_eq) out[pos++] = i;
-      ++eq_seen;
-    }
+  int gt_before = lane == 0 ? gt : 0, eq_before = lane == 0 ? eq : 0;
+  block_scan2(gt_before, eq_before, scan_sm);  // lane 0: the counts of the warps before
+  gt_before = __shfl_sync(0xffffffffu, gt_before, 0);
+  eq_before = __shfl_sync(0xffffffffu, eq_before, 0);
+  int pos = gt_before + min(eq_before, need_eq), eq_seen = eq_before;
+  const uint32_t below = (1u << lane) - 1u;
+  for (int b = w0; b < w1; b += 32) {
+    const int i = b + lane;
+    const uint32_t key = i < w1 ? keys[i] : 0u;
+    const bool is_eq = i < w1 && key == T;
+    const uint32_t eq_mask = __ballot_sync(0xffffffffu, is_eq);
+    const bool take = (i < w1 && key > T) || (is_eq && eq_seen + __popc(eq_mask & below) < need_eq);
+    const uint32_t take_mask = __ballot_sync(0xffffffffu, take);
+    if (take) out[pos + __popc(take_mask & below)] = i;
+    pos += __popc(take_mask);
+    eq_seen += __popc(eq_mask);
   }
 }
 

@@ -22,6 +22,10 @@ def main() -> None:
     ap.add_argument("--greedy-prompt", type=int, default=4000, help="prompt tokens before greedy generation")
     ap.add_argument("--greedy-tokens", type=int, default=256)
     ap.add_argument("--skip-ppl", action="store_true")
+    ap.add_argument("--analysis", action="store_true",
+                    help="also: attention mass kept by the selection vs the oracle's (per layer), perplexity "
+                         "with the oracle selection, and resa at larger ratios (slow: reads every key per step)")
+    ap.add_argument("--sweep", default="0.2,0.3,0.5", help="ratios for resa in --analysis")
     ap.add_argument("--record", action="store_true")
     args = ap.parse_args()
 
@@ -41,6 +45,7 @@ def main() -> None:
             lines.append(f"| {mode} | {ppl[mode]:.4f} | {ppl[mode] / ppl.get('dense', ppl[mode]) - 1:+.2%} | "
                          f"{read:.1%} | {s['rectifications']} |")
             print(lines[-1], flush=True)
+    analysis = analyse(model, tokens, args, ppl) if args.analysis and not args.skip_ppl else []
     prompt = tokens[: args.greedy_prompt]
     outs = {}
     for mode in ("dense", "sparse", "resa"):
@@ -68,7 +73,40 @@ def main() -> None:
             if lines:
                 fh.write("| mode | perplexity | vs dense | KV blocks read | rectifications |\n|---|---|---|---|---|\n")
                 fh.write("\n".join(lines) + "\n")
+            if analysis:
+                fh.write("\n" + "\n".join(analysis) + "\n")
             fh.write(f"\n{greedy}\n")
+
+
+def analyse(model, tokens, args, ppl) -> list[str]:
+    """Why sparse decoding loses what it loses on this model: how much of each step's true attention
+    mass the selected blocks hold, how much the best n_sel blocks could hold (the oracle), the
+    perplexity when the oracle picks the blocks (no descriptor rule can do better), and the ratio
+    resa needs to come within 1% of dense."""
+    import pyresa
+
+    out = []
+    lp = model.score(tokens, prefill=args.prefill, attention="sparse", resa=pyresa.ResaConfig(), audit=True)
+    s = model.last_score_stats
+    sel, orc = np.array(s["mass_selected"]), np.array(s["mass_oracle"])
+    out.append("Attention mass kept per sparse step (mean over steps and KV heads; group-mean softmax), "
+               "ReSA's min/max rule vs the oracle's heaviest n_sel blocks, by layer:\n")
+    out.append("| layer | " + " | ".join(str(i) for i in range(len(sel))) + " | mean |")
+    out.append("|---" * (len(sel) + 2) + "|")
+    out.append("| min/max rule | " + " | ".join(f"{x:.2f}" for x in sel) + f" | {sel.mean():.3f} |")
+    out.append("| oracle | " + " | ".join(f"{x:.2f}" for x in orc) + f" | {orc.mean():.3f} |")
+    out.append("")
+    print("\n".join(out), flush=True)
+    out.append("| run | perplexity | vs dense |\n|---|---|---|")
+    runs = [("sparse, oracle selection", "sparse", pyresa.ResaConfig(selection="oracle")),
+            ("resa, oracle selection", "resa", pyresa.ResaConfig(selection="oracle"))]
+    runs += [(f"resa, ratio {r}", "resa", pyresa.ResaConfig(ratio=float(r))) for r in args.sweep.split(",")]
+    for name, mode, cfg in runs:
+        lp = model.score(tokens, prefill=args.prefill, attention=mode, resa=cfg)
+        p = float(np.exp(-lp.mean()))
+        out.append(f"| {name} | {p:.4f} | {p / ppl['dense'] - 1:+.2%} |")
+        print(out[-1], flush=True)
+    return out
 
 
 if __name__ == "__main__":

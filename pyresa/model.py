@@ -56,9 +56,17 @@ class Model(CompletionsMixin):
         if resa is not None and not isinstance(resa, ResaConfig):
             raise InvalidRequestError(f"resa must be a pyresa.ResaConfig, got {type(resa).__name__}")
         self.resa = resa or self.resa
+        self._apply_attention(attention, audit=False)
+
+    def _apply_attention(self, attention: str, *, audit: bool) -> None:
         r = self.resa
+        extra = {}
+        if r.selection != "minmax" or audit:
+            if self.device != "cpu":
+                raise UnsupportedError("oracle block selection and the selection audit run on the CPU only")
+            extra = {"selection": r.selection, "audit": audit}
         self._engine.set_attention(attention, r.block_size, float(r.ratio), r.min_blocks, r.local_blocks,
-                                   r.rectify_every)
+                                   r.rectify_every, **extra)
         self.attention = attention
 
     @staticmethod
@@ -149,11 +157,16 @@ class Model(CompletionsMixin):
         return out
 
     def score(self, tokens: Sequence[int], *, prefill: int, attention: str | None = None,
-              resa: ResaConfig | None = None) -> np.ndarray:
+              resa: ResaConfig | None = None, audit: bool = False) -> np.ndarray:
         """Per-token log-probabilities with teacher forcing ("language modelling in decode mode"):
         the first `prefill` tokens are prefilled densely, every later token goes through the
         decode path of `attention` (rectification included). Returns float64 [len(tokens) - prefill]:
-        log p(tokens[i] | tokens[:i]) for i = prefill .. len(tokens) - 1."""
+        log p(tokens[i] | tokens[:i]) for i = prefill .. len(tokens) - 1.
+
+        audit=True (CPU, sparse modes) also measures at every sparse step the true attention mass
+        the selected blocks hold, and the most any n_sel blocks could hold (the oracle's):
+        last_score_stats["mass_selected"] / ["mass_oracle"], one mean per layer. It reads every
+        key each step, so scoring is much slower."""
         tokens = self._prompt_tokens(tokens)
         if not 1 <= prefill < len(tokens):
             raise InvalidRequestError(f"prefill must be in [1, {len(tokens) - 1}], got {prefill}")
@@ -161,6 +174,8 @@ class Model(CompletionsMixin):
         saved = (self.attention, self.resa)
         try:
             self.set_attention(attention or self.attention, resa)
+            if audit:
+                self._apply_attention(self.attention, audit=True)
             self.reset()
             self._engine.reset_stats()
             out = np.empty(len(tokens) - prefill, dtype=np.float64)

@@ -10,6 +10,10 @@ from dataclasses import dataclass
 from pyresa.errors import InvalidRequestError
 
 ATTENTION_MODES = ("dense", "sparse", "resa")
+# "minmax": ReSA's rule (descriptor upper bounds). "oracle": each step computes every block's true
+# attention mass and keeps the heaviest: it reads the whole cache (no speed-up, CPU only) and
+# bounds what any selection rule can reach at the same ratio. For evaluation, not for serving.
+BLOCK_SELECTIONS = ("minmax", "oracle")
 
 
 @dataclass(frozen=True)
@@ -19,6 +23,7 @@ class ResaConfig:
     min_blocks: int = 16      # ... but at least this many (all of them in short contexts)
     local_blocks: int = 1     # the most recent blocks, always read
     rectify_every: int = 32   # f: dense rectification of every f sparse-decoded tokens
+    selection: str = "minmax"  # see BLOCK_SELECTIONS
 
     def __post_init__(self):
         def bad(msg):
@@ -38,6 +43,8 @@ class ResaConfig:
             bad(f"local_blocks must be in [0, min_blocks={self.min_blocks}], got {self.local_blocks}")
         if self.rectify_every < 1:
             bad(f"rectify_every must be >= 1, got {self.rectify_every}")
+        if self.selection not in BLOCK_SELECTIONS:
+            bad(f"selection must be one of {', '.join(BLOCK_SELECTIONS)}, got {self.selection!r}")
 
     def n_selected(self, n_tokens: int) -> int:
         """Blocks a decode step reads at a context of n_tokens (the partial block counts)."""

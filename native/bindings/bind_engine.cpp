@@ -46,7 +46,7 @@ void bind_engine(nb::module_& m) {
       .def("truncate", &Engine::truncate, nb::arg("n"))
       .def("set_attention",
            [](Engine& e, const std::string& mode, int block_size, double ratio, int min_blocks, int local_blocks,
-              int rectify_every) {
+              int rectify_every, const std::string& selection, bool audit) {
              AttentionMode m;
              if (mode == "dense") m = AttentionMode::Dense;
              else if (mode == "sparse") m = AttentionMode::Sparse;
@@ -58,10 +58,15 @@ void bind_engine(nb::module_& m) {
              p.select.min_blocks = min_blocks;
              p.select.local_blocks = local_blocks;
              p.rectify_every = rectify_every;
+             if (selection == "minmax") p.selection = BlockSelection::MinMax;
+             else if (selection == "oracle") p.selection = BlockSelection::Oracle;
+             else throw std::invalid_argument("selection must be 'minmax' or 'oracle', got '" + selection + "'");
+             p.audit = audit;
              e.set_attention(m, p);
            },
            nb::arg("mode"), nb::arg("block_size") = 16, nb::arg("ratio") = 0.1, nb::arg("min_blocks") = 16,
-           nb::arg("local_blocks") = 1, nb::arg("rectify_every") = 32)
+           nb::arg("local_blocks") = 1, nb::arg("rectify_every") = 32, nb::arg("selection") = "minmax",
+           nb::arg("audit") = false)
       .def("stats",
            [](const Engine& e) {
              const AttentionStats& s = e.stats();
@@ -72,6 +77,17 @@ void bind_engine(nb::module_& m) {
              d["rectifications"] = s.rectifications;
              d["rectified_tokens"] = s.rectified_tokens;
              d["pending_rectification"] = e.pending_rectification();
+             if (!s.audit_samples.empty()) {
+               // Mean kept attention mass per layer (over sparse steps and KV heads).
+               nb::list sel, orc;
+               for (size_t l = 0; l < s.audit_samples.size(); ++l) {
+                 const double n = s.audit_samples[l] ? static_cast<double>(s.audit_samples[l]) : 1.0;
+                 sel.append(s.mass_selected[l] / n);
+                 orc.append(s.mass_oracle[l] / n);
+               }
+               d["mass_selected"] = sel;
+               d["mass_oracle"] = orc;
+             }
              return d;
            })
       .def("reset_stats", &Engine::reset_stats)

@@ -11,6 +11,7 @@
 #include <thread>
 #include <vector>
 
+#include "backends/cpu/attention_mass.h"
 #include "backends/cpu/block_select.h"
 #include "backends/cpu/causal_attention.h"
 #include "backends/cpu/sparse_attention.h"
@@ -197,6 +198,28 @@ void bind_resa_ops(nb::module_& m) {
      nb::arg("min_blocks"), nb::arg("local_blocks"), nb::arg("n_kv_heads"), nb::arg("n_threads") = 1,
      "Selected blocks [n_kv_heads, n_sel], rows ascending. q: [n_q_heads, D]; kmin/kmax: [n_kv_heads, >=n_blocks, D].\n"
      "n_threads > 1 runs the (ith, nth) shares one after another.");
+
+  m.def("block_attention_mass", [](F32_2 q, Half3 K, int64_t n_tokens, int block_size, float scale) {
+    const HalfView k = half_view(K, "block_attention_mass: K");
+    if (k.heads != 1 || (size_t)q.shape(1) != k.D || n_tokens < 0 || (size_t)n_tokens > k.tokens || block_size < 1)
+      throw std::invalid_argument("block_attention_mass: q [group, D], K [1, >=n_tokens, D], block_size >= 1");
+    std::vector<double> mass((size_t)cpu::resa_block_count(n_tokens, block_size));
+    cpu::block_attention_mass(q.data(), (int)q.shape(0), (int)k.D, k.data, k.nb1, n_tokens, block_size, scale,
+                              mass.data());
+    return owned(std::move(mass), {mass.size()});
+  }, nb::arg("q"), nb::arg("K"), nb::arg("n_tokens"), nb::arg("block_size"), nb::arg("scale"),
+     "True softmax attention mass per block, mean over the query heads q [group, D]; K [1, tokens, D] F16.");
+
+  m.def("select_blocks_by_mass", [](nb::ndarray<const double, nb::ndim<1>, nb::c_contig, nb::device::cpu> mass,
+                                    int64_t n_sel, int64_t n_local) {
+    const int64_t n_blocks = (int64_t)mass.shape(0);
+    if (n_sel < 0 || n_sel > n_blocks || n_local < 0 || n_local > n_sel)
+      throw std::invalid_argument("select_blocks_by_mass: need 0 <= n_local <= n_sel <= n_blocks");
+    std::vector<int32_t> row((size_t)n_sel);
+    cpu::select_blocks_by_mass(mass.data(), n_blocks, n_sel, n_local, row.data());
+    return owned(std::move(row), {row.size()});
+  }, nb::arg("mass"), nb::arg("n_sel"), nb::arg("n_local"),
+     "The oracle selection: the last n_local blocks and the heaviest others, ascending.");
 
   nb::class_<BlockDescriptors>(m, "BlockDescriptors")
       .def(nb::init<int, int, int, int, int>(), nb::arg("n_layer"), nb::arg("n_kv_heads"), nb::arg("head_dim"),

@@ -5,6 +5,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "backends/cpu/attention_mass.h"
 #include "backends/cpu/causal_attention.h"
 #include "backends/cpu/ops.h"
 #include "backends/cpu/sparse_attention.h"
@@ -210,6 +211,7 @@ void Engine::decode_attention(int layer, int pos, bool sparse) {
     pool_.run([&](int ith, int nth) {
       cpu::select_blocks(q_.data(), c.n_head, c.n_head_kv, c.head_dim, view, n_tokens, sel, selected_.data(), ith, nth);
     });
+    if (resa_.audit || resa_.selection == BlockSelection::Oracle) audit_selection(layer, n_tokens, n_sel);
     blocks = selected_.data();
   } else {
     n_sel = n_blocks;
@@ -223,6 +225,41 @@ void Engine::decode_attention(int layer, int pos, bool sparse) {
   pool_.run([&](int ith, int nth) {
     cpu::sparse_attention_heads(a, c.n_head * ith / nth, c.n_head * (ith + 1) / nth);
   });
+}
+
+void Engine::audit_selection(int layer, int64_t n_tokens, int64_t n_sel) {
+  const ModelConfig& c = config_;
+  const int group = c.n_head / c.n_head_kv;
+  const int bs = resa_.select.block_size;
+  const int64_t n_blocks = cpu::resa_block_count(n_tokens, bs);
+  const int64_t n_local = std::min<int64_t>(resa_.select.local_blocks, n_blocks);
+  const int64_t stride = cpu::resa_block_count(options_.n_ctx, bs);
+  block_mass_.resize(static_cast<size_t>(pool_.size()) * stride);
+  if (stats_.audit_samples.empty()) {
+    stats_.mass_selected.assign(c.n_layer, 0.0);
+    stats_.mass_oracle.assign(c.n_layer, 0.0);
+    stats_.audit_samples.assign(c.n_layer, 0);
+  }
+  std::vector<double> kept(c.n_head_kv), best(c.n_head_kv);
+  pool_.run([&](int ith, int nth) {
+    double* mass = block_mass_.data() + static_cast<size_t>(ith) * stride;
+    std::vector<int32_t> oracle(n_sel);
+    for (int h = ith; h < c.n_head_kv; h += nth) {
+      cpu::block_attention_mass(&q_[static_cast<size_t>(h) * group * c.head_dim], group, c.head_dim,
+                                cache_.k(layer, h), c.head_dim * sizeof(fp16_t), n_tokens, bs,
+                                1.0f / std::sqrt(static_cast<float>(c.head_dim)), mass);
+      int32_t* row = selected_.data() + static_cast<size_t>(h) * n_sel;
+      cpu::select_blocks_by_mass(mass, n_blocks, n_sel, n_local, oracle.data());
+      if (resa_.selection == BlockSelection::Oracle) std::copy(oracle.begin(), oracle.end(), row);
+      kept[h] = cpu::selected_mass(mass, row, n_sel);  // what the step will read
+      best[h] = cpu::selected_mass(mass, oracle.data(), n_sel);
+    }
+  });
+  for (int h = 0; h < c.n_head_kv; ++h) {
+    stats_.mass_selected[layer] += kept[h];
+    stats_.mass_oracle[layer] += best[h];
+    stats_.audit_samples[layer] += 1;
+  }
 }
 
 void Engine::forward_chunk(const int32_t* tokens, int n, int pos0, float* logits, bool all_logits, bool sparse) {

@@ -19,9 +19,18 @@ namespace pyresa {
 // How decode steps (one new token) attend. Prefill and rectification are always dense.
 enum class AttentionMode { Dense, Sparse, Resa };
 
+// How a sparse decode step picks its blocks. MinMax is ReSA's rule (descriptor upper bounds);
+// Oracle computes every block's true attention mass first and keeps the heaviest: it reads the
+// whole cache, so it is no speed-up, only the bound any descriptor rule can reach (diagnostic).
+enum class BlockSelection { MinMax, Oracle };
+
 struct ResaParams {
   cpu::ResaSelectParams select;  // block_size, ratio, min_blocks, local_blocks
   int rectify_every = 32;        // f: dense re-run of every f sparse-decoded tokens (resa)
+  BlockSelection selection = BlockSelection::MinMax;
+  // Measure, at every sparse step, the attention mass the selection keeps and the oracle's
+  // (AttentionStats::mass_*). Costs a dense step's reading and more: for evaluation only.
+  bool audit = false;
 };
 
 // Counters since the last reset_stats(): what decode steps read, and rectifications done.
@@ -31,6 +40,11 @@ struct AttentionStats {
   int64_t blocks_total = 0;  // KV blocks a dense step would have read
   int64_t rectifications = 0;
   int64_t rectified_tokens = 0;
+  // Audit (ResaParams::audit or Oracle selection), per layer: sums over sparse steps and KV heads
+  // of the true attention mass (group mean) in the selected blocks, and in the oracle's n_sel
+  // heaviest blocks; audit_samples[l] counts the (step, KV head) pairs summed.
+  std::vector<double> mass_selected, mass_oracle;
+  std::vector<int64_t> audit_samples;
 };
 
 struct EngineOptions {
@@ -58,6 +72,7 @@ class Engine {
   AttentionMode attention_mode() const { return mode_; }
   const AttentionStats& stats() const { return stats_; }
   void reset_stats() { stats_ = AttentionStats{}; }
+  const ResaParams& resa_params() const { return resa_; }
   // Read access for tests and tools: the cache and the descriptors of a layer.
   const KvCache& cache() const { return cache_; }
   const BlockDescriptors* descriptors() const { return descriptors_.get(); }
@@ -79,6 +94,8 @@ class Engine {
   void forward_chunk(const int32_t* tokens, int n, int pos0, float* logits, bool all_logits, bool sparse);
   void attention_layer(int layer, int n, int pos0, bool sparse);
   void decode_attention(int layer, int pos, bool sparse);  // sparse: select blocks; else all of them
+  // Audit / oracle selection for one sparse step of one layer (see BlockSelection).
+  void audit_selection(int layer, int64_t n_tokens, int64_t n_sel);
   cpu::SparseAttentionArgs attention_args(int layer, const float* q, float* out, int64_t n_kv,
                                           const int32_t* blocks, int64_t n_sel, int64_t blocks_stride);
   void parallel_rows(int n, const std::function<void(int)>& fn);
@@ -97,6 +114,7 @@ class Engine {
   ResaParams resa_;
   std::unique_ptr<BlockDescriptors> descriptors_;
   std::vector<int32_t> selected_;   // [n_kv_heads][n_sel] of the current decode step
+  std::vector<double> block_mass_;  // [n_threads][max blocks]: audit scratch
   std::vector<int32_t> all_blocks_; // [n_kv_heads][n] rows of 0, 1, 2, ...: "every block" for dense attention
   int n_sparse_ = 0;                 // sparse-decoded tokens not yet rectified
   AttentionStats stats_;

@@ -5,6 +5,7 @@ of each attention mode; print perplexities and plot NLL against position (PNG)."
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 
@@ -23,6 +24,12 @@ def add_parser(sub) -> None:
     p.add_argument("--modes", default="dense,sparse,resa", help="comma-separated attention modes")
     p.add_argument("--plot", default="eval.png", help="PNG to write (NLL against position); '' for none")
     p.add_argument("--window", type=int, default=128, help="moving-average window of the plot")
+    p.add_argument("--selection", choices=["minmax", "oracle"], default="minmax",
+                   help="block selection of sparse steps: ReSA's min/max rule, or the oracle (the blocks of "
+                        "largest true attention mass: reads the whole cache, the bound for any rule; CPU only)")
+    p.add_argument("--audit", action="store_true",
+                   help="also print, per layer, the attention mass the selected blocks keep and the most any "
+                        "blocks of that number could keep (slow: reads every key at every step; CPU only)")
     p.set_defaults(func=run)
 
 
@@ -30,6 +37,14 @@ def moving_average(x: np.ndarray, w: int) -> np.ndarray:
     w = max(1, min(w, len(x)))
     c = np.cumsum(np.insert(x, 0, 0.0))
     return (c[w:] - c[:-w]) / w
+
+
+def print_audit(selected: list[float], oracle: list[float]) -> None:
+    """Attention mass kept per layer: the selection's and the oracle's (mean over sparse steps)."""
+    print(f"         attention mass kept: selection {np.mean(selected):.3f}, oracle {np.mean(oracle):.3f} (mean); by layer:")
+    for first in range(0, len(selected), 10):
+        cols = range(first, min(first + 10, len(selected)))
+        print("         " + "  ".join(f"L{i:<2d} {selected[i]:.2f}/{oracle[i]:.2f}" for i in cols))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,18 +62,22 @@ def run(args: argparse.Namespace) -> int:
         print(f"pyresa eval: the text has {len(tokens)} tokens, not more than --prefill {args.prefill}", file=sys.stderr)
         return 2
     resa = resa_kwargs(args).get("resa") or ResaConfig()
+    if args.selection != resa.selection:
+        resa = dataclasses.replace(resa, selection=args.selection)
     print(f"{model.path.name}: {len(tokens)} tokens, prefill {args.prefill}, decode {len(tokens) - args.prefill}; "
           f"ResaConfig {resa}")
     results = {}
     for mode in modes:
         t0 = time.perf_counter()
-        lp = model.score(tokens, prefill=args.prefill, attention=mode, resa=resa)
+        lp = model.score(tokens, prefill=args.prefill, attention=mode, resa=resa, audit=args.audit and mode != "dense")
         dt = time.perf_counter() - t0
         s = model.last_score_stats
         read = s["blocks_read"] / s["blocks_total"] if s["blocks_total"] else 1.0
         results[mode] = -lp
         print(f"  {mode:6s} perplexity {np.exp(-lp.mean()):8.4f}   mean NLL {-lp.mean():.4f}   "
               f"KV blocks read {read:6.1%}   rectifications {s['rectifications']:4d}   {len(lp) / dt:6.1f} tok/s")
+        if "mass_selected" in s:
+            print_audit(s["mass_selected"], s["mass_oracle"])
     if "dense" in results:
         base = np.exp(results["dense"].mean())
         for mode, nll in results.items():

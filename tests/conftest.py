@@ -48,3 +48,16 @@ def llama_reference(path, *, n_ctx=4096, logits_all=False, flash_attn=True, thre
     llama_cpp = pytest.importorskip("llama_cpp")
     return llama_cpp.Llama(str(path), n_ctx=n_ctx, logits_all=logits_all, flash_attn=flash_attn,
                            n_threads=threads, verbose=False)
+
+
+# The ReSA tests' text and model: 700 tokens of the English text, a 1,024-token context.
+@pytest.fixture(scope="module")
+def tokens(model, english_text):
+    return model.tokenize(english_text)[:700]
+
+
+@pytest.fixture(scope="module")
+def resa_model(model_path):
+    import pyresa
+
+    return pyresa.Model(model_path, n_ctx=1024)

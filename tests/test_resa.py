@@ -12,16 +12,6 @@ from pyresa import ResaConfig
 from pyresa.errors import ContextFullError, InvalidRequestError
 
 
-@pytest.fixture(scope="module")
-def tokens(model, english_text):
-    return model.tokenize(english_text)[:700]
-
-
-@pytest.fixture(scope="module")
-def resa_model(model_path):
-    return pyresa.Model(model_path, n_ctx=1024)
-
-
 def decode(model, toks):
     """Teacher-forced decode steps: one eval per token, returning each step's logits."""
     return [model._engine.eval(np.asarray([t], dtype=np.int32), False) for t in toks]

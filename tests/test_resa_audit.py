@@ -48,23 +48,13 @@ def test_oracle_selection_takes_the_heaviest_blocks():
         assert row.tolist() == want
 
 
-@pytest.fixture(scope="module")
-def tokens(model, english_text):
-    return model.tokenize(english_text)[:700]
-
-
-@pytest.fixture(scope="module")
-def audit_model(model_path):
-    return pyresa.Model(model_path, n_ctx=1024)
-
-
-def test_audit_does_not_change_the_numbers(audit_model, tokens):
+def test_audit_does_not_change_the_numbers(resa_model, tokens):
     cfg = ResaConfig(ratio=0.1, min_blocks=4)
-    plain = audit_model.score(tokens[:560], prefill=500, attention="sparse", resa=cfg)
-    assert "mass_selected" not in audit_model.last_score_stats
-    audited = audit_model.score(tokens[:560], prefill=500, attention="sparse", resa=cfg, audit=True)
+    plain = resa_model.score(tokens[:560], prefill=500, attention="sparse", resa=cfg)
+    assert "mass_selected" not in resa_model.last_score_stats
+    audited = resa_model.score(tokens[:560], prefill=500, attention="sparse", resa=cfg, audit=True)
     np.testing.assert_array_equal(plain, audited)
-    s = audit_model.last_score_stats
+    s = resa_model.last_score_stats
     sel, orc = np.array(s["mass_selected"]), np.array(s["mass_oracle"])
     assert sel.shape == orc.shape == (30,)
     # The oracle keeps the most mass any n_sel blocks can hold: the rule's selection keeps at
@@ -74,21 +64,21 @@ def test_audit_does_not_change_the_numbers(audit_model, tokens):
     assert sel.mean() < orc.mean()
 
 
-def test_oracle_selection_keeps_the_oracle_mass(audit_model, tokens):
+def test_oracle_selection_keeps_the_oracle_mass(resa_model, tokens):
     cfg = ResaConfig(ratio=0.1, min_blocks=4, selection="oracle")
-    lp = audit_model.score(tokens[:540], prefill=500, attention="sparse", resa=cfg)
-    s = audit_model.last_score_stats
+    lp = resa_model.score(tokens[:540], prefill=500, attention="sparse", resa=cfg)
+    s = resa_model.last_score_stats
     np.testing.assert_allclose(s["mass_selected"], s["mass_oracle"], rtol=0, atol=1e-12)
-    dense = audit_model.score(tokens[:540], prefill=500, attention="dense")
+    dense = resa_model.score(tokens[:540], prefill=500, attention="dense")
     assert not np.allclose(lp, dense)
 
 
-def test_ratio_one_keeps_all_the_mass_and_the_dense_logits(audit_model, tokens):
+def test_ratio_one_keeps_all_the_mass_and_the_dense_logits(resa_model, tokens):
     full = ResaConfig(ratio=1.0, selection="oracle")
-    lp = audit_model.score(tokens[:530], prefill=500, attention="resa", resa=full, audit=True)
-    s = audit_model.last_score_stats
+    lp = resa_model.score(tokens[:530], prefill=500, attention="resa", resa=full, audit=True)
+    s = resa_model.last_score_stats
     np.testing.assert_allclose(s["mass_selected"], 1.0, atol=1e-9)
-    dense = audit_model.score(tokens[:530], prefill=500, attention="dense")
+    dense = resa_model.score(tokens[:530], prefill=500, attention="dense")
     np.testing.assert_allclose(lp, dense, rtol=0, atol=1e-5)
 
 

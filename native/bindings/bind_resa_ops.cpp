@@ -55,6 +55,17 @@ HalfView half_view(const Half3& a, const char* what) {
                   static_cast<size_t>(a.stride(1)) * 2, static_cast<size_t>(a.stride(0)) * 2};
 }
 
+// K and V in the operators' ggml layout (either operator's argument struct).
+template <typename Args>
+void set_kv(Args& a, const HalfView& k, const HalfView& v) {
+  a.K = k.data;
+  a.k_nb1 = k.nb1;
+  a.k_nb2 = k.nb2;
+  a.V = v.data;
+  a.v_nb1 = v.nb1;
+  a.v_nb2 = v.nb2;
+}
+
 cpu::ResaSelectParams select_params(int block_size, double ratio, int min_blocks, int local_blocks) {
   cpu::ResaSelectParams p;
   p.block_size = block_size;
@@ -107,12 +118,7 @@ AttentionCall attention_call(const F32_2& q, const Half3& K, const Half3& V, int
   a.n_q_heads = n_q_heads;
   a.n_kv_heads = (int)k.heads;
   a.D = D;
-  a.K = k.data;
-  a.k_nb1 = k.nb1;
-  a.k_nb2 = k.nb2;
-  a.V = v.data;
-  a.v_nb1 = v.nb1;
-  a.v_nb2 = v.nb2;
+  set_kv(a, k, v);
   a.n_kv = n_kv;
   a.scale = scale;
   a.block_size = block_size;
@@ -291,12 +297,7 @@ void bind_resa_ops(nb::module_& m) {
     a.n_q_heads = (int)n_q_heads;
     a.n_kv_heads = (int)k.heads;
     a.D = (int)D;
-    a.K = k.data;
-    a.k_nb1 = k.nb1;
-    a.k_nb2 = k.nb2;
-    a.V = v.data;
-    a.v_nb1 = v.nb1;
-    a.v_nb2 = v.nb2;
+    set_kv(a, k, v);
     a.pos0 = pos0;
     a.scale = scale;
     a.out = out.data();

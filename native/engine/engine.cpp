@@ -142,11 +142,10 @@ void Engine::parallel_rows(int n, const std::function<void(int)>& fn) {
   });
 }
 
-cpu::SparseAttentionArgs Engine::attention_args(int layer, const float* q, float* out, int64_t n_kv,
-                                                const int32_t* blocks, int64_t n_sel, int64_t blocks_stride) {
+// The fields both attention operators share: heads, the layer's KV cache in ggml strides, scale.
+template <typename Args>
+void Engine::describe_attention(int layer, Args& a) const {
   const ModelConfig& c = config_;
-  cpu::SparseAttentionArgs a;
-  a.q = q;
   a.n_q_heads = c.n_head;
   a.n_kv_heads = c.n_head_kv;
   a.D = c.head_dim;
@@ -154,8 +153,15 @@ cpu::SparseAttentionArgs Engine::attention_args(int layer, const float* q, float
   a.V = cache_.v(layer, 0);
   a.k_nb1 = a.v_nb1 = c.head_dim * sizeof(fp16_t);
   a.k_nb2 = a.v_nb2 = cache_.head_stride() * sizeof(fp16_t);
+  a.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+}
+
+cpu::SparseAttentionArgs Engine::attention_args(int layer, const float* q, float* out, int64_t n_kv,
+                                                const int32_t* blocks, int64_t n_sel, int64_t blocks_stride) {
+  cpu::SparseAttentionArgs a;
+  describe_attention(layer, a);
+  a.q = q;
   a.n_kv = n_kv;
-  a.scale = 1.0f / std::sqrt((float)c.head_dim);
   a.block_size = resa_.select.block_size;
   a.blocks = blocks;
   a.n_sel = n_sel;
@@ -172,19 +178,11 @@ void Engine::attention_layer(int layer, int n, int pos0, bool sparse) {
   // Prefill and rectification: query i sees keys [0, pos0 + i]. Work items are (KV head, tile of
   // queries), each reading the cache once for its tile; per query the same numbers as a decode
   // step (see causal_attention.h).
-  const ModelConfig& c = config_;
   cpu::CausalAttentionArgs a;
+  describe_attention(layer, a);
   a.q = q_.data();
   a.n_queries = n;
-  a.n_q_heads = c.n_head;
-  a.n_kv_heads = c.n_head_kv;
-  a.D = c.head_dim;
-  a.K = cache_.k(layer, 0);
-  a.V = cache_.v(layer, 0);
-  a.k_nb1 = a.v_nb1 = c.head_dim * sizeof(fp16_t);
-  a.k_nb2 = a.v_nb2 = cache_.head_stride() * sizeof(fp16_t);
   a.pos0 = pos0;
-  a.scale = 1.0f / std::sqrt((float)c.head_dim);
   a.out = attn_.data();
   const cpu::CausalAttentionPlan plan = cpu::causal_attention_plan(a, pool_.size());
   std::atomic<int64_t> next{0};

@@ -92,6 +92,8 @@ class Engine {
   struct Scratch;
   void eval_dense(const int32_t* tokens, int n, bool all_logits, float* logits);
   void forward_chunk(const int32_t* tokens, int n, int pos0, float* logits, bool all_logits, bool sparse);
+  template <typename Args>
+  void describe_attention(int layer, Args& a) const;
   void attention_layer(int layer, int n, int pos0, bool sparse);
   void decode_attention(int layer, int pos, bool sparse);  // sparse: select blocks; else all of them
   // Audit / oracle selection for one sparse step of one layer (see BlockSelection).

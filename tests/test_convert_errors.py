@@ -273,8 +273,11 @@ def test_failure_mid_write_keeps_the_old_output(tiny_tokenizer, tmp_path):
 
 def _slow_conversion(src: Path, out: Path) -> subprocess.Popen:
     """pyresa-convert in a subprocess, slowed to 0.1 s per tensor so a signal lands mid-write."""
+    # Ctrl-C as in a terminal, whatever this test runs under: a shell starts background jobs
+    # with SIGINT ignored, children inherit that, and Python then installs no KeyboardInterrupt.
     script = (
-        "import sys, time\n"
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         f"import {pc.__name__}.writer as w\n"
         f"from {pc.__name__}.cli import main\n"
         "orig = w._write_tensor\n"

@@ -413,7 +413,7 @@ __device__ __forceinline__ uint4 ld_stream16(const void* p) {  // weights: read 
   return v;
 }
 
-template <GgmlType W, int R>
+template <GgmlType W, int R, int U>
 __global__ void __launch_bounds__(32 * kRowsPerCta) matvec_rows_kernel(MatvecBatch batch, const uint8_t* act) {
   static_assert(W == GgmlType::Q4_K || W == GgmlType::Q5_K || W == GgmlType::Q6_K, "K-quants only");
   const int lane = threadIdx.x & 31;
@@ -440,50 +440,61 @@ __global__ void __launch_bounds__(32 * kRowsPerCta) matvec_rows_kernel(MatvecBat
   const int j = lane & 7;
   const ActLayout al = act_layout(GgmlType::Q8_K, cols);
   const Q6Planes pl = q6_planes(w.data, w.rows * nb);
-  for (int64_t b0 = 0; b0 < nb; b0 += 4) {
-    const bool valid = b0 + (lane >> 3) < nb;
-    const int64_t b = valid ? b0 + (lane >> 3) : 0;
-    // 1. every load of this step: R rows' blocks, then the activations.
-    uint4 va[R], vb[R], vc[R];
-    int s6lo[R], s6hi[R];
-    uint16_t d6[R];
+  for (int64_t b00 = 0; b00 < nb; b00 += 4 * U) {
+    // 1. every load of U steps: R rows' blocks per step, then the steps' activations.
+    uint4 va[U][R], vb[U][R], vc[U][R];
+    int s6lo[U][R], s6hi[U][R];
+    uint16_t d6[U][R];
+    uint4 alo[U], ahi[U];
+    int bs_lo[U], bs_hi[U];
+    float ad[U];
+    bool valid[U];
     int qa_lo_off, qa_hi_off, g_lo, g_hi;
-    if constexpr (W == GgmlType::Q6_K) {
-      const int h = j >> 2, k2 = (j >> 1) & 1, lh = j & 1;
-      g_lo = 8 * h + 2 * k2 + lh;
-      g_hi = g_lo + 4;
 #pragma unroll
-      for (int r = 0; r < R; ++r) {
-        const int64_t blk = rows[r] * nb + b;
-        va[r] = ld_stream16(pl.ql + blk * kQ6Ql + 64 * h + 32 * k2 + 16 * lh);
-        vb[r] = ld_stream16(pl.qh + blk * kQ6Qh + 32 * h + 16 * lh);
-        s6lo[r] = pl.sc[blk * kQ6Sc + g_lo];
-        s6hi[r] = pl.sc[blk * kQ6Sc + g_hi];
-        d6[r] = pl.d[blk];
-      }
-      qa_lo_off = 128 * h + 32 * k2 + 16 * lh;
-      qa_hi_off = qa_lo_off + 64;
-    } else {
-      const int c = j >> 1, hh = j & 1;
+    for (int u = 0; u < U; ++u) {
+      const int64_t b0 = b00 + 4 * u;
+      valid[u] = b0 + (lane >> 3) < nb;
+      const int64_t b = valid[u] ? b0 + (lane >> 3) : 0;
+      if constexpr (W == GgmlType::Q6_K) {
+        const int h = j >> 2, k2 = (j >> 1) & 1, lh = j & 1;
+        g_lo = 8 * h + 2 * k2 + lh;
+        g_hi = g_lo + 4;
 #pragma unroll
-      for (int r = 0; r < R; ++r) {
-        const uint8_t* blk = w.data + rows[r] * w.row_bytes + b * (W == GgmlType::Q4_K ? 144 : 176);
-        va[r] = ld_stream16(blk);
-        vb[r] = ld_stream16(blk + (W == GgmlType::Q4_K ? 16 : 48) + 32 * c + 16 * hh);
-        if constexpr (W == GgmlType::Q5_K) vc[r] = ld_stream16(blk + 16 + 16 * hh);
+        for (int r = 0; r < R; ++r) {
+          const int64_t blk = rows[r] * nb + b;
+          va[u][r] = ld_stream16(pl.ql + blk * kQ6Ql + 64 * h + 32 * k2 + 16 * lh);
+          vb[u][r] = ld_stream16(pl.qh + blk * kQ6Qh + 32 * h + 16 * lh);
+          s6lo[u][r] = pl.sc[blk * kQ6Sc + g_lo];
+          s6hi[u][r] = pl.sc[blk * kQ6Sc + g_hi];
+          d6[u][r] = pl.d[blk];
+        }
+        qa_lo_off = 128 * h + 32 * k2 + 16 * lh;
+        qa_hi_off = qa_lo_off + 64;
+      } else {
+        const int c = j >> 1, hh = j & 1;
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          const uint8_t* blk = w.data + rows[r] * w.row_bytes + b * (W == GgmlType::Q4_K ? 144 : 176);
+          va[u][r] = ld_stream16(blk);
+          vb[u][r] = ld_stream16(blk + (W == GgmlType::Q4_K ? 16 : 48) + 32 * c + 16 * hh);
+          if constexpr (W == GgmlType::Q5_K) vc[u][r] = ld_stream16(blk + 16 + 16 * hh);
+        }
+        qa_lo_off = 64 * c + 16 * hh;
+        qa_hi_off = qa_lo_off + 32;
+        g_lo = 4 * c + hh;
+        g_hi = g_lo + 2;
       }
-      qa_lo_off = 64 * c + 16 * hh;
-      qa_hi_off = qa_lo_off + 32;
-      g_lo = 4 * c + hh;
-      g_hi = g_lo + 2;
+      const int8_t* aq = reinterpret_cast<const int8_t*>(act) + b * QK_K;
+      alo[u] = *reinterpret_cast<const uint4*>(aq + qa_lo_off);
+      ahi[u] = *reinterpret_cast<const uint4*>(aq + qa_hi_off);
+      const int16_t* bs = reinterpret_cast<const int16_t*>(act + al.bsum_off) + b * 16;
+      bs_lo[u] = bs[g_lo];
+      bs_hi[u] = bs[g_hi];
+      ad[u] = reinterpret_cast<const float*>(act + al.d_off)[b];
     }
-    const int8_t* aq = reinterpret_cast<const int8_t*>(act) + b * QK_K;
-    const uint4 alo = *reinterpret_cast<const uint4*>(aq + qa_lo_off);
-    const uint4 ahi = *reinterpret_cast<const uint4*>(aq + qa_hi_off);
-    const int16_t* bs = reinterpret_cast<const int16_t*>(act + al.bsum_off) + b * 16;
-    const int bs_lo = bs[g_lo], bs_hi = bs[g_hi];
-    const float ad = reinterpret_cast<const float*>(act + al.d_off)[b];
-    // 2. the arithmetic, row by row, as matvec_kernel does it.
+    // 2. the arithmetic, step by step and row by row, as matvec_kernel does it.
+#pragma unroll
+    for (int u = 0; u < U; ++u)
 #pragma unroll
     for (int r = 0; r < R; ++r) {
       int wlo[4], whi[4];
@@ -491,19 +502,20 @@ __global__ void __launch_bounds__(32 * kRowsPerCta) matvec_rows_kernel(MatvecBat
       float d = 0.0f, dmin = 0.0f;
       if constexpr (W == GgmlType::Q6_K) {
         const int k2 = (j >> 1) & 1;
-        const uint32_t qlw[4] = {va[r].x, va[r].y, va[r].z, va[r].w}, qhw[4] = {vb[r].x, vb[r].y, vb[r].z, vb[r].w};
+        const uint32_t qlw[4] = {va[u][r].x, va[u][r].y, va[u][r].z, va[u][r].w};
+        const uint32_t qhw[4] = {vb[u][r].x, vb[u][r].y, vb[u][r].z, vb[u][r].w};
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
           wlo[i] = (int)((qlw[i] & 0x0f0f0f0fu) | (((qhw[i] >> (2 * k2)) & 0x03030303u) << 4));
           whi[i] = (int)(((qlw[i] >> 4) & 0x0f0f0f0fu) | (((qhw[i] >> (2 * k2 + 4)) & 0x03030303u) << 4));
         }
-        sc_lo = s6lo[r];
-        sc_hi = s6hi[r];
-        d = h2f(d6[r]);
+        sc_lo = s6lo[u][r];
+        sc_hi = s6hi[u][r];
+        d = h2f(d6[u][r]);
       } else {
         const int c = j >> 1;
-        const uint4 hdr = va[r];
-        const uint32_t qsw[4] = {vb[r].x, vb[r].y, vb[r].z, vb[r].w};
+        const uint4 hdr = va[u][r];
+        const uint32_t qsw[4] = {vb[u][r].x, vb[u][r].y, vb[u][r].z, vb[u][r].w};
         if constexpr (W == GgmlType::Q4_K) {
 #pragma unroll
           for (int i = 0; i < 4; ++i) {
@@ -511,7 +523,7 @@ __global__ void __launch_bounds__(32 * kRowsPerCta) matvec_rows_kernel(MatvecBat
             whi[i] = (int)((qsw[i] >> 4) & 0x0f0f0f0fu);
           }
         } else {
-          const uint32_t qhw[4] = {vc[r].x, vc[r].y, vc[r].z, vc[r].w};
+          const uint32_t qhw[4] = {vc[u][r].x, vc[u][r].y, vc[u][r].z, vc[u][r].w};
 #pragma unroll
           for (int i = 0; i < 4; ++i) {
             wlo[i] = (int)((qsw[i] & 0x0f0f0f0fu) | (((qhw[i] >> (2 * c)) & 0x01010101u) << 4));
@@ -524,21 +536,21 @@ __global__ void __launch_bounds__(32 * kRowsPerCta) matvec_rows_kernel(MatvecBat
         dmin = h2f((uint16_t)(hdr.x >> 16));
       }
       int dlo = 0, dhi = 0;
-      dlo = __dp4a(wlo[0], (int)alo.x, dlo);
-      dlo = __dp4a(wlo[1], (int)alo.y, dlo);
-      dlo = __dp4a(wlo[2], (int)alo.z, dlo);
-      dlo = __dp4a(wlo[3], (int)alo.w, dlo);
-      dhi = __dp4a(whi[0], (int)ahi.x, dhi);
-      dhi = __dp4a(whi[1], (int)ahi.y, dhi);
-      dhi = __dp4a(whi[2], (int)ahi.z, dhi);
-      dhi = __dp4a(whi[3], (int)ahi.w, dhi);
+      dlo = __dp4a(wlo[0], (int)alo[u].x, dlo);
+      dlo = __dp4a(wlo[1], (int)alo[u].y, dlo);
+      dlo = __dp4a(wlo[2], (int)alo[u].z, dlo);
+      dlo = __dp4a(wlo[3], (int)alo[u].w, dlo);
+      dhi = __dp4a(whi[0], (int)ahi[u].x, dhi);
+      dhi = __dp4a(whi[1], (int)ahi[u].y, dhi);
+      dhi = __dp4a(whi[2], (int)ahi[u].z, dhi);
+      dhi = __dp4a(whi[3], (int)ahi[u].w, dhi);
       if constexpr (W == GgmlType::Q6_K) {
-        const int sq = sc_lo * (dlo - 32 * bs_lo) + sc_hi * (dhi - 32 * bs_hi);
-        if (valid) acc[r] += __fmul_rn(__fmul_rn(ad, d), (float)sq);
+        const int sq = sc_lo * (dlo - 32 * bs_lo[u]) + sc_hi * (dhi - 32 * bs_hi[u]);
+        if (valid[u]) acc[r] += __fmul_rn(__fmul_rn(ad[u], d), (float)sq);
       } else {
         const int sq = sc_lo * dlo + sc_hi * dhi;
-        const int sm = m_lo * bs_lo + m_hi * bs_hi;
-        if (valid) acc[r] += __fmul_rn(ad, __fsub_rn(__fmul_rn(d, (float)sq), __fmul_rn(dmin, (float)sm)));
+        const int sm = m_lo * bs_lo[u] + m_hi * bs_hi[u];
+        if (valid[u]) acc[r] += __fmul_rn(ad[u], __fsub_rn(__fmul_rn(d, (float)sq), __fmul_rn(dmin, (float)sm)));
       }
     }
   }
@@ -850,14 +862,17 @@ struct MatvecLaunch {
     MatvecBatch b = batch0;
     int grid = 0;
     if constexpr (W == GgmlType::Q4_K || W == GgmlType::Q5_K || W == GgmlType::Q6_K) {
-      const int R = matvec_rows_per_warp();
-      if (n == 1 && (R == 2 || R == 4)) {
+      const int R = matvec_rows_per_warp(), U = matvec_steps();
+      if (n == 1 && R * U > 1 && R * U <= 4 && (R == 1 || R == 2 || R == 4) && (U == 1 || U == 2 || U == 4)) {
         for (int i = 0; i < b.n; ++i) {
           b.first[i] = grid;
           grid += ceil_div(b.w[i].rows, kRowsPerCta * R);
         }
-        if (R == 2) launch(matvec_rows_kernel<W, 2>, grid, 32 * kRowsPerCta, 0, s, b, act);
-        else launch(matvec_rows_kernel<W, 4>, grid, 32 * kRowsPerCta, 0, s, b, act);
+        if (R == 1 && U == 2) launch(matvec_rows_kernel<W, 1, 2>, grid, 32 * kRowsPerCta, 0, s, b, act);
+        else if (R == 1) launch(matvec_rows_kernel<W, 1, 4>, grid, 32 * kRowsPerCta, 0, s, b, act);
+        else if (R == 2 && U == 1) launch(matvec_rows_kernel<W, 2, 1>, grid, 32 * kRowsPerCta, 0, s, b, act);
+        else if (R == 2) launch(matvec_rows_kernel<W, 2, 2>, grid, 32 * kRowsPerCta, 0, s, b, act);
+        else launch(matvec_rows_kernel<W, 4, 1>, grid, 32 * kRowsPerCta, 0, s, b, act);
         PYRESA_CUDA_LAUNCH_CHECK();
         return;
       }
@@ -905,6 +920,10 @@ struct DequantF16Launch {
 int& matvec_rows_per_warp() {
   static int r = 2;
   return r;
+}
+int& matvec_steps() {
+  static int u = 1;
+  return u;
 }
 
 int64_t DeviceWeight::blocks_per_row() const { return cols / type_traits(type).block_size; }

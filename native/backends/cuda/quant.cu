@@ -922,7 +922,7 @@ int& matvec_rows_per_warp() {
   return r;
 }
 int& matvec_steps() {
-  static int u = 1;
+  static int u = 2;
   return u;
 }
 

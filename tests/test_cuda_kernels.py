@@ -64,6 +64,24 @@ def test_matvec_matches_cpu_vec_dot(t, n, scalar_cpu):
     assert rel_err(got, ref) < 2e-6, rel_err(got, ref)
 
 
+@pytest.mark.parametrize("rows", [37, 1000])
+@pytest.mark.parametrize("t", [Q4_K, Q5_K, Q6_K], ids=lambda t: NAMES[t])
+def test_matvec_rows_per_warp_bit_identical(t, rows):
+    # The one-token kernel with 2 or 4 rows per warp does each row's arithmetic exactly as the
+    # one-row-per-warp kernel, also with 2 or 4 steps' loads issued together: equal bit for bit
+    # (nb = 3 and 14: partial steps).
+    rng = np.random.default_rng(7)
+    for nsb in (3, 14):
+        cols = nsb * 256
+        w = random_weights(rng, t, rows, cols)
+        x = rng.standard_normal(cols).astype(np.float32)
+        bias = rng.standard_normal(rows).astype(np.float32)
+        y1 = np.asarray(core.cuda_test.matvec(t, rows, cols, w.reshape(-1), x, 1, bias, -1))
+        for r, u in ((2, 1), (4, 1), (1, 2), (1, 4), (2, 2)):
+            yr = np.asarray(core.cuda_test.matvec(t, rows, cols, w.reshape(-1), x, 1, bias, -(10 * u + r)))
+            assert np.array_equal(y1.view(np.uint32), yr.view(np.uint32)), (r, u, nsb)
+
+
 @pytest.mark.parametrize("path,n", [(1, 70), (2, 9), (2, 33), (2, 64)])
 @pytest.mark.parametrize("t", [F16, Q8_0, Q4_1, Q4_K, Q6_K, Q5_K], ids=lambda t: NAMES[t])
 def test_f16_paths_match_float64(t, path, n):

@@ -679,6 +679,8 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, CudaEngi
   m.theta_scale = std::pow(m.c.rope_freq_base, -2.0f / m.c.head_dim);
   m.gemm_min_tokens = env_int("PYRESA_CUDA_GEMM_MIN_TOKENS", 65);
   m.matvec_max_tokens = env_int("PYRESA_CUDA_MATVEC_MAX_TOKENS", 8);
+  matvec_rows_per_warp() = env_int("PYRESA_CUDA_MATVEC_ROWS", 2);
+  matvec_steps() = env_int("PYRESA_CUDA_MATVEC_STEPS", 2);
   m.precise_dense = env_int("PYRESA_CUDA_PRECISE_DENSE", 1) != 0;
   m.rect_precise = env_int("PYRESA_CUDA_RECT_PRECISE", 1) != 0;
   m.upload(weights);

@@ -398,6 +398,175 @@ __global__ void __launch_bounds__(32 * kRowsPerCta) matvec_kernel(MatvecBatch ba
 }
 
 
+// ---- matrix-vector products, one token, several rows per warp (K-quants) -------------------
+// The decode step's products: each warp works on R consecutive rows and issues the loads of all
+// R rows' blocks of a step (and the step's activations, shared by the R rows) before any
+// arithmetic, so R times the bytes are in flight per warp. Per row, each lane does exactly what
+// matvec_kernel<W, 1> does (same blocks, same integer sums, same float operations in the same
+// order, same warp reduction), so the results are bit-identical to it.
+
+__device__ __forceinline__ uint4 ld_stream16(const void* p) {  // weights: read once, skip L1
+  uint4 v;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
+template <GgmlType W, int R, int U>
+__global__ void __launch_bounds__(32 * kRowsPerCta) matvec_rows_kernel(MatvecBatch batch, const uint8_t* act) {
+  static_assert(W == GgmlType::Q4_K || W == GgmlType::Q5_K || W == GgmlType::Q6_K, "K-quants only");
+  const int lane = threadIdx.x & 31;
+  const int wi = (batch.n > 2 && (int)blockIdx.x >= batch.first[2]) ? 2
+               : (batch.n > 1 && (int)blockIdx.x >= batch.first[1]) ? 1 : 0;
+  const DeviceWeight& w = batch.w[wi];
+  const MatvecOut& out = batch.out[wi];
+  const int64_t row0 = ((int64_t)(blockIdx.x - batch.first[wi]) * kRowsPerCta + (threadIdx.x >> 5)) * R;
+  if (row0 < w.rows && W != GgmlType::Q6_K) {
+    const int64_t nr = w.rows - row0 < R ? w.rows - row0 : R;
+    for (int64_t off = (int64_t)lane * 128; off < nr * (int64_t)w.row_bytes; off += 32 * 128)
+      prefetch_l2(w.data + row0 * w.row_bytes + off);
+  }
+  pdl_wait();
+  if (row0 >= w.rows) return;
+  int64_t rows[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) rows[r] = row0 + r < w.rows ? row0 + r : w.rows - 1;  // past the end: recompute the last row, discard
+  float acc[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) acc[r] = 0.0f;
+  const int64_t cols = w.cols;
+  const int64_t nb = cols / QK_K;
+  const int j = lane & 7;
+  const ActLayout al = act_layout(GgmlType::Q8_K, cols);
+  const Q6Planes pl = q6_planes(w.data, w.rows * nb);
+  for (int64_t b00 = 0; b00 < nb; b00 += 4 * U) {
+    // 1. every load of U steps: R rows' blocks per step, then the steps' activations.
+    uint4 va[U][R], vb[U][R], vc[U][R];
+    int s6lo[U][R], s6hi[U][R];
+    uint16_t d6[U][R];
+    uint4 alo[U], ahi[U];
+    int bs_lo[U], bs_hi[U];
+    float ad[U];
+    bool valid[U];
+    int qa_lo_off, qa_hi_off, g_lo, g_hi;
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t b0 = b00 + 4 * u;
+      valid[u] = b0 + (lane >> 3) < nb;
+      const int64_t b = valid[u] ? b0 + (lane >> 3) : 0;
+      if constexpr (W == GgmlType::Q6_K) {
+        const int h = j >> 2, k2 = (j >> 1) & 1, lh = j & 1;
+        g_lo = 8 * h + 2 * k2 + lh;
+        g_hi = g_lo + 4;
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          const int64_t blk = rows[r] * nb + b;
+          va[u][r] = ld_stream16(pl.ql + blk * kQ6Ql + 64 * h + 32 * k2 + 16 * lh);
+          vb[u][r] = ld_stream16(pl.qh + blk * kQ6Qh + 32 * h + 16 * lh);
+          s6lo[u][r] = pl.sc[blk * kQ6Sc + g_lo];
+          s6hi[u][r] = pl.sc[blk * kQ6Sc + g_hi];
+          d6[u][r] = pl.d[blk];
+        }
+        qa_lo_off = 128 * h + 32 * k2 + 16 * lh;
+        qa_hi_off = qa_lo_off + 64;
+      } else {
+        const int c = j >> 1, hh = j & 1;
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          const uint8_t* blk = w.data + rows[r] * w.row_bytes + b * (W == GgmlType::Q4_K ? 144 : 176);
+          va[u][r] = ld_stream16(blk);
+          vb[u][r] = ld_stream16(blk + (W == GgmlType::Q4_K ? 16 : 48) + 32 * c + 16 * hh);
+          if constexpr (W == GgmlType::Q5_K) vc[u][r] = ld_stream16(blk + 16 + 16 * hh);
+        }
+        qa_lo_off = 64 * c + 16 * hh;
+        qa_hi_off = qa_lo_off + 32;
+        g_lo = 4 * c + hh;
+        g_hi = g_lo + 2;
+      }
+      const int8_t* aq = reinterpret_cast<const int8_t*>(act) + b * QK_K;
+      alo[u] = *reinterpret_cast<const uint4*>(aq + qa_lo_off);
+      ahi[u] = *reinterpret_cast<const uint4*>(aq + qa_hi_off);
+      const int16_t* bs = reinterpret_cast<const int16_t*>(act + al.bsum_off) + b * 16;
+      bs_lo[u] = bs[g_lo];
+      bs_hi[u] = bs[g_hi];
+      ad[u] = reinterpret_cast<const float*>(act + al.d_off)[b];
+    }
+    // 2. the arithmetic, step by step and row by row, as matvec_kernel does it.
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      int wlo[4], whi[4];
+      int sc_lo = 0, sc_hi = 0, m_lo = 0, m_hi = 0;
+      float d = 0.0f, dmin = 0.0f;
+      if constexpr (W == GgmlType::Q6_K) {
+        const int k2 = (j >> 1) & 1;
+        const uint32_t qlw[4] = {va[u][r].x, va[u][r].y, va[u][r].z, va[u][r].w};
+        const uint32_t qhw[4] = {vb[u][r].x, vb[u][r].y, vb[u][r].z, vb[u][r].w};
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          wlo[i] = (int)((qlw[i] & 0x0f0f0f0fu) | (((qhw[i] >> (2 * k2)) & 0x03030303u) << 4));
+          whi[i] = (int)(((qlw[i] >> 4) & 0x0f0f0f0fu) | (((qhw[i] >> (2 * k2 + 4)) & 0x03030303u) << 4));
+        }
+        sc_lo = s6lo[u][r];
+        sc_hi = s6hi[u][r];
+        d = h2f(d6[u][r]);
+      } else {
+        const int c = j >> 1;
+        const uint4 hdr = va[u][r];
+        const uint32_t qsw[4] = {vb[u][r].x, vb[u][r].y, vb[u][r].z, vb[u][r].w};
+        if constexpr (W == GgmlType::Q4_K) {
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            wlo[i] = (int)(qsw[i] & 0x0f0f0f0fu);
+            whi[i] = (int)((qsw[i] >> 4) & 0x0f0f0f0fu);
+          }
+        } else {
+          const uint32_t qhw[4] = {vc[u][r].x, vc[u][r].y, vc[u][r].z, vc[u][r].w};
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            wlo[i] = (int)((qsw[i] & 0x0f0f0f0fu) | (((qhw[i] >> (2 * c)) & 0x01010101u) << 4));
+            whi[i] = (int)(((qsw[i] >> 4) & 0x0f0f0f0fu) | (((qhw[i] >> (2 * c + 1)) & 0x01010101u) << 4));
+          }
+        }
+        q4k_scale_min(hdr.y, hdr.z, hdr.w, 2 * c, sc_lo, m_lo);
+        q4k_scale_min(hdr.y, hdr.z, hdr.w, 2 * c + 1, sc_hi, m_hi);
+        d = h2f((uint16_t)(hdr.x & 0xffff));
+        dmin = h2f((uint16_t)(hdr.x >> 16));
+      }
+      int dlo = 0, dhi = 0;
+      dlo = __dp4a(wlo[0], (int)alo[u].x, dlo);
+      dlo = __dp4a(wlo[1], (int)alo[u].y, dlo);
+      dlo = __dp4a(wlo[2], (int)alo[u].z, dlo);
+      dlo = __dp4a(wlo[3], (int)alo[u].w, dlo);
+      dhi = __dp4a(whi[0], (int)ahi[u].x, dhi);
+      dhi = __dp4a(whi[1], (int)ahi[u].y, dhi);
+      dhi = __dp4a(whi[2], (int)ahi[u].z, dhi);
+      dhi = __dp4a(whi[3], (int)ahi[u].w, dhi);
+      if constexpr (W == GgmlType::Q6_K) {
+        const int sq = sc_lo * (dlo - 32 * bs_lo[u]) + sc_hi * (dhi - 32 * bs_hi[u]);
+        if (valid[u]) acc[r] += __fmul_rn(__fmul_rn(ad[u], d), (float)sq);
+      } else {
+        const int sq = sc_lo * dlo + sc_hi * dhi;
+        const int sm = m_lo * bs_lo[u] + m_hi * bs_hi[u];
+        if (valid[u]) acc[r] += __fmul_rn(ad[u], __fsub_rn(__fmul_rn(d, (float)sq), __fmul_rn(dmin, (float)sm)));
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const float v = warp_sum(acc[r]) + 0.0f;  // matvec_kernel adds its (zero) acc_m sum
+    if (lane == 0 && row0 + r < w.rows) {
+      const int64_t row = row0 + r;
+      float* y = out.y + row;
+      float rr = out.bias ? v + out.bias[row] : v;
+      *y = out.accumulate ? *y + rr : rr;
+    }
+  }
+}
+
+
 // ---- dequantization ----------------------------------------------------------------------------
 // Chunk = 32 consecutive elements of a row (a legacy block, a K-quant sub-block). Arithmetic as
 // the CPU's scalar code: two roundings, no fused multiply-add, so the values agree bit for bit.
@@ -692,6 +861,22 @@ struct MatvecLaunch {
   static void run(const MatvecBatch& batch0, const uint8_t* act, size_t arb, int n, cudaStream_t s) {
     MatvecBatch b = batch0;
     int grid = 0;
+    if constexpr (W == GgmlType::Q4_K || W == GgmlType::Q5_K || W == GgmlType::Q6_K) {
+      const int R = matvec_rows_per_warp(), U = matvec_steps();
+      if (n == 1 && R * U > 1 && R * U <= 4 && (R == 1 || R == 2 || R == 4) && (U == 1 || U == 2 || U == 4)) {
+        for (int i = 0; i < b.n; ++i) {
+          b.first[i] = grid;
+          grid += ceil_div(b.w[i].rows, kRowsPerCta * R);
+        }
+        if (R == 1 && U == 2) launch(matvec_rows_kernel<W, 1, 2>, grid, 32 * kRowsPerCta, 0, s, b, act);
+        else if (R == 1) launch(matvec_rows_kernel<W, 1, 4>, grid, 32 * kRowsPerCta, 0, s, b, act);
+        else if (R == 2 && U == 1) launch(matvec_rows_kernel<W, 2, 1>, grid, 32 * kRowsPerCta, 0, s, b, act);
+        else if (R == 2) launch(matvec_rows_kernel<W, 2, 2>, grid, 32 * kRowsPerCta, 0, s, b, act);
+        else launch(matvec_rows_kernel<W, 4, 1>, grid, 32 * kRowsPerCta, 0, s, b, act);
+        PYRESA_CUDA_LAUNCH_CHECK();
+        return;
+      }
+    }
     for (int i = 0; i < b.n; ++i) {
       b.first[i] = grid;
       grid += ceil_div(b.w[i].rows, kRowsPerCta);
@@ -731,6 +916,15 @@ struct DequantF16Launch {
 };
 
 }  // namespace
+
+int& matvec_rows_per_warp() {
+  static int r = 2;
+  return r;
+}
+int& matvec_steps() {
+  static int u = 2;
+  return u;
+}
 
 int64_t DeviceWeight::blocks_per_row() const { return cols / type_traits(type).block_size; }
 

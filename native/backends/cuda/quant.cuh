@@ -58,6 +58,12 @@ struct MatvecOut {
 };
 void matvec(const DeviceWeight& w, const void* act, size_t act_row_bytes, int n_tokens, const MatvecOut& out,
             cudaStream_t stream);
+// Rows per warp of the one-token K-quant matvec (1: the general kernel, one row per warp; 2 or
+// 4: matvec_rows_kernel, bit-identical results). Set from PYRESA_CUDA_MATVEC_ROWS by the engine.
+int& matvec_rows_per_warp();
+// Steps (of 4 superblocks per row) whose loads are issued together (1, 2, 4; R * steps <= 4).
+// PYRESA_CUDA_MATVEC_STEPS.
+int& matvec_steps();
 // Several weights (same type and row length, at most 3) on the same activations, one launch.
 void matvec_multi(const DeviceWeight* w, const MatvecOut* out, int n_w, const void* act, size_t act_row_bytes,
                   int n_tokens, cudaStream_t stream);

@@ -49,6 +49,10 @@ DeviceBuffer pos_buffer(int pos) { return to_device(&pos, sizeof(int)); }
 
 std::vector<float> matvec(int type, int64_t rows, int64_t cols, const uint8_t* w, size_t w_bytes, const float* x, int n,
                           const float* bias, int path) {
+  // path -1 / -2 / -4: the integer matvec with that many rows per warp (one-token K-quant kernel).
+  const int rows_per_warp = path < 0 ? -path % 10 : matvec_rows_per_warp();
+  const int steps = path < 0 ? std::max(1, -path / 10) : matvec_steps();
+  if (path < 0) path = 0;
   const bool gemm = path != 0;
   DeviceBuffer wb;
   const DeviceWeight dw = upload(type, rows, cols, w, w_bytes, wb);
@@ -67,7 +71,12 @@ std::vector<float> matvec(int type, int64_t rows, int64_t cols, const uint8_t* w
     o.y = y.get<float>();
     o.ldy = rows;
     o.bias = bias ? bb.get<float>() : nullptr;
+    const int saved = matvec_rows_per_warp(), saved_steps = matvec_steps();
+    matvec_rows_per_warp() = rows_per_warp;
+    matvec_steps() = steps;
     matvec(dw, act.get(), rb, n, o, nullptr);
+    matvec_rows_per_warp() = saved;
+    matvec_steps() = saved_steps;
   } else if (path == 2) {
     DeviceBuffer ws(size_t(32) << 20, "test workspace");
     dequant_matmul_small(dw, act.get<__half>(), rb / 2, n, y.get<float>(), rows, bias ? bb.get<float>() : nullptr,

@@ -10,6 +10,7 @@ namespace pyresa::cuda_test {
 
 // y [n][rows] = W [rows][cols] (ggml bytes) . x [n][cols]; path 0: integer matvec (Q8 activations),
 // 1: dequantize to F16 + tiled tensor-core GEMM, 2: dequantize-and-multiply in shared memory (n <= 64).
+// -(10 * steps + rows): integer matvec with that many rows per warp and load steps (one-token K-quants).
 std::vector<float> matvec(int type, int64_t rows, int64_t cols, const uint8_t* w, size_t w_bytes, const float* x,
                           int n, const float* bias, int path);
 // Activation rows in the CPU's ggml block format (Q8_0, Q8_1, Q8_K) or raw F32/F16.

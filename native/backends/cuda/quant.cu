@@ -75,6 +75,35 @@ __device__ __forceinline__ void q4k_scale_min(uint32_t w0, uint32_t w1, uint32_t
   m = (m_w >> (8 * (j & 3))) & 0xff;
 }
 
+// 16 weight bytes of a K-quant sub-block pair as two sets of 4 packed int8x4 operands for dp4a
+// (low and high nibbles). Shared by the one-row and the rows-per-warp matvec kernels.
+// Q6_K: 4 low bits from ql, 2 high bits from qh at shift 2*k2 (low) / 2*k2 + 4 (high).
+__device__ __forceinline__ void q6k_unpack(const uint32_t ql[4], const uint32_t qh[4], int k2, int wlo[4], int whi[4]) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    wlo[i] = (int)((ql[i] & 0x0f0f0f0fu) | (((qh[i] >> (2 * k2)) & 0x03030303u) << 4));
+    whi[i] = (int)(((ql[i] >> 4) & 0x0f0f0f0fu) | (((qh[i] >> (2 * k2 + 4)) & 0x03030303u) << 4));
+  }
+}
+
+// Q4_K: the two nibbles.
+__device__ __forceinline__ void q4k_unpack(const uint32_t qs[4], int wlo[4], int whi[4]) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    wlo[i] = (int)(qs[i] & 0x0f0f0f0fu);
+    whi[i] = (int)((qs[i] >> 4) & 0x0f0f0f0fu);
+  }
+}
+
+// Q5_K: the nibbles plus the fifth bit from qh at shift 2*c (low) / 2*c + 1 (high).
+__device__ __forceinline__ void q5k_unpack(const uint32_t qs[4], const uint32_t qh[4], int c, int wlo[4], int whi[4]) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    wlo[i] = (int)((qs[i] & 0x0f0f0f0fu) | (((qh[i] >> (2 * c)) & 0x01010101u) << 4));
+    whi[i] = (int)(((qs[i] >> 4) & 0x0f0f0f0fu) | (((qh[i] >> (2 * c + 1)) & 0x01010101u) << 4));
+  }
+}
+
 // ---- activation preparation ------------------------------------------------------------------
 
 template <ActTransform T>
@@ -257,11 +286,7 @@ __global__ void __launch_bounds__(32 * kRowsPerCta) matvec_kernel(MatvecBatch ba
         const uint4 ql = *reinterpret_cast<const uint4*>(pl.ql + blk * kQ6Ql + 64 * h + 32 * k2 + 16 * lh);
         const uint4 qh = *reinterpret_cast<const uint4*>(pl.qh + blk * kQ6Qh + 32 * h + 16 * lh);
         const uint32_t qlw[4] = {ql.x, ql.y, ql.z, ql.w}, qhw[4] = {qh.x, qh.y, qh.z, qh.w};
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          wlo[i] = (int)((qlw[i] & 0x0f0f0f0fu) | (((qhw[i] >> (2 * k2)) & 0x03030303u) << 4));
-          whi[i] = (int)(((qlw[i] >> 4) & 0x0f0f0f0fu) | (((qhw[i] >> (2 * k2 + 4)) & 0x03030303u) << 4));
-        }
+        q6k_unpack(qlw, qhw, k2, wlo, whi);
         g_lo = 8 * h + 2 * k2 + lh;
         g_hi = g_lo + 4;
         sc_lo = pl.sc[blk * kQ6Sc + g_lo];
@@ -276,19 +301,11 @@ __global__ void __launch_bounds__(32 * kRowsPerCta) matvec_kernel(MatvecBatch ba
         const uint4 qs = *reinterpret_cast<const uint4*>(blk + (W == GgmlType::Q4_K ? 16 : 48) + 32 * c + 16 * hh);
         const uint32_t qsw[4] = {qs.x, qs.y, qs.z, qs.w};
         if constexpr (W == GgmlType::Q4_K) {
-#pragma unroll
-          for (int i = 0; i < 4; ++i) {
-            wlo[i] = (int)(qsw[i] & 0x0f0f0f0fu);
-            whi[i] = (int)((qsw[i] >> 4) & 0x0f0f0f0fu);
-          }
+          q4k_unpack(qsw, wlo, whi);
         } else {
           const uint4 qh = *reinterpret_cast<const uint4*>(blk + 16 + 16 * hh);
           const uint32_t qhw[4] = {qh.x, qh.y, qh.z, qh.w};
-#pragma unroll
-          for (int i = 0; i < 4; ++i) {
-            wlo[i] = (int)((qsw[i] & 0x0f0f0f0fu) | (((qhw[i] >> (2 * c)) & 0x01010101u) << 4));
-            whi[i] = (int)(((qsw[i] >> 4) & 0x0f0f0f0fu) | (((qhw[i] >> (2 * c + 1)) & 0x01010101u) << 4));
-          }
+          q5k_unpack(qsw, qhw, c, wlo, whi);
         }
         q4k_scale_min(hdr.y, hdr.z, hdr.w, 2 * c, sc_lo, m_lo);
         q4k_scale_min(hdr.y, hdr.z, hdr.w, 2 * c + 1, sc_hi, m_hi);
@@ -504,11 +521,7 @@ __global__ void __launch_bounds__(32 * kRowsPerCta) matvec_rows_kernel(MatvecBat
         const int k2 = (j >> 1) & 1;
         const uint32_t qlw[4] = {va[u][r].x, va[u][r].y, va[u][r].z, va[u][r].w};
         const uint32_t qhw[4] = {vb[u][r].x, vb[u][r].y, vb[u][r].z, vb[u][r].w};
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          wlo[i] = (int)((qlw[i] & 0x0f0f0f0fu) | (((qhw[i] >> (2 * k2)) & 0x03030303u) << 4));
-          whi[i] = (int)(((qlw[i] >> 4) & 0x0f0f0f0fu) | (((qhw[i] >> (2 * k2 + 4)) & 0x03030303u) << 4));
-        }
+        q6k_unpack(qlw, qhw, k2, wlo, whi);
         sc_lo = s6lo[u][r];
         sc_hi = s6hi[u][r];
         d = h2f(d6[u][r]);
@@ -517,18 +530,10 @@ __global__ void __launch_bounds__(32 * kRowsPerCta) matvec_rows_kernel(MatvecBat
         const uint4 hdr = va[u][r];
         const uint32_t qsw[4] = {vb[u][r].x, vb[u][r].y, vb[u][r].z, vb[u][r].w};
         if constexpr (W == GgmlType::Q4_K) {
-#pragma unroll
-          for (int i = 0; i < 4; ++i) {
-            wlo[i] = (int)(qsw[i] & 0x0f0f0f0fu);
-            whi[i] = (int)((qsw[i] >> 4) & 0x0f0f0f0fu);
-          }
+          q4k_unpack(qsw, wlo, whi);
         } else {
           const uint32_t qhw[4] = {vc[u][r].x, vc[u][r].y, vc[u][r].z, vc[u][r].w};
-#pragma unroll
-          for (int i = 0; i < 4; ++i) {
-            wlo[i] = (int)((qsw[i] & 0x0f0f0f0fu) | (((qhw[i] >> (2 * c)) & 0x01010101u) << 4));
-            whi[i] = (int)(((qsw[i] >> 4) & 0x0f0f0f0fu) | (((qhw[i] >> (2 * c + 1)) & 0x01010101u) << 4));
-          }
+          q5k_unpack(qsw, qhw, c, wlo, whi);
         }
         q4k_scale_min(hdr.y, hdr.z, hdr.w, 2 * c, sc_lo, m_lo);
         q4k_scale_min(hdr.y, hdr.z, hdr.w, 2 * c + 1, sc_hi, m_hi);

@@ -82,9 +82,6 @@ struct Q4_1 {
   // The weight side alone, for kernels that reuse it across activation rows.
   static __m512i unpack2(const W& w0, const W& w1) { return unpack_nibbles2(w0.qs, w1.qs); }
   static __m512i isum_unpacked(__m512i u, const A& a0, const A& a1) { return dot_u8_i8(u, load_pair(a0.qs, a1.qs)); }
-  static __m512i isum2(const W& w0, const W& w1, const A& a0, const A& a1) {
-    return isum_unpacked(unpack2(w0, w1), a0, a1);
-  }
 };
 struct Q5_0 {
   using W = block_q5_0;
@@ -101,9 +98,6 @@ struct Q5_1 {
     return add_fifth_bits2(unpack_nibbles2(w0.qs, w1.qs), w0.qh, w1.qh);
   }
   static __m512i isum_unpacked(__m512i u, const A& a0, const A& a1) { return dot_u8_i8(u, load_pair(a0.qs, a1.qs)); }
-  static __m512i isum2(const W& w0, const W& w1, const A& a0, const A& a1) {
-    return isum_unpacked(unpack2(w0, w1), a0, a1);
-  }
 };
 struct Q8_0 {
   using W = block_q8_0;
@@ -187,48 +181,11 @@ float dot_symmetric(int64_t n, const void* wv, const void* av) {
   return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
 }
 
-// Formats with a minimum m against Q8_1 (d, s = d * sum a): sum_b d_w d_a isum_b + m_b s_b.
-template <class F>
-float dot_with_min(int64_t n, const void* wv, const void* av) {
-  using W = typename F::W;
-  using A = typename F::A;
-  const auto* w = static_cast<const W*>(wv);
-  const auto* a = static_cast<const A*>(av);
-  const int64_t nb = n / 32;
-  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-  __m256 acc_m = _mm256_setzero_ps();  // odd lanes collect m * s
-  int64_t b = 0;
-  for (; b + 4 <= nb; b += 4) {
-    // [d0 m0 d1 m1 d2 m2 d3 m3] * [da0 s0 da1 s1 ...] = [scale0, m0 s0, scale1, m1 s1, ...]
-    const __m256 p = _mm256_mul_ps(_mm256_cvtph_ps(fields<sizeof(W), 2, 4>(&w[b])), _mm256_cvtph_ps(fields<sizeof(A), 2, 4>(&a[b])));
-    acc_m = _mm256_add_ps(acc_m, p);
-    const __m512 s = _mm512_castps256_ps512(p);
-    acc0 = fma_isum(F::isum2(w[b], w[b + 1], a[b], a[b + 1]), expand_pair<0, 2>(s), acc0);
-    acc1 = fma_isum(F::isum2(w[b + 2], w[b + 3], a[b + 2], a[b + 3]), expand_pair<4, 6>(s), acc1);
-  }
-  if (b + 2 <= nb) {
-    const __m128 p = _mm_mul_ps(_mm_cvtph_ps(fields<sizeof(W), 2, 2>(&w[b])), _mm_cvtph_ps(fields<sizeof(A), 2, 2>(&a[b])));
-    acc_m = _mm256_add_ps(acc_m, _mm256_zextps128_ps256(p));
-    acc0 = fma_isum(F::isum2(w[b], w[b + 1], a[b], a[b + 1]), expand_pair<0, 2>(_mm512_castps128_ps512(p)), acc0);
-    b += 2;
-  }
-  if (b < nb) {
-    // fields<.., 1> fills the words past the block's two with its first (d), so lanes 2 and 3
-    // hold d_w d_a: keep [scale, m s] only, or lane 3 would add d_w d_a to the m s sum.
-    const __m128 p = _mm_maskz_mov_ps(0x3, _mm_mul_ps(_mm_cvtph_ps(fields<sizeof(W), 2, 1>(&w[b])),
-                                                      _mm_cvtph_ps(fields<sizeof(A), 2, 1>(&a[b]))));
-    acc_m = _mm256_add_ps(acc_m, _mm256_zextps128_ps256(p));
-    const __m512 s = _mm512_maskz_permutexvar_ps(0x00ff, _mm512_setzero_si512(), _mm512_castps128_ps512(p));
-    acc1 = fma_isum(F::isum2(w[b], w[b], a[b], a[b]), s, acc1);
-  }
-  const __m256 ms = _mm256_maskz_mov_ps(0xaa, acc_m);  // the m * s lanes
-  return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc0, acc1), _mm512_zextps256_ps512(ms)));
-}
-
-// dot_with_min for R activation rows against one weight row: each weight block pair is unpacked
-// (nibbles, fifth bits, fp16 d and m) once for the R rows instead of once per row. Per activation
-// row the float operations are dot_with_min's, in the same order, so every result is bit-identical
-// to vec_dot's: a batched prefill or rectification computes the same numbers as decode steps.
+// Formats with a minimum m against Q8_1 (d, s = d * sum a): sum_b d_w d_a isum_b + m_b s_b,
+// for R activation rows against one weight row. Each weight block pair is unpacked (nibbles, fifth
+// bits, fp16 d and m) once for the R rows. vec_dot is R = 1 and the multi-row path runs the same
+// per-row float operations in the same order, so a batched prefill or rectification computes
+// bit for bit the numbers of decode steps.
 template <class F, int R>
 void dot_with_min_group(int64_t n, const void* wv, const uint8_t* acts, size_t act_stride, float* out,
                         size_t out_stride) {
@@ -246,6 +203,7 @@ void dot_with_min_group(int64_t n, const void* wv, const uint8_t* acts, size_t a
   }
   int64_t b = 0;
   for (; b + 4 <= nb; b += 4) {
+    // [d0 m0 d1 m1 d2 m2 d3 m3] * [da0 s0 da1 s1 ...] = [scale0, m0 s0, scale1, m1 s1, ...]
     const __m256 wdm = _mm256_cvtph_ps(fields<sizeof(W), 2, 4>(&w[b]));
     const __m512i u01 = F::unpack2(w[b], w[b + 1]), u23 = F::unpack2(w[b + 2], w[b + 3]);
     for (int j = 0; j < R; ++j) {
@@ -267,6 +225,8 @@ void dot_with_min_group(int64_t n, const void* wv, const uint8_t* acts, size_t a
     b += 2;
   }
   if (b < nb) {
+    // fields<.., 1> fills the words past the block's two with its first (d), so lanes 2 and 3
+    // hold d_w d_a: keep [scale, m s] only, or lane 3 would add d_w d_a to the m s sum.
     const __m128 wdm = _mm_cvtph_ps(fields<sizeof(W), 2, 1>(&w[b]));
     const __m512i u = F::unpack2(w[b], w[b]);
     for (int j = 0; j < R; ++j) {
@@ -277,9 +237,16 @@ void dot_with_min_group(int64_t n, const void* wv, const uint8_t* acts, size_t a
     }
   }
   for (int j = 0; j < R; ++j) {
-    const __m256 ms = _mm256_maskz_mov_ps(0xaa, acc_m[j]);
+    const __m256 ms = _mm256_maskz_mov_ps(0xaa, acc_m[j]);  // the m * s lanes
     out[j * out_stride] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc0[j], acc1[j]), _mm512_zextps256_ps512(ms)));
   }
+}
+
+template <class F>
+float dot_with_min(int64_t n, const void* w, const void* a) {
+  float out;
+  dot_with_min_group<F, 1>(n, w, static_cast<const uint8_t*>(a), 0, &out, 0);
+  return out;
 }
 
 // Four activation rows per weight-row pass: 8 accumulators and the weight pair in registers.

@@ -30,6 +30,7 @@ void bind_cuda(nb::module_& m) {
 #include "engine/cuda_engine.h"
 #include "engine/model_loader.h"
 #include "bindings/model_args.h"
+#include "bindings/stats_dict.h"
 #include "bindings/numpy_arrays.h"
 
 using namespace pyresa;
@@ -147,16 +148,7 @@ void bind_cuda(nb::module_& m) {
            nb::arg("mode"), nb::arg("block_size") = 16, nb::arg("ratio") = 0.1, nb::arg("min_blocks") = 16,
            nb::arg("local_blocks") = 1, nb::arg("rectify_every") = 32)
       .def("stats",
-           [](const CudaEngine& e) {
-             const AttentionStats s = e.stats();
-             nb::dict d;
-             d["decode_steps"] = s.decode_steps;
-             d["blocks_read"] = s.blocks_read;
-             d["blocks_total"] = s.blocks_total;
-             d["rectifications"] = s.rectifications;
-             d["rectified_tokens"] = s.rectified_tokens;
-             return d;
-           })
+           [](const CudaEngine& e) { return bindings::stats_dict(e.stats()); })
       .def("reset_stats", &CudaEngine::reset_stats)
       .def("fill_synthetic", &CudaEngine::fill_synthetic, nb::arg("n_tokens"), nb::arg("seed") = 1,
            "Benchmarks: random F16 K/V for positions [0, n_tokens), descriptors rebuilt, n_past = n_tokens.")

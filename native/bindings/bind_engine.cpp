@@ -15,6 +15,7 @@
 #include "engine/engine.h"
 #include "engine/model_loader.h"
 #include "bindings/model_args.h"
+#include "bindings/stats_dict.h"
 #include "bindings/numpy_arrays.h"
 
 namespace nb = nanobind;
@@ -69,25 +70,8 @@ void bind_engine(nb::module_& m) {
            nb::arg("audit") = false)
       .def("stats",
            [](const Engine& e) {
-             const AttentionStats& s = e.stats();
-             nb::dict d;
-             d["decode_steps"] = s.decode_steps;
-             d["blocks_read"] = s.blocks_read;
-             d["blocks_total"] = s.blocks_total;
-             d["rectifications"] = s.rectifications;
-             d["rectified_tokens"] = s.rectified_tokens;
+             nb::dict d = bindings::stats_dict(e.stats());
              d["pending_rectification"] = e.pending_rectification();
-             if (!s.audit_samples.empty()) {
-               // Mean kept attention mass per layer (over sparse steps and KV heads).
-               nb::list sel, orc;
-               for (size_t l = 0; l < s.audit_samples.size(); ++l) {
-                 const double n = s.audit_samples[l] ? static_cast<double>(s.audit_samples[l]) : 1.0;
-                 sel.append(s.mass_selected[l] / n);
-                 orc.append(s.mass_oracle[l] / n);
-               }
-               d["mass_selected"] = sel;
-               d["mass_oracle"] = orc;
-             }
              return d;
            })
       .def("reset_stats", &Engine::reset_stats)

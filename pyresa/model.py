@@ -49,17 +49,15 @@ class Model(CompletionsMixin):
         self.resa = ResaConfig()
         self.set_attention(attention, resa)
 
-    def set_attention(self, attention: str, resa: ResaConfig | None = None) -> None:
+    def set_attention(self, attention: str, resa: ResaConfig | None = None, *, _audit: bool = False) -> None:
         """Decode attention: "dense", "sparse" (block-sparse, no rectification) or "resa"
-        (block-sparse + dense rectification every resa.rectify_every tokens). Prefill is dense."""
+        (block-sparse + dense rectification every resa.rectify_every tokens). Prefill is dense.
+        (_audit: score()'s selection audit, see there.)"""
         check_mode(attention)
         if resa is not None and not isinstance(resa, ResaConfig):
             raise InvalidRequestError(f"resa must be a pyresa.ResaConfig, got {type(resa).__name__}")
         self.resa = resa or self.resa
-        self._apply_attention(attention, audit=False)
-
-    def _apply_attention(self, attention: str, *, audit: bool) -> None:
-        r = self.resa
+        r, audit = self.resa, _audit
         extra = {}
         if r.selection != "minmax" or audit:
             if self.device != "cpu":
@@ -173,9 +171,7 @@ class Model(CompletionsMixin):
         self._check_fits(len(tokens))
         saved = (self.attention, self.resa)
         try:
-            self.set_attention(attention or self.attention, resa)
-            if audit:
-                self._apply_attention(self.attention, audit=True)
+            self.set_attention(attention or self.attention, resa, _audit=audit)
             self.reset()
             self._engine.reset_stats()
             out = np.empty(len(tokens) - prefill, dtype=np.float64)

@@ -79,9 +79,11 @@ __global__ void __launch_bounds__(kThreads) top_candidates_kernel(const float* _
   for (int shift = 24; shift >= 0; shift -= 8) {
     if (tid < 256) hist[tid] = 0;
     __syncthreads();
-    for (int i = tid; i < n; i += kThreads) {
-      const uint32_t key = order_key(x[i]);
-      const bool in = (key & mask) == prefix;
+    // Every thread runs every round (whole warps for the ballot), past n with in = false.
+    for (int base = 0; base < n; base += kThreads) {
+      const int i = base + tid;
+      const uint32_t key = i < n ? order_key(x[i]) : 0u;
+      const bool in = i < n && (key & mask) == prefix;
       const unsigned active = __ballot_sync(0xffffffffu, in);
       if (in) {
         // Lanes of one bin add once: logits crowd into few top-byte bins.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -16,7 +16,7 @@ from pyresa.errors import ContextFullError, InvalidRequestError, UnsupportedErro
 from pyresa.generation import Chunk, GenerationStats, StopStringFilter
 from pyresa.gguf_file import open_gguf
 from pyresa.resa import ResaConfig, check_mode
-from pyresa.sampling import Sampler, SamplingParams
+from pyresa.sampling import MAX_DEVICE_CANDIDATES, Sampler, SamplingParams, penalized_ids
 from pyresa.tokenizer import StreamDecoder, Tokenizer
 
 DEFAULT_MAX_TOKENS = 256
@@ -192,26 +192,51 @@ class Model(CompletionsMixin):
         if n > self.n_ctx:
             raise ContextFullError(f"{n} tokens do not fit in the context window (n_ctx = {self.n_ctx})")
 
-    def _prefill(self, tokens: list[int], greedy_on_device: bool = False) -> tuple[np.ndarray | int, int]:
-        """Bring the cache to `tokens`, reusing the longest common prefix; returns the last logits
-        (or, with greedy_on_device, the argmax token taken on the GPU) and the reused length."""
+    def _prefill(self, tokens: list[int], evaluate: Callable[[np.ndarray], object]) -> tuple[object, int]:
+        """Bring the cache to `tokens`, reusing the longest common prefix; returns what `evaluate`
+        gives for the tokens that had to run (see `_decoder`) and the reused length."""
         common = 0
-        for a, b in zip(self._cached, tokens):
-            if a != b:
+        for x, y in zip(self._cached, tokens):
+            if x != y:
                 break
             common += 1
         common = min(common, len(tokens) - 1)  # at least one token must run to give logits
         self._engine.truncate(common)
         self._cached = self._cached[:common]
-        rest = np.asarray(tokens[common:], dtype=np.int32)
-        out = self._engine.eval_greedy(rest) if greedy_on_device else self._engine.eval(rest, False)
+        out = evaluate(np.asarray(tokens[common:], dtype=np.int32))
         self._cached = list(tokens)
         return out, common
 
-    def _greedy_on_device(self, params: SamplingParams) -> bool:
-        """Greedy decoding without a repetition penalty needs only the argmax: on a CUDA device it
-        is taken there and the logits (600 KB a token at a 152K vocabulary) stay on the GPU."""
-        return self.device.startswith("cuda") and params.temperature == 0 and params.repeat_penalty == 1.0
+    def _decoder(self, sampler: Sampler, history: list[int]) -> tuple[Callable[[np.ndarray], object],
+                                                                      Callable[[object], int]]:
+        """How a generation step runs: `evaluate` feeds tokens to the engine, `pick` turns what it
+        returned into the next token. On the CPU: the full logits and the sampler. On a CUDA
+        device the logits (600 KB a token at a 152K vocabulary) stay on the GPU: greedy without a
+        penalty takes the argmax there; otherwise the penalty and the top-k run there and only the
+        candidates come back, from which the sampler draws exactly as from the full row (top_k
+        between the candidate limit, 1,024, and the vocabulary size copies the full row)."""
+        p = sampler.params
+        n_vocab = self.n_vocab
+        wanted = sampler.candidate_count(n_vocab)
+        if not self.device.startswith("cuda") or MAX_DEVICE_CANDIDATES < wanted < n_vocab:
+            # (a top_k over the device's candidate limit normalises over more logits than come back)
+            return (lambda t: self._engine.eval(t, False)), (lambda logits: sampler.sample(logits, history))
+        if p.temperature == 0 and p.repeat_penalty == 1.0:
+            return self._engine.eval_greedy, (lambda token: token)
+        k = min(wanted, MAX_DEVICE_CANDIDATES)
+        penalty = float(np.float32(p.repeat_penalty))
+
+        def evaluate(t: np.ndarray):
+            return self._engine.eval_top(t, k, penalized_ids(history, p), penalty, wanted > k)
+
+        def pick(out) -> int:
+            ids, vals, _, sum_exp = out
+            token = sampler.sample_candidates(ids, vals, n_vocab, sum_exp if wanted > k else None)
+            if token is None:  # top-k off and top-p/min-p reach past the candidates: the full row
+                token = sampler.sample(self._engine.last_logits(), history)
+            return token
+
+        return evaluate, pick
 
     def generate(self, prompt: str | Sequence[int], *, max_tokens: int | None = DEFAULT_MAX_TOKENS,
                  temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
@@ -238,14 +263,14 @@ class Model(CompletionsMixin):
         self.last_stats = stats
         self._engine.reset_stats()
         t0 = time.perf_counter()
-        on_device = self._greedy_on_device(params)
-        # `last`: the logits of the newest position, or (on_device) their argmax, the next token.
-        last, stats.cached_tokens = self._prefill(tokens, on_device)
-        stats.prefill_seconds = time.perf_counter() - t0
         sampler = Sampler(params)
+        history = list(tokens)
+        evaluate, pick = self._decoder(sampler, history)
+        # `last`: what the engine gave for the newest position (logits, or candidates, or the token).
+        last, stats.cached_tokens = self._prefill(tokens, evaluate)
+        stats.prefill_seconds = time.perf_counter() - t0
         stop_ids = self.tokenizer.stop_ids() if self._has_tokenizer() else set()
         decoder, stop_filter = StreamDecoder(), StopStringFilter(stops)
-        history = list(tokens)
         limit = max_tokens if max_tokens is not None else self.n_ctx - len(tokens)
         t_decode = time.perf_counter()
         n = 0
@@ -253,7 +278,7 @@ class Model(CompletionsMixin):
             if n >= limit:
                 yield Chunk(stop_filter.flush() + decoder.flush(), None, "length")
                 return
-            token = last if on_device else sampler.sample(last, history)
+            token = pick(last)
             history.append(token)
             n += 1
             stats.completion_tokens = n
@@ -273,7 +298,7 @@ class Model(CompletionsMixin):
                 return
             if n < limit:
                 step = np.asarray([token], dtype=np.int32)
-                last = self._engine.eval_greedy(step) if on_device else self._engine.eval(step, False)
+                last = evaluate(step)
                 self._cached.append(token)
             stats.decode_seconds = time.perf_counter() - t_decode
             self._update_attention_stats(stats)

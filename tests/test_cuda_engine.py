@@ -251,7 +251,8 @@ class CountingEngine:
     """Wraps an engine and counts the calls that copy logits out (eval) and those that do not."""
 
     def __init__(self, engine):
-        self.engine, self.evals, self.greedy = engine, 0, 0
+        self.engine, self.evals, self.greedy, self.top = engine, 0, 0, 0
+        self.keep_logits, self.logits = False, []
 
     def eval(self, *a, **k):
         self.evals += 1
@@ -261,13 +262,20 @@ class CountingEngine:
         self.greedy += 1
         return self.engine.eval_greedy(*a, **k)
 
+    def eval_top(self, *a, **k):
+        self.top += 1
+        out = self.engine.eval_top(*a, **k)
+        if self.keep_logits:  # for the test's own replay, not for the model
+            self.logits.append(self.engine.last_logits())
+        return out
+
     def __getattr__(self, name):
         return getattr(self.engine, name)
 
 
 def test_model_generate_greedy_on_gpu_matches_cpu(gguf):
     """Model.generate at temperature 0 on CUDA takes every argmax on the GPU (no logits copied
-    out) and gives the CPU path's tokens; sampling, or a repetition penalty, still gets logits."""
+    out) and gives the CPU path's tokens."""
     from pyresa import Model
 
     toks = [int(t) for t in prompt(gguf, 16, seed=11)]
@@ -298,10 +306,30 @@ def test_model_generate_greedy_on_gpu_matches_cpu(gguf):
     ref2 = [c.token for c in cpu.generate(toks, max_tokens=48, temperature=0) if c.token is not None]
     got2 = [c.token for c in gpu.generate(toks, max_tokens=48, temperature=0) if c.token is not None]
     diverge_only_at_a_near_tie(ref2, got2, ", cached prompt")
-    for kw in ({"temperature": 0.7, "seed": 1}, {"temperature": 0, "repeat_penalty": 1.3}):
-        spy.evals = 0
-        list(gpu.generate(toks, max_tokens=4, **kw))
-        assert spy.evals > 0, kw
+
+
+@pytest.mark.parametrize("kw", [dict(temperature=0.8, seed=1), dict(temperature=0.7, top_k=0, top_p=0.9, min_p=0.0, seed=2),
+                                dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=3),
+                                dict(temperature=0.8, repeat_penalty=1.3, seed=4), dict(temperature=0, repeat_penalty=1.3)])
+def test_model_generate_samples_on_gpu_as_the_cpu_sampler(gguf, kw):
+    """Sampling on CUDA: the penalty and top-k run on the GPU and only the candidates come back
+    (no eval copying logits), and every token is the one the CPU's sampler draws, same seed,
+    from that step's full logits (fetched beside, for this check only). Top-k off with top-p
+    reaching past the 1,024 candidates (top_p 1.0 here) copies the full row instead."""
+    from pyresa import Model
+    from pyresa.sampling import Sampler, SamplingParams
+
+    toks = [int(t) for t in prompt(gguf, 16, seed=12)]
+    gpu = Model(gguf.path, n_ctx=256, device="cuda")
+    spy = CountingEngine(gpu._engine)
+    spy.keep_logits = True
+    gpu._engine = spy
+    got = [c.token for c in gpu.generate(toks, max_tokens=40, **kw) if c.token is not None]
+    assert spy.evals == 0 and spy.greedy == 0 and spy.top == len(got), kw
+    sampler, history = Sampler(SamplingParams(**kw)), list(toks)
+    for logits, token in zip(spy.logits, got):
+        assert sampler.sample(logits, history) == token
+        history.append(token)
 
 
 def test_out_of_memory_is_a_clear_error(gguf):

@@ -279,3 +279,28 @@ def test_argmax_first_of_ties():
     x = np.random.default_rng().standard_normal(152064).astype(np.float32)
     x[[5000, 90000]] = 100.0
     assert core.cuda_test.argmax(x) == 5000
+
+
+@pytest.mark.parametrize("n,k", [(152064, 40), (152064, 1), (152064, 1024), (49152, 333), (500, 1024), (3, 2)])
+def test_top_candidates_match_a_full_sort(n, k):
+    """The GPU's top-k for sampling: the k largest logits, ties at the k-th value to the lowest
+    ids (numpy's full lexsort is the oracle), after the repetition penalty (llama.cpp's rule),
+    and the vocabulary's sum(exp(x - max)) in double."""
+    rng = np.random.default_rng()
+    x = (rng.standard_normal(n) * 3).astype(np.float32)
+    if n > 1000:
+        x[rng.integers(0, n, 50)] = np.sort(x)[-k] if k <= n else 0.0  # ties at the k-th value
+        x[rng.integers(0, n, 5)] = -0.0
+    pen = np.unique(rng.integers(0, n, min(n, 64))).astype(np.int32)
+    for penalty, want_sum in ((1.0, False), (1.3, True), (0.8, True)):
+        ids, vals, mx, s = core.cuda_test.top_candidates(x, k, pen, penalty, want_sum)
+        z = x.copy()
+        if penalty != 1.0:
+            z[pen] = np.where(z[pen] > 0, z[pen] / np.float32(penalty), z[pen] * np.float32(penalty))
+        order = np.lexsort((np.arange(n), -z))[: min(k, n)]
+        assert sorted(ids.tolist()) == sorted(order.tolist()), (penalty, k)
+        np.testing.assert_array_equal(vals, z[ids])
+        if want_sum:
+            assert mx == z.max()
+            ref = np.exp(z.astype(np.float64) - z.max()).sum()
+            assert abs(s - ref) <= 1e-12 * ref

@@ -121,6 +121,31 @@ void bind_cuda(nb::module_& m) {
              return e.eval_greedy(tokens.data(), static_cast<int>(tokens.size()));
            },
            nb::arg("tokens"), "eval, then the argmax of the last logits, taken on the GPU (no logits copied).")
+      .def("eval_top",
+           [](CudaEngine& e, Tokens tokens, int k, Tokens penalized, float penalty, bool want_sum) {
+             TopCandidates c;
+             {
+               nb::gil_scoped_release release;
+               const std::vector<int32_t> pen(penalized.data(), penalized.data() + penalized.size());
+               c = e.eval_top(tokens.data(), static_cast<int>(tokens.size()), k, pen, penalty, want_sum);
+             }
+             const size_t n = c.ids.size();
+             return nb::make_tuple(numpy_array(std::move(c.ids), {n}), numpy_array(std::move(c.logits), {n}),
+                                   c.max_logit, c.sum_exp);
+           },
+           nb::arg("tokens"), nb::arg("k"), nb::arg("penalized"), nb::arg("penalty"), nb::arg("want_sum"),
+           "eval, then the k largest logits of the last position after the repetition penalty, taken on the GPU: "
+           "(ids, logits, max, sum of exp(logit - max) over the vocabulary if want_sum else 0).")
+      .def("last_logits",
+           [](CudaEngine& e) {
+             auto out = float_array({(size_t)e.config().n_vocab});
+             {
+               nb::gil_scoped_release release;
+               e.last_logits(out.data());
+             }
+             return out;
+           },
+           "The last evaluated position's logits, copied from the GPU.")
       .def("decode_greedy",
            [](CudaEngine& e, int token, int n_new) {
              std::vector<int32_t> out;
@@ -234,6 +259,14 @@ void bind_cuda(nb::module_& m) {
     return numpy_array(std::move(r), {(size_t)n_kv_head, (size_t)n_sel});
   });
   t.def("argmax", [](F32 x) { return cuda_test::argmax(x.data(), (int)x.size()); });
+  t.def("top_candidates", [](F32 x, int k, I32 penalized, float penalty, bool want_sum) {
+    double mx = 0, sum = 0;
+    std::vector<int32_t> ids;
+    auto vals = cuda_test::top_candidates(x.data(), (int)x.size(), k, penalized.data(), (int)penalized.size(), penalty,
+                                          want_sum, ids, mx, sum);
+    const size_t n = ids.size();
+    return nb::make_tuple(numpy_array(std::move(ids), {n}), numpy_array(std::move(vals), {n}), mx, sum);
+  });
 }
 
 #endif

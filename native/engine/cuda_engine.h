@@ -25,6 +25,14 @@ struct CudaEngineOptions {
   int device = 0;
 };
 
+// The largest logits of one position, taken on the device (sampling without copying the vocabulary).
+struct TopCandidates {
+  std::vector<int32_t> ids;  // min(k, n_vocab) ids, unordered; ties at the k-th value: lowest ids
+  std::vector<float> logits;  // their logits, after the repetition penalty
+  double max_logit = 0.0;     // with want_sum: the largest logit and sum(exp(logit - max)) over the
+  double sum_exp = 0.0;       // whole vocabulary, in double (else 0)
+};
+
 struct AttentionSettings {
   std::string mode = "dense";  // "dense", "sparse" (block-sparse decode) or "resa" (sparse + rectification)
   int block_size = 16;
@@ -59,6 +67,12 @@ class CudaEngine {
   void eval(const int32_t* tokens, int n, bool all_logits, float* logits, bool logits_on_device = false);
   // eval of the tokens, then the argmax of the last logits, computed on the device.
   int32_t eval_greedy(const int32_t* tokens, int n);
+  // eval of the tokens, then the k (1..1024) largest logits of the last position, after the
+  // repetition penalty on `penalized` (distinct ids; logit / penalty if > 0, else * penalty).
+  TopCandidates eval_top(const int32_t* tokens, int n, int k, const std::vector<int32_t>& penalized, float penalty,
+                         bool want_sum);
+  // Host copy of the last position's logits as the last eval left them on the device [n_vocab].
+  void last_logits(float* out);
   // Feeds `token`, then each argmax back in, n_new times, without copying logits or syncing per
   // token. Returns the n_new argmax tokens (the last one is not evaluated).
   std::vector<int32_t> decode_greedy(int32_t token, int n_new);

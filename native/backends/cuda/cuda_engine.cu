@@ -18,6 +18,7 @@
 #include "backends/cuda/ops.cuh"
 #include "backends/cuda/quant.cuh"
 #include "backends/cuda/resa.cuh"
+#include "backends/cuda/sampling.cuh"
 #include "engine/errors.h"
 
 namespace pyresa {
@@ -93,6 +94,9 @@ struct CudaEngine::Impl {
   int32_t* d_argmax = nullptr;
   int32_t* d_tokens = nullptr;
   DeviceBuffer history;  // token at each position (device), for rectification and greedy loops
+  // Sampling candidates (allocated on first use): penalized copy of the logits, penalized ids,
+  // candidate ids, logits and the (max, sum) pair.
+  DeviceBuffer samp_work, samp_penalized, samp_out;
   int32_t* h_pinned = nullptr;  // pinned staging for tokens and positions
   int h_pinned_n = 0;
 
@@ -794,6 +798,60 @@ int32_t CudaEngine::eval_greedy(const int32_t* tokens, int n) {
   PYRESA_CUDA_CHECK(cudaStreamSynchronize(m.stream));
   out = m.h_pinned[0];
   return out;
+}
+
+TopCandidates CudaEngine::eval_top(const int32_t* tokens, int n, int k, const std::vector<int32_t>& penalized,
+                                   float penalty, bool want_sum) {
+  Impl& m = *impl_;
+  if (k < 1 || k > cuda::kMaxCandidates)
+    throw std::invalid_argument("eval_top: k must be in [1, " + std::to_string(cuda::kMaxCandidates) + "], got " +
+                                std::to_string(k));
+  if (!(penalty > 0.0f)) throw std::invalid_argument("eval_top: the repetition penalty must be > 0");
+  eval(tokens, n, false, nullptr);
+  const int V = m.c.n_vocab;
+  const int kk = std::min(k, V);
+  if (m.samp_out.bytes() == 0)
+    m.samp_out = DeviceBuffer(2 * sizeof(double) + (size_t)cuda::kMaxCandidates * 8, "sampling candidates");
+  cuda::TopCandidatesArgs a;
+  a.logits = m.logits1.get<float>();
+  a.n = V;
+  a.k = kk;
+  a.want_sum = want_sum;
+  a.stats = m.samp_out.get<double>();
+  a.out_ids = reinterpret_cast<int32_t*>(a.stats + 2);
+  a.out_logits = reinterpret_cast<float*>(a.out_ids + cuda::kMaxCandidates);
+  if (!penalized.empty() && penalty != 1.0f) {
+    if (m.samp_work.bytes() == 0) m.samp_work = DeviceBuffer((size_t)V * sizeof(float), "sampling logits copy");
+    if (m.samp_penalized.bytes() < penalized.size() * sizeof(int32_t))
+      m.samp_penalized = DeviceBuffer(penalized.size() * sizeof(int32_t), "penalized token ids");
+    PYRESA_CUDA_CHECK(cudaMemcpyAsync(m.samp_penalized.get(), penalized.data(), penalized.size() * sizeof(int32_t),
+                                      cudaMemcpyHostToDevice, m.stream));
+    a.penalized = m.samp_penalized.get<int32_t>();
+    a.n_penalized = (int)penalized.size();
+    a.penalty = penalty;
+    a.work = m.samp_work.get<float>();
+  }
+  cuda::top_candidates(a, m.stream);
+  std::vector<uint8_t> host(m.samp_out.bytes());
+  PYRESA_CUDA_CHECK(cudaMemcpyAsync(host.data(), m.samp_out.get(), host.size(), cudaMemcpyDeviceToHost, m.stream));
+  PYRESA_CUDA_CHECK(cudaStreamSynchronize(m.stream));  // also keeps `penalized` alive until the copy ran
+  TopCandidates out;
+  const double* stats = reinterpret_cast<const double*>(host.data());
+  const int32_t* ids = reinterpret_cast<const int32_t*>(stats + 2);
+  const float* vals = reinterpret_cast<const float*>(ids + cuda::kMaxCandidates);
+  out.ids.assign(ids, ids + kk);
+  out.logits.assign(vals, vals + kk);
+  out.max_logit = stats[0];
+  out.sum_exp = stats[1];
+  return out;
+}
+
+void CudaEngine::last_logits(float* out) {
+  Impl& m = *impl_;
+  PYRESA_CUDA_CHECK(cudaSetDevice(m.device));
+  PYRESA_CUDA_CHECK(cudaMemcpyAsync(out, m.logits1.get(), (size_t)m.c.n_vocab * sizeof(float), cudaMemcpyDeviceToHost,
+                                    m.stream));
+  PYRESA_CUDA_CHECK(cudaStreamSynchronize(m.stream));
 }
 
 std::vector<int32_t> CudaEngine::decode_greedy(int32_t token, int n_new) {

@@ -3,6 +3,7 @@
 #include <cmath>
 #include "formats/fp16.h"
 
+#include <algorithm>
 #include <cstring>
 #include <stdexcept>
 
@@ -12,6 +13,7 @@
 #include "backends/cuda/ops.cuh"
 #include "backends/cuda/quant.cuh"
 #include "backends/cuda/resa.cuh"
+#include "backends/cuda/sampling.cuh"
 
 namespace pyresa::cuda_test {
 
@@ -296,6 +298,39 @@ int argmax(const float* x, int n) {
   DeviceBuffer out = poisoned(4);
   cuda::argmax(xb.get<float>(), n, out.get<int32_t>(), nullptr, nullptr, nullptr);
   return to_host<int32_t>(out, 1)[0];
+}
+
+std::vector<float> top_candidates(const float* x, int n, int k, const int32_t* penalized, int n_penalized, float penalty,
+                                  bool want_sum, std::vector<int32_t>& ids, double& max_out, double& sum_out) {
+  DeviceBuffer xb = to_device(x, sizeof(float) * n);
+  const int32_t none = 0;
+  DeviceBuffer pen = to_device(n_penalized ? penalized : &none, sizeof(int32_t) * std::max(n_penalized, 1));
+  DeviceBuffer work = poisoned(sizeof(float) * n);
+  const int kk = std::min(k, n);
+  DeviceBuffer out_ids = poisoned(sizeof(int32_t) * cuda::kMaxCandidates);
+  DeviceBuffer out_vals = poisoned(sizeof(float) * cuda::kMaxCandidates);
+  DeviceBuffer stats = poisoned(2 * sizeof(double));
+  cuda::TopCandidatesArgs a;
+  a.logits = xb.get<float>();
+  a.n = n;
+  a.k = k;
+  a.penalized = pen.get<int32_t>();
+  a.n_penalized = n_penalized;
+  a.penalty = penalty;
+  a.work = work.get<float>();
+  a.want_sum = want_sum;
+  a.out_ids = out_ids.get<int32_t>();
+  a.out_logits = out_vals.get<float>();
+  a.stats = stats.get<double>();
+  cuda::top_candidates(a, nullptr);
+  ids = to_host<int32_t>(out_ids, kk);
+  const std::vector<double> st = to_host<double>(stats, 2);
+  max_out = st[0];
+  sum_out = st[1];
+  // The input must be left as it was (the penalty goes to a copy).
+  const std::vector<float> after = to_host<float>(xb, n);
+  if (std::memcmp(after.data(), x, sizeof(float) * n) != 0) throw std::runtime_error("top_candidates changed its input");
+  return to_host<float>(out_vals, kk);
 }
 
 }  // namespace pyresa::cuda_test

@@ -15,6 +15,7 @@ import numpy as np
 
 import pyresa._core as core
 from pyresa.gguf_file import open_gguf
+from pyresa.sampling import Sampler, SamplingParams
 
 
 def bandwidth_gbs():
@@ -51,6 +52,32 @@ def device_memory_used():
         return None
 
 
+def time_sampling_loops(eng, depth, tok, n, n_vocab):
+    """One token per host call, as Model.generate runs: the per-token cost of each way of picking
+    the next token (the step itself is the same graph in all three)."""
+    eng.fill_synthetic(depth, 99)
+    eng.set_attention("dense", 16, 0.1, 16, 1, 32)
+    none = np.zeros(0, np.int32)
+    sampler = Sampler(SamplingParams(temperature=0.8, top_k=40, top_p=0.95, min_p=0.05, seed=0))
+    loops = {
+        "greedy_on_gpu": lambda t: eng.eval_greedy(t),
+        "sampled_top40_on_gpu": lambda t: sampler.sample_candidates(*eng.eval_top(t, 40, none, 1.0, False)[:2], n_vocab),
+        "sampled_full_logits_on_host": lambda t: sampler.sample(eng.eval(t, False), []),
+    }
+    out = {}
+    for name, step in loops.items():
+        for warm in (True, False):
+            eng.truncate(depth)
+            t, t0 = tok, time.perf_counter()
+            for _ in range(8 if warm else n):
+                t = int(step(np.asarray([t], np.int32)))
+            dt = time.perf_counter() - t0
+        out[name] = {"tokens": n, "ms_per_token": dt / n * 1e3}
+        print(f"depth {depth:>7} loop {name:>28}: {dt / n * 1e3:7.3f} ms/token", flush=True)
+    eng.truncate(depth)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True)
@@ -61,6 +88,9 @@ def main():
     ap.add_argument("--n-batch", type=int, default=2048)
     ap.add_argument("--modes", default="dense,resa")
     ap.add_argument("--profile", action="store_true", help="also print a per-op breakdown of one step per depth/mode")
+    ap.add_argument("--sampling", type=int, default=64,
+                    help="tokens per host loop timed at the first depth, dense: greedy on the GPU, sampling from "
+                         "the GPU's top-k candidates, sampling from the full logits copied out (0: skip)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
@@ -93,6 +123,8 @@ def main():
         print(f"prefill pp{args.prefill}: {args.prefill / dt:.0f} tok/s ({dt * 1e3:.0f} ms)", flush=True)
 
     tok = int(rng.integers(0, n_vocab))
+    if args.sampling:
+        res["sampling"] = time_sampling_loops(eng, depths[0], tok, args.sampling, n_vocab)
     for d in depths:
         eng.fill_synthetic(d, 1234 + d)
         for mode in modes:

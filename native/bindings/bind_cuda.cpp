@@ -233,7 +233,8 @@ void bind_cuda(nb::module_& m) {
                                       min_blocks, local_blocks, n_sel);
     return numpy_array(std::move(r), {(size_t)n_kv_head, (size_t)n_sel});
   });
-  t.def("argmax", [](F32 x) { return cuda_test::argmax(x.data(), (int)x.size()); });
+  t.def("argmax", [](F32 x, int ctas) { return cuda_test::argmax(x.data(), (int)x.size(), ctas); }, nb::arg("x"),
+        nb::arg("ctas") = 0);
 }
 
 #endif

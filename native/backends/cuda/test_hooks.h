@@ -38,6 +38,7 @@ void descriptors(const uint16_t* K, int n_kv_head, int cap, int D, int n_tokens,
 std::vector<int32_t> select_blocks(const float* q, int n_head, const uint16_t* K, int n_kv_head, int cap, int D,
                                    int n_tokens, int block_size, double ratio, int min_blocks, int local_blocks,
                                    int& n_sel_out);
-int argmax(const float* x, int n);
+// ctas > 1: the multi-CTA argmax with that many CTAs; else the one-CTA kernel.
+int argmax(const float* x, int n, int ctas);
 
 }  // namespace pyresa::cuda_test

@@ -170,6 +170,9 @@ def main():
     if args.out_dir:
         with open(os.path.join(args.out_dir, "fixed_step.json"), "w") as f:
             json.dump(rows, f, indent=1)
+        best = min(rows, key=lambda r: r["ms_per_token"])
+        with open("/tmp/fs_best_env.txt", "w") as f:  # for fixed_step.sh's "@best"
+            f.write(" ".join(f"{k}={v}" for k, v in best["env"].items()) + "\n")
     print("\nvariant         ms/token  tok/s   vs first")
     for r in rows:
         print(f"{r['variant']:>14}  {r['ms_per_token']:.4f}  {1e3 / r['ms_per_token']:6.1f}  "

@@ -7,10 +7,12 @@
 #               FS_TESTS_ENV extra environment for the tests (e.g. a switch to test the engine with)
 #   FS_VARIANTS space-separated name:ENV=V,ENV=V (empty: no variant timing)
 #   FS_TIMELINE comma-separated variant names to record a kernel timeline of
+#   FS_MAIN     1: also build the repository root's own (main) source and time it, before and after
 #   FS_NCU      1: ncu --set full on the matvec kernels of layer 1 (5 launches), FS_NCU_ENV extra
 #               environment for it
 #   FS_BENCH    arguments for gpu_bench.py (empty: not run), run once per '|'-separated entry of
-#               FS_BENCH_ENVS (extra environment for that run, e.g. "A=0|A=1")
+#               FS_BENCH_ENVS (extra environment for that run, e.g. "A=0|A=1"; "@best": the
+#               fastest of FS_VARIANTS)
 set -u
 src=$(cd "$(dirname "$0")/.." && pwd)
 cd "$src"
@@ -34,6 +36,22 @@ W=/root/llamacpp
 mkdir -p $W
 [ -f $W/syn7b.gguf ] || python3 .carry/synth_gguf.py .carry/r1-distill-qwen-7b-q4_k_m.header.gguf $W/syn7b.gguf > /tmp/synth.log 2>&1
 echo "== 7B file: $(( $(date +%s) - t0 )) s"
+if [ "${FS_MAIN:-0}" = 1 ]; then
+  # main's code, as the device checkout holds it (the repository root two levels up), built
+  # beside this tree and timed first and last with the same script: "main" rows below.
+  root=$(cd "$src/../.." && pwd)
+  cmake -S "$root" -B "$root/build/main" -G Ninja -DPYRESA_CUDA=ON -DCMAKE_BUILD_TYPE=Release \
+    -DCMAKE_CUDA_ARCHITECTURES=90 -DPython_EXECUTABLE="$(command -v python3)" > /tmp/cmake_main.log 2>&1 &&
+    cmake --build "$root/build/main" -j"$(nproc)" > /tmp/build_main.log 2>&1 || { tail -20 /tmp/build_main.log; exit 1; }
+  rm -rf /tmp/mainpy && mkdir -p /tmp/mainpy && cp -r "$root/pyresa" /tmp/mainpy/ &&
+    ln -sf "$root"/build/main/_core*.so /tmp/mainpy/pyresa/
+  echo "== main build: $(( $(date +%s) - t0 )) s"
+fi
+main_time() {
+  [ "${FS_MAIN:-0}" = 1 ] && PYTHONPATH=/tmp/site:/tmp/mainpy python3 bench/fixed_step.py --model $W/syn7b.gguf \
+    --variant "main$1:" 2>&1 | grep -E "^ +main" | tee -a "$OUT/fixed_step_main.txt"
+}
+main_time 1
 if [ -n "${FS_VARIANTS:-}" ]; then
   vargs=()
   for v in $FS_VARIANTS; do vargs+=(--variant "$v"); done
@@ -41,10 +59,12 @@ if [ -n "${FS_VARIANTS:-}" ]; then
     | tee "$OUT/fixed_step.txt"
   echo "== variants: $(( $(date +%s) - t0 )) s"
 fi
+main_time 2
 if [ -n "${FS_BENCH:-}" ]; then
   IFS='|' read -ra benv <<< "${FS_BENCH_ENVS:-}"
   [ ${#benv[@]} = 0 ] && benv=("")
   for e in "${benv[@]}"; do
+    [ "$e" = "@best" ] && e=$(cat /tmp/fs_best_env.txt 2>/dev/null)  # the fastest variant above
     echo "-- gpu_bench.py with: $e" | tee -a "$OUT/bench.txt"
     env $e python3 bench/gpu_bench.py --model $W/syn7b.gguf --prefill 0 $FS_BENCH 2>&1 | grep -v "^ *profile" | tee -a "$OUT/bench.txt"
   done
@@ -61,4 +81,5 @@ if [ "${FS_NCU:-0}" = 1 ]; then
 fi
 grep -E "passed|failed|error" "$OUT/pytest.log" 2>/dev/null | tail -3
 [ -f "$OUT/fixed_step.txt" ] && sed -n '/^variant /,$p' "$OUT/fixed_step.txt"
+[ -f "$OUT/fixed_step_main.txt" ] && cat "$OUT/fixed_step_main.txt"
 [ -f "$OUT/bench.txt" ] && grep -E "^-- |^depth" "$OUT/bench.txt"

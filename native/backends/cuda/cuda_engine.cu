@@ -691,6 +691,7 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, CudaEngi
   matvec_grid_cap() = m.n_sm * std::max(0, env_int("PYRESA_CUDA_MATVEC_CTAS_PER_SM", 0));
   matvec_wide() = env_int("PYRESA_CUDA_MATVEC_WIDE", 0);
   matvec_ksplit() = env_int("PYRESA_CUDA_MATVEC_KSPLIT", 0);
+  matvec_prefetch() = env_int("PYRESA_CUDA_MATVEC_PREFETCH", 2);
   {
     const bool early = env_int("PYRESA_CUDA_PDL_EARLY", 1) != 0;
     set_pdl_early_quant(early);

@@ -235,6 +235,7 @@ struct MatvecBatch {
   int first[3] = {0, 0, 0};  // first CTA (item) of each weight
   int n = 1;
   int n_items = 0;  // matvec_rows_kernel: CTA items in all (its grid may be smaller)
+  int prefetch = 2;  // L2 prefetch of the rows (matvec_prefetch()): 0 none, 1 not Q6_K, 2 all
 };
 
 template <GgmlType W, int NT>
@@ -441,8 +442,8 @@ __device__ __forceinline__ int batch_weight(const MatvecBatch& b, int item) {
 // Rows [row0, row0 + R) of w into L2 by bulk prefetches (one lane calls it). Q6_K: its ql, qh and
 // scale planes (the 2-byte d plane is not 16-byte aligned per row; it is read directly).
 template <GgmlType W, int R>
-__device__ __forceinline__ void prefetch_rows(const DeviceWeight& w, int64_t row0) {
-  if (row0 >= w.rows) return;
+__device__ __forceinline__ void prefetch_rows(const DeviceWeight& w, int64_t row0, int mode) {
+  if (row0 >= w.rows || mode == 0 || (W == GgmlType::Q6_K && mode < 2)) return;
   const int64_t nr = w.rows - row0 < R ? w.rows - row0 : R;
   if constexpr (W == GgmlType::Q6_K) {
     const int64_t nb = w.cols / QK_K;
@@ -475,7 +476,7 @@ __device__ __forceinline__ void for_each_item(const MatvecBatch& batch, Body&& b
   // L2 while it finishes (PDL), then wait for the activations.
   if (lane == 0 && warp % S == 0 && (int)blockIdx.x < n_items) {
     const int wi = batch_weight(batch, blockIdx.x);
-    prefetch_rows<W, R>(batch.w[wi], item_row0(blockIdx.x, wi));
+    prefetch_rows<W, R>(batch.w[wi], item_row0(blockIdx.x, wi), batch.prefetch);
   }
   if ((int)(blockIdx.x + gridDim.x) >= n_items) pdl_trigger();
   pdl_wait();
@@ -484,7 +485,7 @@ __device__ __forceinline__ void for_each_item(const MatvecBatch& batch, Body&& b
     if (next < n_items) {
       if (lane == 0 && warp % S == 0) {
         const int wn = batch_weight(batch, next);
-        prefetch_rows<W, R>(batch.w[wn], item_row0(next, wn));
+        prefetch_rows<W, R>(batch.w[wn], item_row0(next, wn), batch.prefetch);
       }
       if (next + (int)gridDim.x >= n_items) pdl_trigger();  // the next item is this CTA's last
     }
@@ -1044,6 +1045,7 @@ template <GgmlType W>
 struct MatvecLaunch {
   static void run(const MatvecBatch& batch0, const uint8_t* act, size_t arb, int n, cudaStream_t s) {
     MatvecBatch b = batch0;
+    b.prefetch = matvec_prefetch();
     int grid = 0;
     if constexpr (W == GgmlType::Q4_K || W == GgmlType::Q5_K || W == GgmlType::Q6_K) {
       const int R = matvec_rows_per_warp(), U = matvec_steps();
@@ -1067,6 +1069,7 @@ struct MatvecLaunch {
         return;
       }
       if (W == GgmlType::Q4_K && n == 1 && matvec_wide() && (R == 1 || R == 2) && (U == 1 || U == 2)) {
+        const int wu = matvec_wide() == 2 ? 1 : U;  // 2: one step (8 superblocks) per load round
         for (int i = 0; i < b.n; ++i) {
           b.first[i] = grid;
           grid += ceil_div(b.w[i].rows, kRowsPerCta * R);
@@ -1074,7 +1077,7 @@ struct MatvecLaunch {
         b.n_items = grid;
         if (matvec_grid_cap() > 0) grid = std::min(grid, matvec_grid_cap());
         if (R == 1) launch(matvec_q4k_wide_kernel<1, 2>, grid, 32 * kRowsPerCta, 0, s, b, act);
-        else if (U == 1) launch(matvec_q4k_wide_kernel<2, 1>, grid, 32 * kRowsPerCta, 0, s, b, act);
+        else if (wu == 1) launch(matvec_q4k_wide_kernel<2, 1>, grid, 32 * kRowsPerCta, 0, s, b, act);
         else launch(matvec_q4k_wide_kernel<2, 2>, grid, 32 * kRowsPerCta, 0, s, b, act);
         PYRESA_CUDA_LAUNCH_CHECK();
         return;
@@ -1154,6 +1157,10 @@ int& matvec_wide() {
 int& matvec_ksplit() {
   static int k = 0;
   return k;
+}
+int& matvec_prefetch() {
+  static int p = 2;
+  return p;
 }
 void set_pdl_early_quant(bool on) { set_pdl_early_this_unit(on); }
 

@@ -80,6 +80,48 @@ def test_matvec_rows_per_warp_bit_identical(t, rows):
         for r, u in ((2, 1), (4, 1), (1, 2), (1, 4), (2, 2)):
             yr = np.asarray(core.cuda_test.matvec(t, rows, cols, w.reshape(-1), x, 1, bias, -(10 * u + r)))
             assert np.array_equal(y1.view(np.uint32), yr.view(np.uint32)), (r, u, nsb)
+        # Persistent grids (each CTA loops over row groups, prefetching the next): 1, 3 and 7 CTAs.
+        for cap in (1, 3, 7):
+            yr = np.asarray(core.cuda_test.matvec(t, rows, cols, w.reshape(-1), x, 1, bias, -(1000 * cap + 22)))
+            assert np.array_equal(y1.view(np.uint32), yr.view(np.uint32)), (cap, nsb)
+
+
+@pytest.mark.parametrize("rows", [37, 1000])
+def test_matvec_q4k_wide_matches_cpu(rows, scalar_cpu):
+    # The 4-lanes-per-superblock Q4_K kernel: same integer sums, float scaling grouped
+    # differently; checked against the CPU's vec_dot (nb = 3, 14, 74: partial steps), with
+    # 1 or 2 rows per warp, 1 or 2 steps, and a persistent grid.
+    rng = np.random.default_rng()
+    for nsb in (3, 14, 74):
+        cols = nsb * 256
+        w = random_weights(rng, Q4_K, rows, cols)
+        x = rng.standard_normal(cols).astype(np.float32)
+        bias = rng.standard_normal(rows).astype(np.float32)
+        ref = np.array([core.vec_dot(Q4_K, np.ascontiguousarray(w[r]), x) + bias[r] for r in range(rows)], np.float32)
+        y1 = np.asarray(core.cuda_test.matvec(Q4_K, rows, cols, w.reshape(-1), x, 1, bias, -1))
+        for path in (-112, -121, -122, -3122):
+            got = np.asarray(core.cuda_test.matvec(Q4_K, rows, cols, w.reshape(-1), x, 1, bias, path))
+            assert np.isfinite(got).all()
+            assert rel_err(got, ref) < 2e-6, (path, nsb, rel_err(got, ref))
+            assert rel_err(got, y1) < 2e-6, (path, nsb)
+
+
+@pytest.mark.parametrize("rows", [37, 1000])
+@pytest.mark.parametrize("t", [Q4_K, Q5_K, Q6_K], ids=lambda t: NAMES[t])
+def test_matvec_ksplit_matches_cpu(t, rows, scalar_cpu):
+    # Rows of >= 32 superblocks split over a CTA's 4 warps (partial sums added in shared memory):
+    # the same integer sums, float partial sums added in another order; vs the CPU's vec_dot.
+    rng = np.random.default_rng()
+    for nsb in (33, 74):
+        cols = nsb * 256
+        w = random_weights(rng, t, rows, cols)
+        x = rng.standard_normal(cols).astype(np.float32)
+        bias = rng.standard_normal(rows).astype(np.float32)
+        ref = np.array([core.vec_dot(t, np.ascontiguousarray(w[r]), x) + bias[r] for r in range(rows)], np.float32)
+        for path in (-212, -221, -222, -5222, -322):  # last: K split wins over the wide Q4_K kernel
+            got = np.asarray(core.cuda_test.matvec(t, rows, cols, w.reshape(-1), x, 1, bias, path))
+            assert np.isfinite(got).all()
+            assert rel_err(got, ref) < 2e-6, (path, nsb, rel_err(got, ref))
 
 
 @pytest.mark.parametrize("path,n", [(1, 70), (2, 9), (2, 33), (2, 64)])
@@ -275,10 +317,18 @@ def test_select_blocks_ties_go_to_lower_blocks():
     np.testing.assert_array_equal(got, np.stack([expect, expect]))
 
 
-def test_argmax_first_of_ties():
+@pytest.mark.parametrize("ctas", [0, 7, 132, 300])
+def test_argmax_first_of_ties(ctas):
+    # 0: the one-CTA kernel; else the multi-CTA one (chunks merged by the last CTA to finish).
     x = np.random.default_rng().standard_normal(152064).astype(np.float32)
     x[[5000, 90000]] = 100.0
-    assert core.cuda_test.argmax(x) == 5000
+    assert core.cuda_test.argmax(x, ctas) == 5000
+    x[[5000, 90000]] = 0.0
+    x[[151999, 3]] = 101.0  # ties in different chunks
+    assert core.cuda_test.argmax(x, ctas) == 3
+    x[3] = np.nan
+    assert core.cuda_test.argmax(x, ctas) == 151999
+    assert core.cuda_test.argmax(np.full(1000, np.nan, np.float32), ctas) == 0
 
 
 @pytest.mark.parametrize("n,k", [(152064, 40), (152064, 1), (152064, 1024), (49152, 333), (500, 1024), (3, 2)])

@@ -258,7 +258,8 @@ void bind_cuda(nb::module_& m) {
                                       min_blocks, local_blocks, n_sel);
     return numpy_array(std::move(r), {(size_t)n_kv_head, (size_t)n_sel});
   });
-  t.def("argmax", [](F32 x) { return cuda_test::argmax(x.data(), (int)x.size()); });
+  t.def("argmax", [](F32 x, int ctas) { return cuda_test::argmax(x.data(), (int)x.size(), ctas); }, nb::arg("x"),
+        nb::arg("ctas") = 0);
   t.def("top_candidates", [](F32 x, int k, I32 penalized, float penalty, bool want_sum) {
     double mx = 0, sum = 0;
     std::vector<int32_t> ids;

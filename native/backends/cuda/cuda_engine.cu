@@ -89,6 +89,8 @@ struct CudaEngine::Impl {
   size_t act_rb_max = 0;
   int logits_rows = 0;  // rows logits_all holds
   DeviceBuffer ints;    // pos, n_sel, argmax out, tokens [nb]
+  DeviceBuffer argmax_mem;  // the multi-CTA argmax's workspace (PYRESA_CUDA_ARGMAX_CTAS, 0: one CTA)
+  ArgmaxScratch argmax_sc;
   int* d_pos = nullptr;
   int* d_nsel = nullptr;
   int32_t* d_argmax = nullptr;
@@ -255,6 +257,11 @@ struct CudaEngine::Impl {
     d_argmax = d_pos + 2;
     d_tokens = d_pos + 4;
     PYRESA_CUDA_CHECK(cudaMemset(ints.get(), 0, ints.bytes()));
+    {
+      const int ctas = std::max(1, env_int("PYRESA_CUDA_ARGMAX_CTAS", n_sm));
+      argmax_mem = DeviceBuffer(argmax_scratch_bytes(ctas), "argmax workspace");
+      argmax_sc = argmax_scratch(argmax_mem.get(), ctas);
+    }
     history = DeviceBuffer((size_t)(cap + 1) * sizeof(int32_t), "token history");
     PYRESA_CUDA_CHECK(cudaMemset(history.get(), 0, history.bytes()));
     h_pinned_n = nb + 8;
@@ -551,7 +558,7 @@ struct CudaEngine::Impl {
       if (kind == StepKind::Rectify) gather_rectify_tokens();
       forward(kind == StepKind::Rectify ? f + 1 : 1, kind == StepKind::Rectify ? -f : 0, kind, splits,
               logits1.get<float>(), false);
-      argmax(logits1.get<float>(), c.n_vocab, d_tokens, history.get<int32_t>(), d_pos, stream);
+      argmax(logits1.get<float>(), c.n_vocab, d_tokens, history.get<int32_t>(), d_pos, stream, &argmax_sc);
       advance_position(d_pos, 1, stream);
     };
     (void)want_argmax;
@@ -685,6 +692,15 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, CudaEngi
   m.matvec_max_tokens = env_int("PYRESA_CUDA_MATVEC_MAX_TOKENS", 8);
   matvec_rows_per_warp() = env_int("PYRESA_CUDA_MATVEC_ROWS", 2);
   matvec_steps() = env_int("PYRESA_CUDA_MATVEC_STEPS", 2);
+  matvec_grid_cap() = m.n_sm * std::max(0, env_int("PYRESA_CUDA_MATVEC_CTAS_PER_SM", 0));
+  matvec_wide() = env_int("PYRESA_CUDA_MATVEC_WIDE", 0);
+  matvec_ksplit() = env_int("PYRESA_CUDA_MATVEC_KSPLIT", 0);
+  matvec_prefetch() = env_int("PYRESA_CUDA_MATVEC_PREFETCH", 2);
+  {
+    const bool early = env_int("PYRESA_CUDA_PDL_EARLY", 1) != 0;
+    set_pdl_early_quant(early);
+    set_pdl_early_ops(early);
+  }
   m.precise_dense = env_int("PYRESA_CUDA_PRECISE_DENSE", 1) != 0;
   m.rect_precise = env_int("PYRESA_CUDA_RECT_PRECISE", 1) != 0;
   m.upload(weights);
@@ -708,7 +724,7 @@ size_t CudaEngine::device_bytes() const {
   size_t s = 0;
   for (const DeviceBuffer* b : {&m.weights_buf, &m.k_cache, &m.v_cache, &m.desc, &m.x, &m.q, &m.k, &m.v, &m.attn,
                                 &m.gate, &m.up, &m.act, &m.wdeq, &m.logits_all, &m.logits1, &m.attn_work, &m.small_ws, &m.keys,
-                                &m.blocks, &m.ints, &m.history})
+                                &m.blocks, &m.ints, &m.argmax_mem, &m.history})
     s += b->bytes();
   return s;
 }
@@ -790,7 +806,7 @@ int32_t CudaEngine::eval_greedy(const int32_t* tokens, int n) {
   eval(tokens, n, false, nullptr);
   if (n > 1) {  // prefill left the last logits in logits1; the step path already took the argmax
     m.set_pos_host(m.n_past - 1);
-    argmax(m.logits1.get<float>(), m.c.n_vocab, m.d_tokens, m.history.get<int32_t>(), m.d_pos, m.stream);
+    argmax(m.logits1.get<float>(), m.c.n_vocab, m.d_tokens, m.history.get<int32_t>(), m.d_pos, m.stream, &m.argmax_sc);
     m.set_pos_host(m.n_past);
   }
   int32_t out = 0;

@@ -31,8 +31,20 @@ struct RopeStoreArgs {
 };
 void rope_store(const RopeStoreArgs& a, cudaStream_t stream);
 
+// Workspace of the multi-CTA argmax: a counter (zero between launches) and one pair per CTA.
+struct ArgmaxScratch {
+  unsigned* counter = nullptr;
+  float* val = nullptr;
+  int* idx = nullptr;
+  int n_ctas = 0;
+};
+size_t argmax_scratch_bytes(int n_ctas);
+// Lays out (and zeroes the counter of) a scratch in `mem` of argmax_scratch_bytes(n_ctas) bytes.
+ArgmaxScratch argmax_scratch(void* mem, int n_ctas);
 // out[0] = argmax(logits[0 .. n)) (lowest index on ties); also history[*pos_dev + 1] = it when history.
-void argmax(const float* logits, int n, int32_t* out, int32_t* history, const int* pos_dev, cudaStream_t stream);
+// With a scratch of n_ctas > 1: spread over up to n_ctas CTAs (one stream at a time per scratch).
+void argmax(const float* logits, int n, int32_t* out, int32_t* history, const int* pos_dev, cudaStream_t stream,
+            const ArgmaxScratch* scratch = nullptr);
 
 // *pos_dev += n
 void advance_position(int* pos_dev, int n, cudaStream_t stream);

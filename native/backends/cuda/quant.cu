@@ -119,6 +119,7 @@ constexpr int kPrepWarps = 8;  // blocks per CTA (one per warp); a row spreads o
 template <ActTransform T, GgmlType A>
 __global__ void __launch_bounds__(32 * kPrepWarps) prepare_kernel(ActPrep p, int64_t cols, uint8_t* out,
                                                                    size_t out_row_bytes) {
+  pdl_trigger();  // the next kernel (a product) may start prefetching its weights now
   pdl_wait();  // inputs may come from the kernel launched just before (PDL)
   const int row = blockIdx.x;
   const float* xr = p.x + row * p.ld_x;
@@ -231,8 +232,10 @@ constexpr int kRowsPerCta = 4;
 struct MatvecBatch {
   DeviceWeight w[3];
   MatvecOut out[3];
-  int first[3] = {0, 0, 0};  // first CTA of each weight
+  int first[3] = {0, 0, 0};  // first CTA (item) of each weight
   int n = 1;
+  int n_items = 0;  // matvec_rows_kernel: CTA items in all (its grid may be smaller)
+  int prefetch = 2;  // L2 prefetch of the rows (matvec_prefetch()): 0 none, 1 not Q6_K, 2 all
 };
 
 template <GgmlType W, int NT>
@@ -249,6 +252,7 @@ __global__ void __launch_bounds__(32 * kRowsPerCta) matvec_kernel(MatvecBatch ba
   if (row < w.rows && W != GgmlType::Q6_K)
     for (int64_t off = (int64_t)lane * 128; off < (int64_t)w.row_bytes; off += 32 * 128)
       prefetch_l2(w.data + row * w.row_bytes + off);
+  pdl_trigger();
   pdl_wait();
   if (row >= w.rows) return;
   float acc[NT], acc_m[NT];
@@ -430,147 +434,322 @@ __device__ __forceinline__ uint4 ld_stream16(const void* p) {  // weights: read 
   return v;
 }
 
-template <GgmlType W, int R, int U>
+// Which weight of a batch CTA item `item` works on (items [first[i], first[i+1]) are weight i's).
+__device__ __forceinline__ int batch_weight(const MatvecBatch& b, int item) {
+  return (b.n > 2 && item >= b.first[2]) ? 2 : (b.n > 1 && item >= b.first[1]) ? 1 : 0;
+}
+
+// Rows [row0, row0 + R) of w into L2 by bulk prefetches (one lane calls it). Q6_K: its ql, qh and
+// scale planes (the 2-byte d plane is not 16-byte aligned per row; it is read directly).
+template <GgmlType W, int R>
+__device__ __forceinline__ void prefetch_rows(const DeviceWeight& w, int64_t row0, int mode) {
+  if (row0 >= w.rows || mode == 0 || (W == GgmlType::Q6_K && mode < 2)) return;
+  const int64_t nr = w.rows - row0 < R ? w.rows - row0 : R;
+  if constexpr (W == GgmlType::Q6_K) {
+    const int64_t nb = w.cols / QK_K;
+    const Q6Planes pl = q6_planes(w.data, w.rows * nb);
+    prefetch_l2_bulk(pl.ql + row0 * nb * kQ6Ql, (uint32_t)(nr * nb * kQ6Ql));
+    prefetch_l2_bulk(pl.qh + row0 * nb * kQ6Qh, (uint32_t)(nr * nb * kQ6Qh));
+    prefetch_l2_bulk(pl.sc + row0 * nb * kQ6Sc, (uint32_t)(nr * nb * kQ6Sc));
+  } else {
+    prefetch_l2_bulk(w.data + row0 * w.row_bytes, (uint32_t)(nr * w.row_bytes));
+  }
+}
+
+// A CTA item = kRowsPerCta warps x R rows. With one CTA per item (grid = n_items) each CTA does
+// one item, as before. With a capped grid (persistent: a few CTAs per SM, PYRESA_CUDA_MATVEC_
+// CTAS_PER_SM) each CTA loops over items gridDim.x apart: no waves, no per-CTA launch ramp, and
+// while it works on one item each warp bulk-prefetches its rows of the next into L2, so the
+// DRAM reads of item i+1 overlap the loads and arithmetic of item i (a prefetch costs no
+// registers, unlike a second set of loads in flight). The early PDL trigger comes when the CTA
+// starts its last item, so the next kernel's CTAs fill the SMs only during this one's tail.
+// S > 1 (K split): S consecutive warps share a row group, each taking every S-th step of the row
+// (an item is then kRowsPerCta / S row groups); the body sums the S partial results.
+template <GgmlType W, int R, int S = 1, class Body>
+__device__ __forceinline__ void for_each_item(const MatvecBatch& batch, Body&& body) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int n_items = batch.n_items;
+  auto item_row0 = [&](int it, int wi) {
+    return ((int64_t)(it - batch.first[wi]) * (kRowsPerCta / S) + warp / S) * R;
+  };
+  // The weights do not depend on the previous kernel: start pulling the first item's rows into
+  // L2 while it finishes (PDL), then wait for the activations.
+  if (lane == 0 && warp % S == 0 && (int)blockIdx.x < n_items) {
+    const int wi = batch_weight(batch, blockIdx.x);
+    prefetch_rows<W, R>(batch.w[wi], item_row0(blockIdx.x, wi), batch.prefetch);
+  }
+  if ((int)(blockIdx.x + gridDim.x) >= n_items) pdl_trigger();
+  pdl_wait();
+  for (int item = blockIdx.x; item < n_items; item += gridDim.x) {
+    const int next = item + gridDim.x;
+    if (next < n_items) {
+      if (lane == 0 && warp % S == 0) {
+        const int wn = batch_weight(batch, next);
+        prefetch_rows<W, R>(batch.w[wn], item_row0(next, wn), batch.prefetch);
+      }
+      if (next + (int)gridDim.x >= n_items) pdl_trigger();  // the next item is this CTA's last
+    }
+    const int wi = batch_weight(batch, item);
+    const int64_t row0 = item_row0(item, wi);
+    // (with S > 1 the body synchronises the CTA: every row group of an item must be in range)
+    if (S > 1 || row0 < batch.w[wi].rows) body(batch.w[wi], batch.out[wi], row0);
+  }
+}
+
+template <GgmlType W, int R, int U, int S = 1>
 __global__ void __launch_bounds__(32 * kRowsPerCta) matvec_rows_kernel(MatvecBatch batch, const uint8_t* act) {
   static_assert(W == GgmlType::Q4_K || W == GgmlType::Q5_K || W == GgmlType::Q6_K, "K-quants only");
-  const int lane = threadIdx.x & 31;
-  const int wi = (batch.n > 2 && (int)blockIdx.x >= batch.first[2]) ? 2
-               : (batch.n > 1 && (int)blockIdx.x >= batch.first[1]) ? 1 : 0;
-  const DeviceWeight& w = batch.w[wi];
-  const MatvecOut& out = batch.out[wi];
-  const int64_t row0 = ((int64_t)(blockIdx.x - batch.first[wi]) * kRowsPerCta + (threadIdx.x >> 5)) * R;
-  if (row0 < w.rows && W != GgmlType::Q6_K) {
-    const int64_t nr = w.rows - row0 < R ? w.rows - row0 : R;
-    for (int64_t off = (int64_t)lane * 128; off < nr * (int64_t)w.row_bytes; off += 32 * 128)
-      prefetch_l2(w.data + row0 * w.row_bytes + off);
-  }
-  pdl_wait();
-  if (row0 >= w.rows) return;
-  int64_t rows[R];
+  static_assert(S == 1 || S == kRowsPerCta, "K split: the whole CTA on one row group");
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  __shared__ float part[S > 1 ? S : 1][R];
+  for_each_item<W, R, S>(batch, [&](const DeviceWeight& w, const MatvecOut& out, int64_t row0) {
+    int64_t rows[R];
 #pragma unroll
-  for (int r = 0; r < R; ++r) rows[r] = row0 + r < w.rows ? row0 + r : w.rows - 1;  // past the end: recompute the last row, discard
-  float acc[R];
+    for (int r = 0; r < R; ++r) rows[r] = row0 + r < w.rows ? row0 + r : w.rows - 1;  // past the end: recompute the last row, discard
+    float acc[R];
 #pragma unroll
-  for (int r = 0; r < R; ++r) acc[r] = 0.0f;
-  const int64_t cols = w.cols;
-  const int64_t nb = cols / QK_K;
-  const int j = lane & 7;
-  const ActLayout al = act_layout(GgmlType::Q8_K, cols);
-  const Q6Planes pl = q6_planes(w.data, w.rows * nb);
-  for (int64_t b00 = 0; b00 < nb; b00 += 4 * U) {
-    // 1. every load of U steps: R rows' blocks per step, then the steps' activations.
-    uint4 va[U][R], vb[U][R], vc[U][R];
-    int s6lo[U][R], s6hi[U][R];
-    uint16_t d6[U][R];
-    uint4 alo[U], ahi[U];
-    int bs_lo[U], bs_hi[U];
-    float ad[U];
-    bool valid[U];
-    int qa_lo_off, qa_hi_off, g_lo, g_hi;
+    for (int r = 0; r < R; ++r) acc[r] = 0.0f;
+    const int64_t cols = w.cols;
+    const int64_t nb = cols / QK_K;
+    const int j = lane & 7;
+    const ActLayout al = act_layout(GgmlType::Q8_K, cols);
+    const Q6Planes pl = q6_planes(w.data, w.rows * nb);
+    for (int64_t b00 = 4 * U * (warp % S); b00 < nb; b00 += 4 * U * S) {
+      // 1. every load of U steps: R rows' blocks per step, then the steps' activations.
+      uint4 va[U][R], vb[U][R], vc[U][R];
+      int s6lo[U][R], s6hi[U][R];
+      uint16_t d6[U][R];
+      uint4 alo[U], ahi[U];
+      int bs_lo[U], bs_hi[U];
+      float ad[U];
+      bool valid[U];
+      int qa_lo_off, qa_hi_off, g_lo, g_hi;
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int64_t b0 = b00 + 4 * u;
-      valid[u] = b0 + (lane >> 3) < nb;
-      const int64_t b = valid[u] ? b0 + (lane >> 3) : 0;
-      if constexpr (W == GgmlType::Q6_K) {
-        const int h = j >> 2, k2 = (j >> 1) & 1, lh = j & 1;
-        g_lo = 8 * h + 2 * k2 + lh;
-        g_hi = g_lo + 4;
+      for (int u = 0; u < U; ++u) {
+        const int64_t b0 = b00 + 4 * u;
+        valid[u] = b0 + (lane >> 3) < nb;
+        const int64_t b = valid[u] ? b0 + (lane >> 3) : 0;
+        if constexpr (W == GgmlType::Q6_K) {
+          const int h = j >> 2, k2 = (j >> 1) & 1, lh = j & 1;
+          g_lo = 8 * h + 2 * k2 + lh;
+          g_hi = g_lo + 4;
 #pragma unroll
-        for (int r = 0; r < R; ++r) {
-          const int64_t blk = rows[r] * nb + b;
-          va[u][r] = ld_stream16(pl.ql + blk * kQ6Ql + 64 * h + 32 * k2 + 16 * lh);
-          vb[u][r] = ld_stream16(pl.qh + blk * kQ6Qh + 32 * h + 16 * lh);
-          s6lo[u][r] = pl.sc[blk * kQ6Sc + g_lo];
-          s6hi[u][r] = pl.sc[blk * kQ6Sc + g_hi];
-          d6[u][r] = pl.d[blk];
-        }
-        qa_lo_off = 128 * h + 32 * k2 + 16 * lh;
-        qa_hi_off = qa_lo_off + 64;
-      } else {
-        const int c = j >> 1, hh = j & 1;
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-          const uint8_t* blk = w.data + rows[r] * w.row_bytes + b * (W == GgmlType::Q4_K ? 144 : 176);
-          va[u][r] = ld_stream16(blk);
-          vb[u][r] = ld_stream16(blk + (W == GgmlType::Q4_K ? 16 : 48) + 32 * c + 16 * hh);
-          if constexpr (W == GgmlType::Q5_K) vc[u][r] = ld_stream16(blk + 16 + 16 * hh);
-        }
-        qa_lo_off = 64 * c + 16 * hh;
-        qa_hi_off = qa_lo_off + 32;
-        g_lo = 4 * c + hh;
-        g_hi = g_lo + 2;
-      }
-      const int8_t* aq = reinterpret_cast<const int8_t*>(act) + b * QK_K;
-      alo[u] = *reinterpret_cast<const uint4*>(aq + qa_lo_off);
-      ahi[u] = *reinterpret_cast<const uint4*>(aq + qa_hi_off);
-      const int16_t* bs = reinterpret_cast<const int16_t*>(act + al.bsum_off) + b * 16;
-      bs_lo[u] = bs[g_lo];
-      bs_hi[u] = bs[g_hi];
-      ad[u] = reinterpret_cast<const float*>(act + al.d_off)[b];
-    }
-    // 2. the arithmetic, step by step and row by row, as matvec_kernel does it.
-#pragma unroll
-    for (int u = 0; u < U; ++u)
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-      int wlo[4], whi[4];
-      int sc_lo = 0, sc_hi = 0, m_lo = 0, m_hi = 0;
-      float d = 0.0f, dmin = 0.0f;
-      if constexpr (W == GgmlType::Q6_K) {
-        const int k2 = (j >> 1) & 1;
-        const uint32_t qlw[4] = {va[u][r].x, va[u][r].y, va[u][r].z, va[u][r].w};
-        const uint32_t qhw[4] = {vb[u][r].x, vb[u][r].y, vb[u][r].z, vb[u][r].w};
-        q6k_unpack(qlw, qhw, k2, wlo, whi);
-        sc_lo = s6lo[u][r];
-        sc_hi = s6hi[u][r];
-        d = h2f(d6[u][r]);
-      } else {
-        const int c = j >> 1;
-        const uint4 hdr = va[u][r];
-        const uint32_t qsw[4] = {vb[u][r].x, vb[u][r].y, vb[u][r].z, vb[u][r].w};
-        if constexpr (W == GgmlType::Q4_K) {
-          q4k_unpack(qsw, wlo, whi);
+          for (int r = 0; r < R; ++r) {
+            const int64_t blk = rows[r] * nb + b;
+            va[u][r] = ld_stream16(pl.ql + blk * kQ6Ql + 64 * h + 32 * k2 + 16 * lh);
+            vb[u][r] = ld_stream16(pl.qh + blk * kQ6Qh + 32 * h + 16 * lh);
+            s6lo[u][r] = pl.sc[blk * kQ6Sc + g_lo];
+            s6hi[u][r] = pl.sc[blk * kQ6Sc + g_hi];
+            d6[u][r] = pl.d[blk];
+          }
+          qa_lo_off = 128 * h + 32 * k2 + 16 * lh;
+          qa_hi_off = qa_lo_off + 64;
         } else {
-          const uint32_t qhw[4] = {vc[u][r].x, vc[u][r].y, vc[u][r].z, vc[u][r].w};
-          q5k_unpack(qsw, qhw, c, wlo, whi);
+          const int c = j >> 1, hh = j & 1;
+#pragma unroll
+          for (int r = 0; r < R; ++r) {
+            const uint8_t* blk = w.data + rows[r] * w.row_bytes + b * (W == GgmlType::Q4_K ? 144 : 176);
+            va[u][r] = ld_stream16(blk);
+            vb[u][r] = ld_stream16(blk + (W == GgmlType::Q4_K ? 16 : 48) + 32 * c + 16 * hh);
+            if constexpr (W == GgmlType::Q5_K) vc[u][r] = ld_stream16(blk + 16 + 16 * hh);
+          }
+          qa_lo_off = 64 * c + 16 * hh;
+          qa_hi_off = qa_lo_off + 32;
+          g_lo = 4 * c + hh;
+          g_hi = g_lo + 2;
         }
-        q4k_scale_min(hdr.y, hdr.z, hdr.w, 2 * c, sc_lo, m_lo);
-        q4k_scale_min(hdr.y, hdr.z, hdr.w, 2 * c + 1, sc_hi, m_hi);
-        d = h2f((uint16_t)(hdr.x & 0xffff));
-        dmin = h2f((uint16_t)(hdr.x >> 16));
+        const int8_t* aq = reinterpret_cast<const int8_t*>(act) + b * QK_K;
+        alo[u] = *reinterpret_cast<const uint4*>(aq + qa_lo_off);
+        ahi[u] = *reinterpret_cast<const uint4*>(aq + qa_hi_off);
+        const int16_t* bs = reinterpret_cast<const int16_t*>(act + al.bsum_off) + b * 16;
+        bs_lo[u] = bs[g_lo];
+        bs_hi[u] = bs[g_hi];
+        ad[u] = reinterpret_cast<const float*>(act + al.d_off)[b];
       }
-      int dlo = 0, dhi = 0;
-      dlo = __dp4a(wlo[0], (int)alo[u].x, dlo);
-      dlo = __dp4a(wlo[1], (int)alo[u].y, dlo);
-      dlo = __dp4a(wlo[2], (int)alo[u].z, dlo);
-      dlo = __dp4a(wlo[3], (int)alo[u].w, dlo);
-      dhi = __dp4a(whi[0], (int)ahi[u].x, dhi);
-      dhi = __dp4a(whi[1], (int)ahi[u].y, dhi);
-      dhi = __dp4a(whi[2], (int)ahi[u].z, dhi);
-      dhi = __dp4a(whi[3], (int)ahi[u].w, dhi);
-      if constexpr (W == GgmlType::Q6_K) {
-        const int sq = sc_lo * (dlo - 32 * bs_lo[u]) + sc_hi * (dhi - 32 * bs_hi[u]);
-        if (valid[u]) acc[r] += __fmul_rn(__fmul_rn(ad[u], d), (float)sq);
-      } else {
+      // 2. the arithmetic, step by step and row by row, as matvec_kernel does it.
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        int wlo[4], whi[4];
+        int sc_lo = 0, sc_hi = 0, m_lo = 0, m_hi = 0;
+        float d = 0.0f, dmin = 0.0f;
+        if constexpr (W == GgmlType::Q6_K) {
+          const int k2 = (j >> 1) & 1;
+          const uint32_t qlw[4] = {va[u][r].x, va[u][r].y, va[u][r].z, va[u][r].w};
+          const uint32_t qhw[4] = {vb[u][r].x, vb[u][r].y, vb[u][r].z, vb[u][r].w};
+          q6k_unpack(qlw, qhw, k2, wlo, whi);
+          sc_lo = s6lo[u][r];
+          sc_hi = s6hi[u][r];
+          d = h2f(d6[u][r]);
+        } else {
+          const int c = j >> 1;
+          const uint4 hdr = va[u][r];
+          const uint32_t qsw[4] = {vb[u][r].x, vb[u][r].y, vb[u][r].z, vb[u][r].w};
+          if constexpr (W == GgmlType::Q4_K) {
+            q4k_unpack(qsw, wlo, whi);
+          } else {
+            const uint32_t qhw[4] = {vc[u][r].x, vc[u][r].y, vc[u][r].z, vc[u][r].w};
+            q5k_unpack(qsw, qhw, c, wlo, whi);
+          }
+          q4k_scale_min(hdr.y, hdr.z, hdr.w, 2 * c, sc_lo, m_lo);
+          q4k_scale_min(hdr.y, hdr.z, hdr.w, 2 * c + 1, sc_hi, m_hi);
+          d = h2f((uint16_t)(hdr.x & 0xffff));
+          dmin = h2f((uint16_t)(hdr.x >> 16));
+        }
+        int dlo = 0, dhi = 0;
+        dlo = __dp4a(wlo[0], (int)alo[u].x, dlo);
+        dlo = __dp4a(wlo[1], (int)alo[u].y, dlo);
+        dlo = __dp4a(wlo[2], (int)alo[u].z, dlo);
+        dlo = __dp4a(wlo[3], (int)alo[u].w, dlo);
+        dhi = __dp4a(whi[0], (int)ahi[u].x, dhi);
+        dhi = __dp4a(whi[1], (int)ahi[u].y, dhi);
+        dhi = __dp4a(whi[2], (int)ahi[u].z, dhi);
+        dhi = __dp4a(whi[3], (int)ahi[u].w, dhi);
+        if constexpr (W == GgmlType::Q6_K) {
+          const int sq = sc_lo * (dlo - 32 * bs_lo[u]) + sc_hi * (dhi - 32 * bs_hi[u]);
+          if (valid[u]) acc[r] += __fmul_rn(__fmul_rn(ad[u], d), (float)sq);
+        } else {
+          const int sq = sc_lo * dlo + sc_hi * dhi;
+          const int sm = m_lo * bs_lo[u] + m_hi * bs_hi[u];
+          if (valid[u]) acc[r] += __fmul_rn(ad[u], __fsub_rn(__fmul_rn(d, (float)sq), __fmul_rn(dmin, (float)sm)));
+        }
+      }
+    }
+    if constexpr (S > 1) {  // the S warps' partial sums, added in a fixed order
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        const float v = warp_sum(acc[r]);
+        if (lane == 0) part[warp][r] = v;
+      }
+      __syncthreads();
+      if (warp == 0 && lane < R && row0 + lane < w.rows) {
+        float v = part[0][lane];
+#pragma unroll
+        for (int k = 1; k < S; ++k) v += part[k][lane];
+        const int64_t row = row0 + lane;
+        float* y = out.y + row;
+        const float rr = out.bias ? v + out.bias[row] : v;
+        *y = out.accumulate ? *y + rr : rr;
+      }
+      __syncthreads();  // part is reused by the next item
+    } else {
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        const float v = warp_sum(acc[r]) + 0.0f;  // matvec_kernel adds its (zero) acc_m sum
+        if (lane == 0 && row0 + r < w.rows) {
+          const int64_t row = row0 + r;
+          float* y = out.y + row;
+          float rr = out.bias ? v + out.bias[row] : v;
+          *y = out.accumulate ? *y + rr : rr;
+        }
+      }
+    }
+  });
+}
+
+
+// ---- one token, Q4_K, 4 lanes per superblock ("wide", PYRESA_CUDA_MATVEC_WIDE=1) -------------
+// Nsight Compute on the 7B gate/up product (run 9): ALU pipe 66% busy, issue slots 58% busy at
+// 63% of DRAM peak: the 8-lanes-per-superblock kernel spends ~67 instructions per 16 quant bytes
+// per lane, a third of them decoding the header's 6-bit scales, which each of the 8 lanes does for
+// its own pair of sub-blocks. Here each lane takes a whole 64-element chunk c of a superblock (32
+// quant bytes: sub-blocks 2c and 2c+1), so the header is loaded and decoded once per 32 quant
+// bytes, and the scale pair comes from three shifts and masks. A warp step covers 8 superblocks
+// of R rows. Integer sums are exact; the float scaling groups two of the old lanes' terms, so the
+// rounding (not the quantized arithmetic) differs from matvec_kernel, within the CPU-test bounds.
+
+// Scales and mins of sub-blocks 2c and 2c+1 from the header words (see q4k_scale_min).
+__device__ __forceinline__ void q4k_scale_min_pair(uint32_t w0, uint32_t w1, uint32_t w2, int c, int& sc_lo,
+                                                   int& sc_hi, int& m_lo, int& m_hi) {
+  const int sh = 16 * (c & 1);
+  const uint32_t a = w0 >> sh, b = w1 >> sh, cc = w2 >> sh;
+  const uint32_t scp = c < 2 ? (a & 0x3f3fu) : ((cc & 0x0f0fu) | ((a >> 2) & 0x3030u));
+  const uint32_t mp = c < 2 ? (b & 0x3f3fu) : (((cc >> 4) & 0x0f0fu) | ((b >> 2) & 0x3030u));
+  sc_lo = scp & 0xff;
+  sc_hi = (scp >> 8) & 0xff;
+  m_lo = mp & 0xff;
+  m_hi = (mp >> 8) & 0xff;
+}
+
+template <int R, int U>
+__global__ void __launch_bounds__(32 * kRowsPerCta) matvec_q4k_wide_kernel(MatvecBatch batch, const uint8_t* act) {
+  const int lane = threadIdx.x & 31;
+  const int c = lane & 3, sbl = lane >> 2;  // 64-element chunk, superblock within the step
+  for_each_item<GgmlType::Q4_K, R>(batch, [&](const DeviceWeight& w, const MatvecOut& out, int64_t row0) {
+    int64_t rows[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) rows[r] = row0 + r < w.rows ? row0 + r : w.rows - 1;  // past the end: discarded
+    float acc[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) acc[r] = 0.0f;
+    const int64_t nb = w.cols / QK_K;
+    const ActLayout al = act_layout(GgmlType::Q8_K, w.cols);
+    for (int64_t b00 = 0; b00 < nb; b00 += 8 * U) {
+      uint4 hdr[U][R], q0[U][R], q1[U][R];
+      uint4 a0[U], a1[U], a2[U], a3[U];
+      int bs_lo[U], bs_hi[U];
+      float ad[U];
+      bool valid[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int64_t b0 = b00 + 8 * u;
+        valid[u] = b0 + sbl < nb;
+        const int64_t b = valid[u] ? b0 + sbl : 0;
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          const uint8_t* blk = w.data + rows[r] * w.row_bytes + b * 144;
+          hdr[u][r] = ld_stream16(blk);
+          q0[u][r] = ld_stream16(blk + 16 + 32 * c);
+          q1[u][r] = ld_stream16(blk + 32 + 32 * c);
+        }
+        const uint4* aq = reinterpret_cast<const uint4*>(act + b * QK_K + 64 * c);
+        a0[u] = aq[0];
+        a1[u] = aq[1];
+        a2[u] = aq[2];
+        a3[u] = aq[3];
+        // bsums of the four 16-element groups 4c .. 4c+3 (two 4-byte loads: the plane is 4-aligned)
+        const uint32_t* bs = reinterpret_cast<const uint32_t*>(act + al.bsum_off + b * 32 + 8 * c);
+        const uint32_t g01 = bs[0], g23 = bs[1];
+        bs_lo[u] = (int)(int16_t)(g01 & 0xffff) + (int)(int16_t)(g01 >> 16);
+        bs_hi[u] = (int)(int16_t)(g23 & 0xffff) + (int)(int16_t)(g23 >> 16);
+        ad[u] = reinterpret_cast<const float*>(act + al.d_off)[b];
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        const uint32_t qw[8] = {q0[u][r].x, q0[u][r].y, q0[u][r].z, q0[u][r].w,
+                                q1[u][r].x, q1[u][r].y, q1[u][r].z, q1[u][r].w};
+        const uint32_t alo[8] = {a0[u].x, a0[u].y, a0[u].z, a0[u].w, a1[u].x, a1[u].y, a1[u].z, a1[u].w};
+        const uint32_t ahi[8] = {a2[u].x, a2[u].y, a2[u].z, a2[u].w, a3[u].x, a3[u].y, a3[u].z, a3[u].w};
+        int dlo = 0, dhi = 0;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          dlo = __dp4a((int)(qw[i] & 0x0f0f0f0fu), (int)alo[i], dlo);
+          dhi = __dp4a((int)((qw[i] >> 4) & 0x0f0f0f0fu), (int)ahi[i], dhi);
+        }
+        int sc_lo, sc_hi, m_lo, m_hi;
+        q4k_scale_min_pair(hdr[u][r].y, hdr[u][r].z, hdr[u][r].w, c, sc_lo, sc_hi, m_lo, m_hi);
+        const float d = h2f((uint16_t)(hdr[u][r].x & 0xffff));
+        const float dmin = h2f((uint16_t)(hdr[u][r].x >> 16));
         const int sq = sc_lo * dlo + sc_hi * dhi;
         const int sm = m_lo * bs_lo[u] + m_hi * bs_hi[u];
         if (valid[u]) acc[r] += __fmul_rn(ad[u], __fsub_rn(__fmul_rn(d, (float)sq), __fmul_rn(dmin, (float)sm)));
       }
     }
-  }
 #pragma unroll
-  for (int r = 0; r < R; ++r) {
-    const float v = warp_sum(acc[r]) + 0.0f;  // matvec_kernel adds its (zero) acc_m sum
-    if (lane == 0 && row0 + r < w.rows) {
-      const int64_t row = row0 + r;
-      float* y = out.y + row;
-      float rr = out.bias ? v + out.bias[row] : v;
-      *y = out.accumulate ? *y + rr : rr;
+    for (int r = 0; r < R; ++r) {
+      const float v = warp_sum(acc[r]);
+      if (lane == 0 && row0 + r < w.rows) {
+        const int64_t row = row0 + r;
+        float* y = out.y + row;
+        const float rr = out.bias ? v + out.bias[row] : v;
+        *y = out.accumulate ? *y + rr : rr;
+      }
     }
-  }
+  });
 }
-
 
 // ---- dequantization ----------------------------------------------------------------------------
 // Chunk = 32 consecutive elements of a row (a legacy block, a K-quant sub-block). Arithmetic as
@@ -665,6 +844,7 @@ __device__ void dequant_chunk(const DeviceWeight& w, int64_t row, int64_t chunk,
 
 template <GgmlType W>
 __global__ void dequant_rows_f32_kernel(DeviceWeight w, const int32_t* rows, float* dst, int64_t ld) {
+  pdl_trigger();
   pdl_wait();  // inputs may come from the kernel launched just before (PDL)
   const int64_t n_chunks = w.cols / 32;
   const int64_t row = rows[blockIdx.y];
@@ -865,14 +1045,50 @@ template <GgmlType W>
 struct MatvecLaunch {
   static void run(const MatvecBatch& batch0, const uint8_t* act, size_t arb, int n, cudaStream_t s) {
     MatvecBatch b = batch0;
+    b.prefetch = matvec_prefetch();
     int grid = 0;
     if constexpr (W == GgmlType::Q4_K || W == GgmlType::Q5_K || W == GgmlType::Q6_K) {
       const int R = matvec_rows_per_warp(), U = matvec_steps();
+      // K split over the CTA's 4 warps for long rows (the 7B's down product: 74 superblocks, only
+      // 448 CTAs of 2-row warps = 0.85 waves at 4 CTAs per SM, 20% of warps active).
+      // matvec_ksplit(): 0 off, 1 with the rows/steps above, 10 * rows + steps: its own.
+      const int ks = matvec_ksplit();
+      const int kr = ks >= 10 ? ks / 10 : R, ku = ks >= 10 ? ks % 10 : U;
+      if (n == 1 && ks > 0 && b.w[0].cols / QK_K >= 32 &&
+          ((kr == 2 && (ku == 1 || ku == 2)) || (kr == 1 && ku == 2))) {
+        for (int i = 0; i < b.n; ++i) {
+          b.first[i] = grid;
+          grid += ceil_div(b.w[i].rows, kr);
+        }
+        b.n_items = grid;
+        if (matvec_grid_cap() > 0) grid = std::min(grid, matvec_grid_cap());
+        if (kr == 1) launch(matvec_rows_kernel<W, 1, 2, kRowsPerCta>, grid, 32 * kRowsPerCta, 0, s, b, act);
+        else if (ku == 1) launch(matvec_rows_kernel<W, 2, 1, kRowsPerCta>, grid, 32 * kRowsPerCta, 0, s, b, act);
+        else launch(matvec_rows_kernel<W, 2, 2, kRowsPerCta>, grid, 32 * kRowsPerCta, 0, s, b, act);
+        PYRESA_CUDA_LAUNCH_CHECK();
+        return;
+      }
+      if (W == GgmlType::Q4_K && n == 1 && matvec_wide() && (R == 1 || R == 2) && (U == 1 || U == 2)) {
+        const int wu = matvec_wide() == 2 ? 1 : U;  // 2: one step (8 superblocks) per load round
+        for (int i = 0; i < b.n; ++i) {
+          b.first[i] = grid;
+          grid += ceil_div(b.w[i].rows, kRowsPerCta * R);
+        }
+        b.n_items = grid;
+        if (matvec_grid_cap() > 0) grid = std::min(grid, matvec_grid_cap());
+        if (R == 1) launch(matvec_q4k_wide_kernel<1, 2>, grid, 32 * kRowsPerCta, 0, s, b, act);
+        else if (wu == 1) launch(matvec_q4k_wide_kernel<2, 1>, grid, 32 * kRowsPerCta, 0, s, b, act);
+        else launch(matvec_q4k_wide_kernel<2, 2>, grid, 32 * kRowsPerCta, 0, s, b, act);
+        PYRESA_CUDA_LAUNCH_CHECK();
+        return;
+      }
       if (n == 1 && R * U > 1 && R * U <= 4 && (R == 1 || R == 2 || R == 4) && (U == 1 || U == 2 || U == 4)) {
         for (int i = 0; i < b.n; ++i) {
           b.first[i] = grid;
           grid += ceil_div(b.w[i].rows, kRowsPerCta * R);
         }
+        b.n_items = grid;
+        if (matvec_grid_cap() > 0) grid = std::min(grid, matvec_grid_cap());
         if (R == 1 && U == 2) launch(matvec_rows_kernel<W, 1, 2>, grid, 32 * kRowsPerCta, 0, s, b, act);
         else if (R == 1) launch(matvec_rows_kernel<W, 1, 4>, grid, 32 * kRowsPerCta, 0, s, b, act);
         else if (R == 2 && U == 1) launch(matvec_rows_kernel<W, 2, 1>, grid, 32 * kRowsPerCta, 0, s, b, act);
@@ -930,6 +1146,23 @@ int& matvec_steps() {
   static int u = 2;
   return u;
 }
+int& matvec_grid_cap() {
+  static int c = 0;
+  return c;
+}
+int& matvec_wide() {
+  static int w = 0;
+  return w;
+}
+int& matvec_ksplit() {
+  static int k = 0;
+  return k;
+}
+int& matvec_prefetch() {
+  static int p = 2;
+  return p;
+}
+void set_pdl_early_quant(bool on) { set_pdl_early_this_unit(on); }
 
 int64_t DeviceWeight::blocks_per_row() const { return cols / type_traits(type).block_size; }
 

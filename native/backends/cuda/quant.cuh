@@ -64,6 +64,21 @@ int& matvec_rows_per_warp();
 // Steps (of 4 superblocks per row) whose loads are issued together (1, 2, 4; R * steps <= 4).
 // PYRESA_CUDA_MATVEC_STEPS.
 int& matvec_steps();
+// Most CTAs of the one-token K-quant matvec (0: one CTA per 4 warps' rows, as many as needed;
+// n > 0: a persistent grid of n CTAs looping over the rows, prefetching each warp's next rows
+// into L2). The engine sets n_sm * PYRESA_CUDA_MATVEC_CTAS_PER_SM.
+int& matvec_grid_cap();
+// 1: the one-token Q4_K matvec takes 4 lanes per superblock (matvec_q4k_wide_kernel: fewer
+// instructions per byte; float rounding differs from the 8-lane kernel), with the steps above;
+// 2: the same with one step per load round. PYRESA_CUDA_MATVEC_WIDE.
+int& matvec_wide();
+// Not 0: one-token K-quant rows of >= 32 superblocks (the FFN down product) are split over the 4
+// warps of a CTA, partial sums added in shared memory in a fixed order; 1 with the rows per warp
+// and steps above, 10 * rows + steps (12, 21, 22) with its own. PYRESA_CUDA_MATVEC_KSPLIT.
+int& matvec_ksplit();
+// The one-token K-quant matvec's bulk L2 prefetch of its rows before waiting on the previous
+// kernel: 0 none, 1 Q4_K/Q5_K only (before run 9), 2 Q6_K's planes too. PYRESA_CUDA_MATVEC_PREFETCH.
+int& matvec_prefetch();
 // Several weights (same type and row length, at most 3) on the same activations, one launch.
 void matvec_multi(const DeviceWeight* w, const MatvecOut* out, int n_w, const void* act, size_t act_row_bytes,
                   int n_tokens, cudaStream_t stream);

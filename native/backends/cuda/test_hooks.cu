@@ -51,9 +51,15 @@ DeviceBuffer pos_buffer(int pos) { return to_device(&pos, sizeof(int)); }
 
 std::vector<float> matvec(int type, int64_t rows, int64_t cols, const uint8_t* w, size_t w_bytes, const float* x, int n,
                           const float* bias, int path) {
-  // path -1 / -2 / -4: the integer matvec with that many rows per warp (one-token K-quant kernel).
+  // path -(1000 * cap + 100 * wide + 10 * steps + rows): the one-token K-quant kernel with that
+  // many rows per warp, load steps, at most `cap` CTAs (0: no cap; else a persistent grid), and
+  // mode bits: 1 = the 4-lanes-per-superblock Q4_K kernel, 2 = K split over a CTA's warps.
   const int rows_per_warp = path < 0 ? -path % 10 : matvec_rows_per_warp();
-  const int steps = path < 0 ? std::max(1, -path / 10) : matvec_steps();
+  const int steps = path < 0 ? std::max(1, (-path / 10) % 10) : matvec_steps();
+  const int mode = path < 0 ? (-path / 100) % 10 : -1;  // bit 0: wide Q4_K, bit 1: K split
+  const int wide = mode >= 0 ? (mode & 1) : matvec_wide();
+  const int ksplit = mode >= 0 ? (mode & 2 ? 1 : 0) : matvec_ksplit();
+  const int cap = path < 0 ? -path / 1000 : matvec_grid_cap();
   if (path < 0) path = 0;
   const bool gemm = path != 0;
   DeviceBuffer wb;
@@ -73,12 +79,19 @@ std::vector<float> matvec(int type, int64_t rows, int64_t cols, const uint8_t* w
     o.y = y.get<float>();
     o.ldy = rows;
     o.bias = bias ? bb.get<float>() : nullptr;
-    const int saved = matvec_rows_per_warp(), saved_steps = matvec_steps();
+    const int saved = matvec_rows_per_warp(), saved_steps = matvec_steps(), saved_cap = matvec_grid_cap();
+    const int saved_wide = matvec_wide(), saved_ksplit = matvec_ksplit();
+    matvec_ksplit() = ksplit;
     matvec_rows_per_warp() = rows_per_warp;
     matvec_steps() = steps;
+    matvec_grid_cap() = cap;
+    matvec_wide() = wide;
     matvec(dw, act.get(), rb, n, o, nullptr);
     matvec_rows_per_warp() = saved;
     matvec_steps() = saved_steps;
+    matvec_grid_cap() = saved_cap;
+    matvec_wide() = saved_wide;
+    matvec_ksplit() = saved_ksplit;
   } else if (path == 2) {
     DeviceBuffer ws(size_t(32) << 20, "test workspace");
     dequant_matmul_small(dw, act.get<__half>(), rb / 2, n, y.get<float>(), rows, bias ? bb.get<float>() : nullptr,
@@ -293,10 +306,14 @@ std::vector<int32_t> select_blocks(const float* q, int n_head, const uint16_t* K
   return res;
 }
 
-int argmax(const float* x, int n) {
+int argmax(const float* x, int n, int ctas) {
   DeviceBuffer xb = to_device(x, sizeof(float) * n);
   DeviceBuffer out = poisoned(4);
-  cuda::argmax(xb.get<float>(), n, out.get<int32_t>(), nullptr, nullptr, nullptr);
+  DeviceBuffer scratch(cuda::argmax_scratch_bytes(std::max(ctas, 1)), "argmax scratch");
+  const cuda::ArgmaxScratch sc = cuda::argmax_scratch(scratch.get(), std::max(ctas, 1));
+  cuda::argmax(xb.get<float>(), n, out.get<int32_t>(), nullptr, nullptr, nullptr, &sc);
+  // twice: the counter must be back at 0 after a launch
+  if (ctas > 1) cuda::argmax(xb.get<float>(), n, out.get<int32_t>(), nullptr, nullptr, nullptr, &sc);
   return to_host<int32_t>(out, 1)[0];
 }
 

@@ -38,7 +38,8 @@ void descriptors(const uint16_t* K, int n_kv_head, int cap, int D, int n_tokens,
 std::vector<int32_t> select_blocks(const float* q, int n_head, const uint16_t* K, int n_kv_head, int cap, int D,
                                    int n_tokens, int block_size, double ratio, int min_blocks, int local_blocks,
                                    int& n_sel_out);
-int argmax(const float* x, int n);
+// ctas > 1: the multi-CTA argmax with that many CTAs; else the one-CTA kernel.
+int argmax(const float* x, int n, int ctas);
 // The k largest of x[0 .. n) after the repetition penalty on `penalized` (see sampling.cuh):
 // returns their values, fills ids; with want_sum also max and sum(exp(x - max)).
 std::vector<float> top_candidates(const float* x, int n, int k, const int32_t* penalized, int n_penalized, float penalty,

@@ -1,0 +1,330 @@
+// Dense causal attention for many query rows at once (rectification: 33 tokens x 7 heads = 231
+// rows per KV head; prefill chunks), FlashAttention-2 style on mma.sync.
+//
+// Why a second kernel: the general one (attention.cu) keeps 16 rows per warp and, for 231 rows,
+// puts 16 warps in a CTA: at 512 threads a thread has 128 registers and spills, and every warp
+// re-reads each K/V fragment from shared memory for one (two, precise) tensor instructions, so the
+// shared-memory pipe, not the tensor pipe, sets its pace. Here a warp owns MT row tiles of 16
+// (MT = 2: 32 rows), so each K/V fragment it loads feeds 2 MT tensor instructions (precise: 4),
+// the CTA holds all rows of a GQA group (8 warps x 32 = 256 rows >= 231), so K/V come from DRAM
+// once, in tiles of TT tokens through a STAGES-deep cp.async ring with one barrier per tile.
+// The sequence is split over CTAs (one per SM: 4 KV heads x ~33 splits at 256K), merged by the
+// log-sum-exp combine of attention.cu. The causal mask is only applied to tiles that reach past
+// the CTA's first query position (the last one or two).
+//
+// Precision (as the general kernel): QSPLIT keeps the query as two F16 terms (hi + lo: ~F32, as
+// the CPU's attention), PSPLIT the probabilities (P = P_hi + P_lo): each doubles its product's
+// tensor work; prefill turns both off, rectification keeps both.
+#include <algorithm>
+#include <climits>
+#include <stdexcept>
+
+#include "backends/cuda/attention.cuh"
+#include "backends/cuda/common.cuh"
+#include "backends/cuda/launch.cuh"
+#include "backends/cuda/mma.cuh"
+
+namespace pyresa::cuda {
+
+namespace {
+
+template <int D, int NW, int MT, int TT, int STAGES>
+struct BatchedCfg {
+  static constexpr int LD = D + 8;  // padded row: ldmatrix rows land in distinct banks
+  static constexpr int ROWS = 16 * MT * NW;
+  static constexpr int THREADS = 32 * NW;
+  static constexpr size_t q_elems = (size_t)ROWS * LD;          // Q hi, then Q lo
+  static constexpr size_t kv_elems = (size_t)STAGES * TT * LD;  // per operand
+  static constexpr size_t smem_bytes = (2 * q_elems + 2 * kv_elems) * sizeof(__half);
+  static_assert(TT % 16 == 0, "tiles of whole 16-token k-steps");
+};
+
+template <int D, int NW, int MT, int TT, int STAGES, bool QSPLIT, bool PSPLIT>
+__global__ void __launch_bounds__(32 * NW, 1) attention_batched_kernel(AttentionArgs a) {
+  pdl_wait();  // the query and the new K/V come from the kernels just before (PDL)
+  using C = BatchedCfg<D, NW, MT, TT, STAGES>;
+  constexpr int LD = C::LD, ROWS = C::ROWS, THREADS = C::THREADS;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  __half* Qs = reinterpret_cast<__half*>(smem_raw);
+  __half* Ks = Qs + 2 * C::q_elems;
+  __half* Vs = Ks + C::kv_elems;
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int h = blockIdx.z, split = blockIdx.y, n_splits = gridDim.y;
+  const int G = a.n_head / a.n_kv_head, R = a.n_tok * G;
+  const int row0 = blockIdx.x * ROWS;
+  const int pos0 = *a.pos_dev + a.pos_offset;
+
+  // Q rows -> F16 hi (and lo) in shared memory; rows past R are zero (computed, never written).
+  for (int idx = tid; idx < ROWS * (D / 4); idx += THREADS) {
+    const int r = idx / (D / 4), c = (idx % (D / 4)) * 4;
+    const int gr = row0 + r;
+    float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (gr < R) {
+      const int i = gr / G, g = gr % G;
+      v = *reinterpret_cast<const float4*>(a.q + i * a.q_stride + (int64_t)(h * G + g) * D + c);
+    }
+    const __half2 h0 = __floats2half2_rn(v.x, v.y), h1 = __floats2half2_rn(v.z, v.w);
+    __half2* dst = reinterpret_cast<__half2*>(Qs + r * LD + c);
+    dst[0] = h0;
+    dst[1] = h1;
+    if (QSPLIT) {
+      __half2* lo = reinterpret_cast<__half2*>(Qs + C::q_elems + r * LD + c);
+      lo[0] = __floats2half2_rn(v.x - __low2float(h0), v.y - __high2float(h0));
+      lo[1] = __floats2half2_rn(v.z - __low2float(h1), v.w - __high2float(h1));
+    }
+  }
+
+  const int last_row = min(R - 1, row0 + ROWS - 1);
+  const int max_pos = pos0 + last_row / G;  // the last key any row of this CTA sees
+  const int min_lim = pos0 + row0 / G;      // keys <= this are seen by every row
+  const int n_tiles = max_pos / TT + 1;
+  const int t_begin = (int)((int64_t)n_tiles * split / n_splits);
+  const int t_end = (int)((int64_t)n_tiles * (split + 1) / n_splits);
+
+  const __half* Kh = a.K + h * a.head_stride;
+  const __half* Vh = a.V + h * a.head_stride;
+  // Keys past max_pos are zero-filled (no read) and masked.
+  auto load_tile = [&](int stage, int t) {
+#pragma unroll
+    for (int c = tid; c < TT * (D / 8); c += THREADS) {
+      const int tt = c / (D / 8), col = (c % (D / 8)) * 8;
+      const int tok = t * TT + tt;
+      const bool ok = tok <= max_pos;
+      const int64_t off = (int64_t)(ok ? tok : 0) * D + col;
+      cp_async16(Ks + (stage * TT + tt) * LD + col, Kh + off, ok ? 16 : 0);
+      cp_async16(Vs + (stage * TT + tt) * LD + col, Vh + off, ok ? 16 : 0);
+    }
+  };
+
+  const int g4 = lane >> 2, t4 = lane & 3;
+  int lim[MT][2];  // last key position each of the thread's rows sees
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const int r = row0 + 16 * (warp * MT + mt) + g4 + 8 * hf;
+      lim[mt][hf] = pos0 + min(r, R - 1) / G;
+    }
+  const float sl2 = a.scale * 1.4426950408889634f;
+
+  float o[MT][D / 8][4];
+  float m[MT][2], l[MT][2];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+    for (int i = 0; i < D / 8; ++i) o[mt][i][0] = o[mt][i][1] = o[mt][i][2] = o[mt][i][3] = 0.0f;
+    m[mt][0] = m[mt][1] = -INFINITY;
+    l[mt][0] = l[mt][1] = 0.0f;
+  }
+
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (t_begin + s < t_end) load_tile(s, t_begin + s);
+    cp_async_commit();
+  }
+  for (int t = t_begin; t < t_end; ++t) {
+    const int it = t - t_begin;
+    cp_async_wait<STAGES - 2>();
+    __syncthreads();  // tile t landed for all threads; the stage of tile t-1 is free
+    if (t + STAGES - 1 < t_end) load_tile((it + STAGES - 1) % STAGES, t + STAGES - 1);
+    cp_async_commit();
+
+    const int stage = it % STAGES;
+    const __half* ks = Ks + stage * TT * LD;
+    const __half* vs = Vs + stage * TT * LD;
+
+    // S = Q K^T for the warp's MT x 16 rows and TT keys.
+    float s[MT][TT / 8][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int i = 0; i < TT / 8; ++i) s[mt][i][0] = s[mt][i][1] = s[mt][i][2] = s[mt][i][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t qa[MT][4], ql[MT][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        const __half* qp = Qs + (16 * (warp * MT + mt) + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + 16 * kk + (lane >> 4) * 8;
+        ldmatrix_x4(qa[mt][0], qa[mt][1], qa[mt][2], qa[mt][3], qp);
+        if (QSPLIT) ldmatrix_x4(ql[mt][0], ql[mt][1], ql[mt][2], ql[mt][3], qp + C::q_elems);
+      }
+#pragma unroll
+      for (int np = 0; np < TT / 16; ++np) {
+        uint32_t b0, b1, b2, b3;
+        ldmatrix_x4(b0, b1, b2, b3, ks + (16 * np + (lane & 7) + (lane >> 4) * 8) * LD + 16 * kk + ((lane >> 3) & 1) * 8);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          mma_16816(s[mt][2 * np], qa[mt], b0, b1);
+          mma_16816(s[mt][2 * np + 1], qa[mt], b2, b3);
+          if (QSPLIT) {
+            mma_16816(s[mt][2 * np], ql[mt], b0, b1);
+            mma_16816(s[mt][2 * np + 1], ql[mt], b2, b3);
+          }
+        }
+      }
+    }
+
+    // Causal mask, only where the tile reaches past the first query's position (CTA-uniform).
+    if (t * TT + TT - 1 > min_lim) {
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < TT / 8; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e)
+            if (t * TT + 8 * nt + 2 * t4 + (e & 1) > lim[mt][e >> 1]) s[mt][nt][e] = -INFINITY;
+    }
+
+    // Online softmax (log2 domain) for the thread's 2 MT rows, then O += P V.
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      float tm[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+      for (int nt = 0; nt < TT / 8; ++nt) {
+        tm[0] = fmaxf(tm[0], fmaxf(s[mt][nt][0], s[mt][nt][1]));
+        tm[1] = fmaxf(tm[1], fmaxf(s[mt][nt][2], s[mt][nt][3]));
+      }
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        tm[hf] = fmaxf(tm[hf], __shfl_xor_sync(0xffffffffu, tm[hf], 1));
+        tm[hf] = fmaxf(tm[hf], __shfl_xor_sync(0xffffffffu, tm[hf], 2));
+        const float nm = fmaxf(m[mt][hf], tm[hf] * sl2);
+        const float base = nm == -INFINITY ? 0.0f : nm;
+        const float al = exp2f(m[mt][hf] - base);  // 0 while m was -inf
+        m[mt][hf] = nm;
+        l[mt][hf] *= al;
+#pragma unroll
+        for (int i = 0; i < D / 8; ++i) {
+          o[mt][i][2 * hf] *= al;
+          o[mt][i][2 * hf + 1] *= al;
+        }
+#pragma unroll
+        for (int nt = 0; nt < TT / 8; ++nt) {
+          const float p0 = exp2f(s[mt][nt][2 * hf] * sl2 - base);
+          const float p1 = exp2f(s[mt][nt][2 * hf + 1] * sl2 - base);
+          s[mt][nt][2 * hf] = p0;
+          s[mt][nt][2 * hf + 1] = p1;
+          l[mt][hf] += p0 + p1;
+        }
+      }
+    }
+#pragma unroll
+    for (int k2 = 0; k2 < TT / 16; ++k2) {
+      uint32_t pa[MT][4], pl[MT][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        const float* p4[4] = {&s[mt][2 * k2][0], &s[mt][2 * k2][2], &s[mt][2 * k2 + 1][0], &s[mt][2 * k2 + 1][2]};
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const __half2 hi = __floats2half2_rn(p4[e][0], p4[e][1]);
+          pa[mt][e] = *reinterpret_cast<const uint32_t*>(&hi);
+          if (PSPLIT) pl[mt][e] = pack_half2(p4[e][0] - __low2float(hi), p4[e][1] - __high2float(hi));
+        }
+      }
+#pragma unroll
+      for (int dp = 0; dp < D / 16; ++dp) {
+        uint32_t b0, b1, b2, b3;
+        ldmatrix_x4_trans(b0, b1, b2, b3, vs + (16 * k2 + ((lane >> 3) & 1) * 8 + (lane & 7)) * LD + 16 * dp + (lane >> 4) * 8);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          mma_16816(o[mt][2 * dp], pa[mt], b0, b1);
+          mma_16816(o[mt][2 * dp + 1], pa[mt], b2, b3);
+          if (PSPLIT) {
+            mma_16816(o[mt][2 * dp], pl[mt], b0, b1);
+            mma_16816(o[mt][2 * dp + 1], pl[mt], b2, b3);
+          }
+        }
+      }
+    }
+  }
+  cp_async_wait<0>();
+
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      float lv = l[mt][hf];
+      lv += __shfl_xor_sync(0xffffffffu, lv, 1);
+      lv += __shfl_xor_sync(0xffffffffu, lv, 2);
+      const int r = row0 + 16 * (warp * MT + mt) + g4 + 8 * hf;
+      if (r >= R) continue;
+      if (n_splits == 1) {
+        const int i = r / G, hq = h * G + r % G;
+        float* dst = a.out + i * a.out_stride + (int64_t)hq * D;
+        const float inv = lv > 0.0f ? 1.0f / lv : 0.0f;
+#pragma unroll
+        for (int nd = 0; nd < D / 8; ++nd)
+          *reinterpret_cast<float2*>(dst + 8 * nd + 2 * t4) =
+              make_float2(o[mt][nd][2 * hf] * inv, o[mt][nd][2 * hf + 1] * inv);
+      } else {
+        float* dst = a.work + ((int64_t)(h * n_splits + split) * R + r) * (D + 2);
+#pragma unroll
+        for (int nd = 0; nd < D / 8; ++nd)
+          *reinterpret_cast<float2*>(dst + 8 * nd + 2 * t4) = make_float2(o[mt][nd][2 * hf], o[mt][nd][2 * hf + 1]);
+        if (t4 == 0) {
+          dst[D] = m[mt][hf];
+          dst[D + 1] = lv;
+        }
+      }
+    }
+}
+
+template <int D, int NW, int MT, int TT, int STAGES, bool QSPLIT, bool PSPLIT>
+void launch_cfg(const AttentionArgs& a, cudaStream_t stream) {
+  using C = BatchedCfg<D, NW, MT, TT, STAGES>;
+  auto kernel = attention_batched_kernel<D, NW, MT, TT, STAGES, QSPLIT, PSPLIT>;
+  static bool configured[64] = {};
+  int dev = 0;
+  cudaGetDevice(&dev);
+  if (!configured[dev & 63]) {
+    PYRESA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)C::smem_bytes));
+    configured[dev & 63] = true;
+  }
+  const int R = a.n_tok * (a.n_head / a.n_kv_head);
+  dim3 grid(ceil_div(R, C::ROWS), a.n_splits, a.n_kv_head);
+  launch(kernel, grid, C::THREADS, C::smem_bytes, stream, a);
+  PYRESA_CUDA_LAUNCH_CHECK();
+  if (a.n_splits > 1) attention_combine(a, stream);
+}
+
+template <int D, int NW, int MT, int TT, int STAGES>
+void launch_prec(const AttentionArgs& a, cudaStream_t stream) {
+  if (a.split_query && a.precise) launch_cfg<D, NW, MT, TT, STAGES, true, true>(a, stream);
+  else if (a.split_query) launch_cfg<D, NW, MT, TT, STAGES, true, false>(a, stream);
+  else if (a.precise) launch_cfg<D, NW, MT, TT, STAGES, false, true>(a, stream);
+  else launch_cfg<D, NW, MT, TT, STAGES, false, false>(a, stream);
+}
+
+template <int D>
+void launch_d(const AttentionArgs& a, int variant, cudaStream_t stream) {
+  if (variant == 2) launch_prec<D, 15, 1, 32, 4>(a, stream);  // 240 rows, 16 per warp
+  else launch_prec<D, 8, 2, 32, 4>(a, stream);                 // 256 rows, 32 per warp
+}
+
+}  // namespace
+
+int attention_batched_rows(int variant) { return variant == 2 ? 240 : 256; }
+
+int attention_batched_splits(int n_tok, int n_head, int n_kv_head, int n_past_plus_n, int n_sm, int variant) {
+  const int R = n_tok * (n_head / n_kv_head);
+  const int row_tiles = (R + attention_batched_rows(variant) - 1) / attention_batched_rows(variant);
+  const int base = row_tiles * n_kv_head;
+  int s = (n_sm + base - 1) / base;  // one CTA per SM
+  s = std::min(s, std::max(1, (n_past_plus_n + 32 * 8 - 1) / (32 * 8)));  // at least 8 tiles per split
+  return std::max(1, s);
+}
+
+void attention_batched(const AttentionArgs& a, int variant, cudaStream_t stream) {
+  if (a.n_tok <= 0) return;
+  if (a.n_kv_head <= 0 || a.n_head % a.n_kv_head) throw std::invalid_argument("attention: bad head counts");
+  if (a.blocks) throw std::invalid_argument("attention_batched: dense attention only");
+  if (a.n_splits > 1 && !a.work) throw std::invalid_argument("attention: n_splits > 1 needs a workspace");
+  switch (a.D) {
+    case 64: launch_d<64>(a, variant, stream); break;
+    case 128: launch_d<128>(a, variant, stream); break;
+    default: throw UnsupportedError("CUDA backend: head_dim must be 64 or 128, got " + std::to_string(a.D));
+  }
+}
+
+}  // namespace pyresa::cuda

@@ -2,7 +2,7 @@
 (28 query / 4 KV heads, head_dim 128) over a synthetic F16 cache, and compares their outputs:
   - rectification: 33 query tokens at the end of a 262,144-token (and 32,768) cache;
   - prefill chunks: 2048 tokens at positions 0 and 2048 (pp4096's two chunks).
-kernel 0 is the general kernel (attention.cu) with the engine's split count, 1 and 2 the
+kernel 0 is the general kernel (attention.cu) with the engine's split count, 1-4 the
 batched variants (attention_batched.cu). Per-rectification figures are one layer x 28.
 Usage (GPU machine, after the build): python3 bench/attn_bench.py [--iters 5]
 """
@@ -15,6 +15,7 @@ import pyresa._core as core
 H, HKV, D, LAYERS = 28, 4, 128, 28
 N_SM = 132
 KV_WORK_BYTES = 64 << 20
+VARIANTS = (1, 2, 3, 4)
 
 
 def old_splits(n_tok, n_keys):
@@ -39,6 +40,7 @@ def rel(a, b):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--best", help="write BEST_RECT=<variant> and BEST_PREFILL=<variant|old> (shell) to this file")
     args = ap.parse_args()
     rng = np.random.default_rng(1)
     rows_out = []
@@ -69,13 +71,13 @@ def main():
             o = run(tag, 33, n_ctx, 0, precise, sq, s_old)
             t_old = rows_out[-1][7]
             ref[(precise, sq)] = o
-            for v in (1, 2):
+            for v in VARIANTS:
                 s_new = core.cuda_test.attention_batched_splits(33, H, HKV, n_ctx, v)
                 o2 = run(tag, 33, n_ctx, v, precise, sq, s_new)
                 # error vs the general kernel in the same mode, and vs its precise output
                 table.append((tag, v, precise, sq, t_old, rows_out[-1][7], rel(o2, o), rel(o2, ref[(True, True)])))
         if n_ctx == 262144:  # split sweep, precise
-            for v in (1, 2):
+            for v in (1, 4):
                 for s in (32, 66, 132):
                     run("rect@256K sweep", 33, n_ctx, v, True, True, s)
     for pos0 in (0, 2048):
@@ -84,10 +86,20 @@ def main():
         tag = f"prefill 2048@{pos0}"
         o = run(tag, 2048, n_ctx, 0, False, False, s_old)
         t_old = rows_out[-1][7]
-        for v in (1, 2):
+        for v in VARIANTS:
             s_new = core.cuda_test.attention_batched_splits(2048, H, HKV, n_ctx, v)
             o2 = run(tag, 2048, n_ctx, v, False, False, s_new)
             table.append((tag, v, False, False, t_old, rows_out[-1][7], rel(o2, o), float("nan")))
+
+    if args.best:
+        rect = {v: t_new for tag, v, p, sq, t_old, t_new, *_ in table if tag == "rect@256K" and p and sq}
+        pre = {0: sum(x[4] for x in table if x[0].startswith("prefill") and x[1] == 1)}  # the general kernel
+        for v in VARIANTS:
+            pre[v] = sum(x[5] for x in table if x[0].startswith("prefill") and x[1] == v)
+        best_p = min(pre, key=pre.get)
+        with open(args.best, "w") as f:
+            f.write(f"BEST_RECT={min(rect, key=rect.get)}\nBEST_PREFILL={best_p if best_p else 'old'}\n")
+        print(open(args.best).read())
 
     print("\n== attention alone, one layer (x28 = per rectification / per prefill chunk) ==")
     print(f"{'shape':20s} {'var':>3s} {'P':>2s} {'Q':>2s} {'old ms':>8s} {'new ms':>8s} {'x28 old':>8s} {'x28 new':>8s} "

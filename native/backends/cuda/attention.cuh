@@ -46,7 +46,8 @@ void attention(const AttentionArgs& a, cudaStream_t stream);
 void attention_combine(const AttentionArgs& a, cudaStream_t stream);
 
 // Dense causal attention for many query rows (rectification, prefill chunks): attention_batched.cu.
-// variant 1: 256 rows per CTA (8 warps x 32 rows); 2: 240 rows (15 warps x 16 rows).
+// variant 1: 256 rows per CTA (8 warps x 32 rows); 2: 240 rows (15 warps x 16 rows); 3: 128 rows
+// (4 warps x 32 rows, two CTAs per SM); 4: as 1, the warps in two groups taking turns (ping-pong).
 // Same arguments and results as attention(); a.blocks must be null.
 void attention_batched(const AttentionArgs& a, int variant, cudaStream_t stream);
 // Splits over the sequence for attention_batched: one CTA per SM, at least 8 tiles of 32 keys each.

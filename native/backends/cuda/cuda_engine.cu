@@ -52,13 +52,13 @@ int env_int(const char* name, int def) {
   return v && *v ? std::atoi(v) : def;
 }
 
-// "old" (or 0): the general attention kernel; 1 or 2: that variant of the batched one.
+// "old" (or 0): the general attention kernel; 1-4: that variant of the batched one.
 int kernel_switch(const char* name, int def) {
   const char* v = std::getenv(name);
   if (!v || !*v) return def;
   if (std::string(v) == "old") return 0;
   const int k = std::atoi(v);
-  return k == 1 || k == 2 ? k : 0;
+  return k >= 1 && k <= 4 ? k : 0;
 }
 
 int pow2_floor(int x) {

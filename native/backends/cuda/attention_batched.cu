@@ -409,9 +409,10 @@ __global__ void __launch_bounds__(32 * NW, 1) attention_pingpong_kernel(Attentio
   store_rows<D, MT>(a, o, m, l, row0 + 16 * warp * MT, R, G, h, split, n_splits, g4, t4);
 }
 
+// Opt-in to more than 48 KB of shared memory, once per kernel (the caller's static flags: one
+// set per template instantiation, i.e. per kernel) and device.
 template <typename Kernel>
-void set_smem(Kernel kernel, size_t bytes) {
-  static bool configured[64] = {};
+void set_smem(Kernel kernel, size_t bytes, bool (&configured)[64]) {
   int dev = 0;
   cudaGetDevice(&dev);
   if (!configured[dev & 63]) {
@@ -425,13 +426,14 @@ void launch_cfg(const AttentionArgs& a, cudaStream_t stream) {
   using C = BatchedCfg<D, NW, MT, TT, STAGES>;
   const int R = a.n_tok * (a.n_head / a.n_kv_head);
   dim3 grid(ceil_div(R, C::ROWS), a.n_splits, a.n_kv_head);
+  static bool configured[64] = {};
   if constexpr (PINGPONG) {
     auto kernel = attention_pingpong_kernel<D, NW, MT, TT, STAGES, QSPLIT, PSPLIT>;
-    set_smem(kernel, C::smem_bytes);
+    set_smem(kernel, C::smem_bytes, configured);
     launch(kernel, grid, C::THREADS, C::smem_bytes, stream, a);
   } else {
     auto kernel = attention_batched_kernel<D, NW, MT, TT, STAGES, MINB, QSPLIT, PSPLIT>;
-    set_smem(kernel, C::smem_bytes);
+    set_smem(kernel, C::smem_bytes, configured);
     launch(kernel, grid, C::THREADS, C::smem_bytes, stream, a);
   }
   PYRESA_CUDA_LAUNCH_CHECK();

@@ -2,15 +2,19 @@
 // rows per KV head; prefill chunks), FlashAttention-2 style on mma.sync.
 //
 // Why a second kernel: the general one (attention.cu) keeps 16 rows per warp and, for 231 rows,
-// puts 16 warps in a CTA: at 512 threads a thread has 128 registers and spills, and every warp
-// re-reads each K/V fragment from shared memory for one (two, precise) tensor instructions, so the
-// shared-memory pipe, not the tensor pipe, sets its pace. Here a warp owns MT row tiles of 16
-// (MT = 2: 32 rows), so each K/V fragment it loads feeds 2 MT tensor instructions (precise: 4),
-// the CTA holds all rows of a GQA group (8 warps x 32 = 256 rows >= 231), so K/V come from DRAM
-// once, in tiles of TT tokens through a STAGES-deep cp.async ring with one barrier per tile.
-// The sequence is split over CTAs (one per SM: 4 KV heads x ~33 splits at 256K), merged by the
-// log-sum-exp combine of attention.cu. The causal mask is only applied to tiles that reach past
-// the CTA's first query position (the last one or two).
+// puts 16 warps in a CTA: at 512 threads a thread has 128 registers, and every warp re-reads each
+// K/V fragment from shared memory for one (two, precise) tensor instructions. Here a warp owns
+// MT = 2 row tiles of 16 (32 rows), so each K/V fragment it loads feeds 2 MT tensor instructions
+// (precise: 4); K/V tiles of 32 keys go through a cp.async ring with one barrier per tile; the
+// causal mask is applied only to tiles past the CTA's first query position; the sequence is split
+// over CTAs (one wave) and merged by the log-sum-exp combine of attention.cu.
+// Variants (measured on the H100 in docs/perf-cuda.md, run 9-rect-attn; the engine uses 3):
+//   1: 8 warps x 32 rows = 256 rows per CTA (a GQA group's 231 rows read K/V from DRAM once);
+//   2: 15 warps x 16 rows = 240 rows (less padding, 128 registers);
+//   3: 4 warps x 32 rows = 128 rows, 2-stage ring, two CTAs per SM: the two CTAs' softmax phases
+//      fall at different times, so the tensor pipe idles less than with 8 warps in lock step
+//      (the second row tile's K/V come mostly from L2): the fastest;
+//   4: variant 1 with two warp groups taking turns on the tensor cores (ping-pong): slower.
 //
 // Precision (as the general kernel): QSPLIT keeps the query as two F16 terms (hi + lo: ~F32, as
 // the CPU's attention), PSPLIT the probabilities (P = P_hi + P_lo): each doubles its product's
@@ -18,6 +22,7 @@
 #include <algorithm>
 #include <climits>
 #include <stdexcept>
+#include <type_traits>
 
 #include "backends/cuda/attention.cuh"
 #include "backends/cuda/common.cuh"
@@ -462,6 +467,18 @@ void launch_d(const AttentionArgs& a, int variant, cudaStream_t stream) {
 }
 
 }  // namespace
+
+size_t attention_batched_smem_bytes(int variant, int D) {
+  auto pick = [&](auto d) -> size_t {
+    constexpr int DD = decltype(d)::value;
+    switch (variant) {
+      case 2: return BatchedCfg<DD, 15, 1, 32, 4>::smem_bytes;
+      case 3: return BatchedCfg<DD, 4, 2, 32, 2>::smem_bytes;
+      default: return BatchedCfg<DD, 8, 2, 32, 4>::smem_bytes;
+    }
+  };
+  return D == 64 ? pick(std::integral_constant<int, 64>{}) : pick(std::integral_constant<int, 128>{});
+}
 
 int attention_batched_rows(int variant) { return variant == 2 ? 240 : variant == 3 ? 128 : 256; }
 int attention_batched_ctas_per_sm(int variant) { return variant == 3 ? 2 : 1; }

@@ -115,9 +115,10 @@ struct CudaEngine::Impl {
   bool precise_dense = true;
   bool rect_precise = true;
   // Dense attention of many rows (attention_batched.cu) variant, 0 = the general kernel:
-  // PYRESA_CUDA_RECT_KERNEL / PYRESA_CUDA_PREFILL_KERNEL = old | 1 | 2.
-  int rect_kernel = 1;
-  int prefill_kernel = 0;
+  // PYRESA_CUDA_RECT_KERNEL / PYRESA_CUDA_PREFILL_KERNEL = old | 1-4. Default 3 (two 128-row
+  // CTAs per SM), the fastest on the H100 for both (docs/perf-cuda.md, run 9-rect-attn).
+  int rect_kernel = 3;
+  int prefill_kernel = 3;
 
   // Graph cache: (kind, attention splits) -> executable graph.
   std::map<std::pair<int, int>, cudaGraphExec_t> graphs;
@@ -717,8 +718,10 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, CudaEngi
   matvec_steps() = env_int("PYRESA_CUDA_MATVEC_STEPS", 2);
   m.precise_dense = env_int("PYRESA_CUDA_PRECISE_DENSE", 1) != 0;
   m.rect_precise = env_int("PYRESA_CUDA_RECT_PRECISE", 1) != 0;
-  m.rect_kernel = kernel_switch("PYRESA_CUDA_RECT_KERNEL", 1);
-  m.prefill_kernel = kernel_switch("PYRESA_CUDA_PREFILL_KERNEL", 0);
+  m.rect_kernel = kernel_switch("PYRESA_CUDA_RECT_KERNEL", 3);
+  m.prefill_kernel = kernel_switch("PYRESA_CUDA_PREFILL_KERNEL", 3);
+  for (int* k : {&m.rect_kernel, &m.prefill_kernel})  // too little shared memory: the general kernel
+    if (*k && cuda::attention_batched_smem_bytes(*k, m.c.head_dim) > prop.sharedMemPerBlockOptin) *k = 0;
   m.upload(weights);
   m.check_types();
   m.opt.n_batch = std::max(options.n_batch, m.att.rectify_every + 1);

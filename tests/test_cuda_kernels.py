@@ -258,6 +258,32 @@ def test_sparse_attention_vs_cpu(block_size, n_kv, frac, splits):
         assert rel_err(dense, ref_dense) < 1e-5
 
 
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("variant", [1, 2, 3, 4])
+@pytest.mark.parametrize("n_tok,pos0,splits", [(33, 2000, 1), (33, 2000, 7), (33, 5, 4), (10, 0, 1), (40, 100, 3),
+                                               (300, 50, 2)])
+@pytest.mark.parametrize("split_query", [0, 1])
+def test_batched_attention(D, variant, n_tok, pos0, splits, split_query):
+    """The many-rows kernel (rectification, prefill) against float64; zero-tile splits included."""
+    rng = np.random.default_rng()
+    H, Hkv = (28, 4) if D == 128 else (9, 3)
+    cap = pos0 + n_tok + 5
+    q = (rng.standard_normal((n_tok, H, D)) * 2).astype(np.float32)
+    K = rng.standard_normal((Hkv, cap, D)).astype(np.float16)
+    V = rng.standard_normal((Hkv, cap, D)).astype(np.float16)
+    scale = 1 / np.sqrt(D)
+    args = (q.reshape(-1), n_tok, H, Hkv, D, K.view(np.uint16).reshape(-1), V.view(np.uint16).reshape(-1), cap, pos0,
+            None, 16, scale, splits)
+    got = core.cuda_test.attention(*args, kernel=variant, split_query=split_query)
+    assert np.isfinite(got).all()
+    # split_query: two-term F16 query (~F32, as the CPU's rectification); else rounded to F16 (prefill).
+    q_ref = q if split_query else q.astype(np.float16).astype(np.float32)
+    ref = attention_ref(q_ref, K, V, pos0, scale)
+    assert rel_err(got, ref) < 1e-5
+    old = core.cuda_test.attention(*args, kernel=0, split_query=split_query)
+    assert rel_err(got, old) < 1e-5
+
+
 @pytest.mark.parametrize("n_tokens", [1, 100, 1037, 4096])
 @pytest.mark.parametrize("block_size", [16, 32])
 def test_descriptors_match_cpu(n_tokens, block_size):

@@ -228,7 +228,7 @@ void bind_cuda(nb::module_& m) {
     return numpy_array(std::move(r), {(size_t)M, (size_t)N});
   });
   t.def("attention", [](F32 q, int n_tok, int n_head, int n_kv_head, int D, U16 K, U16 V, int cap, int pos0,
-                        nb::object blocks, int block_size, float scale, int n_splits) {
+                        nb::object blocks, int block_size, float scale, int n_splits, int kernel, int split_query) {
     const int32_t* bp = nullptr;
     int n_sel = 0;
     std::vector<int32_t> bv;
@@ -239,11 +239,21 @@ void bind_cuda(nb::module_& m) {
       bp = bv.data();
     }
     auto r = cuda_test::attention(q.data(), n_tok, n_head, n_kv_head, D, K.data(), V.data(), cap, pos0, bp, n_sel,
-                                  block_size, scale, n_splits);
+                                  block_size, scale, n_splits, kernel, split_query);
     return numpy_array(std::move(r), {(size_t)n_tok, (size_t)n_head, (size_t)D});
   }, nb::arg("q"), nb::arg("n_tok"), nb::arg("n_head"), nb::arg("n_kv_head"), nb::arg("D"), nb::arg("K"), nb::arg("V"),
      nb::arg("cap"), nb::arg("pos0"), nb::arg("blocks").none(), nb::arg("block_size"), nb::arg("scale"),
-     nb::arg("n_splits"));
+     nb::arg("n_splits"), nb::arg("kernel") = 0, nb::arg("split_query") = -1);
+  t.def("attention_timed", [](F32 q, int n_tok, int n_head, int n_kv_head, int D, int n_ctx, int kernel, bool precise,
+                              bool split_query, int n_splits, int iters) {
+    double ms = 0.0;
+    auto r = cuda_test::attention_timed(q.data(), n_tok, n_head, n_kv_head, D, n_ctx, kernel, precise, split_query,
+                                        n_splits, iters, ms);
+    return nb::make_tuple(ms, numpy_array(std::move(r), {(size_t)n_tok, (size_t)n_head, (size_t)D}));
+  }, nb::arg("q"), nb::arg("n_tok"), nb::arg("n_head"), nb::arg("n_kv_head"), nb::arg("D"), nb::arg("n_ctx"),
+     nb::arg("kernel"), nb::arg("precise"), nb::arg("split_query"), nb::arg("n_splits"), nb::arg("iters"));
+  t.def("attention_batched_splits", &cuda_test::attention_batched_splits, nb::arg("n_tok"), nb::arg("n_head"),
+        nb::arg("n_kv_head"), nb::arg("n_keys"), nb::arg("variant"));
   t.def("descriptors", [](U16 K, int n_kv_head, int cap, int D, int n_tokens, int block_size) {
     std::vector<float> mn, mx;
     cuda_test::descriptors(K.data(), n_kv_head, cap, D, n_tokens, block_size, mn, mx);

@@ -305,6 +305,13 @@ void launch_attention(const AttentionArgs& a, cudaStream_t stream) {
 }
 
 template <int D>
+void launch_combine(const AttentionArgs& a, cudaStream_t stream) {
+  const int G = a.n_head / a.n_kv_head, R = a.n_tok * G;
+  launch(combine_kernel<D>, dim3(R, a.n_kv_head), D, 0, stream, a, R, G);
+  PYRESA_CUDA_LAUNCH_CHECK();
+}
+
+template <int D>
 void launch_d(const AttentionArgs& a, cudaStream_t stream) {
   const int R = a.n_tok * (a.n_head / a.n_kv_head);
   if (R <= 16) launch_attention<D, 1>(a, stream);
@@ -318,6 +325,15 @@ void launch_d(const AttentionArgs& a, cudaStream_t stream) {
 size_t attention_work_floats(int n_tok, int n_head, int n_kv_head, int D, int n_splits) {
   if (n_splits <= 1) return 0;
   return (size_t)n_kv_head * n_splits * n_tok * (n_head / n_kv_head) * (D + 2);
+}
+
+void attention_combine(const AttentionArgs& a, cudaStream_t stream) {
+  if (a.n_splits > kMaxCombineSplits) throw std::invalid_argument("attention: too many splits");
+  switch (a.D) {
+    case 64: launch_combine<64>(a, stream); break;
+    case 128: launch_combine<128>(a, stream); break;
+    default: throw UnsupportedError("CUDA backend: head_dim must be 64 or 128, got " + std::to_string(a.D));
+  }
 }
 
 void attention(const AttentionArgs& a, cudaStream_t stream) {

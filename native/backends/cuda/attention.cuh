@@ -42,5 +42,18 @@ struct AttentionArgs {
 
 size_t attention_work_floats(int n_tok, int n_head, int n_kv_head, int D, int n_splits);
 void attention(const AttentionArgs& a, cudaStream_t stream);
+// Merges the n_splits partial results in a.work into a.out (log-sum-exp).
+void attention_combine(const AttentionArgs& a, cudaStream_t stream);
+
+// Dense causal attention for many query rows (rectification, prefill chunks): attention_batched.cu.
+// variant 1: 256 rows per CTA (8 warps x 32 rows); 2: 240 rows (15 warps x 16 rows); 3: 128 rows
+// (4 warps x 32 rows, two CTAs per SM); 4: as 1, the warps in two groups taking turns (ping-pong).
+// Same arguments and results as attention(); a.blocks must be null.
+void attention_batched(const AttentionArgs& a, int variant, cudaStream_t stream);
+// Shared memory a variant's CTA needs (the engine falls back to attention() where the device
+// cannot give it: variant 3 needs 104 KB at D = 128, 1 and 2 over 200 KB).
+size_t attention_batched_smem_bytes(int variant, int D);
+// Splits over the sequence for attention_batched: one CTA per SM, at least 8 tiles of 32 keys each.
+int attention_batched_splits(int n_tok, int n_head, int n_kv_head, int n_keys, int n_sm, int variant);
 
 }  // namespace pyresa::cuda

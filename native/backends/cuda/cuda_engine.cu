@@ -53,6 +53,15 @@ int env_int(const char* name, int def) {
   return v && *v ? std::atoi(v) : def;
 }
 
+// "old" (or 0): the general attention kernel; 1-4: that variant of the batched one.
+int kernel_switch(const char* name, int def) {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return def;
+  if (std::string(v) == "old") return 0;
+  const int k = std::atoi(v);
+  return k >= 1 && k <= 4 ? k : 0;
+}
+
 int pow2_floor(int x) {
   int p = 1;
   while (p * 2 <= x) p *= 2;
@@ -111,6 +120,11 @@ struct CudaEngine::Impl {
   int matvec_max_tokens = 8;
   bool precise_dense = true;
   bool rect_precise = true;
+  // Dense attention of many rows (attention_batched.cu) variant, 0 = the general kernel:
+  // PYRESA_CUDA_RECT_KERNEL / PYRESA_CUDA_PREFILL_KERNEL = old | 1-4. Default 3 (two 128-row
+  // CTAs per SM), the fastest on the H100 for both (docs/perf-cuda.md, run 9-rect-attn).
+  int rect_kernel = 3;
+  int prefill_kernel = 3;
 
   // Graph cache: (kind, attention splits) -> executable graph.
   std::map<std::pair<int, int>, cudaGraphExec_t> graphs;
@@ -367,6 +381,26 @@ struct CudaEngine::Impl {
     return pow2_floor(std::max(1, s));
   }
 
+  // The batched kernel's variant for a dense forward of n_tok tokens, 0 = the general kernel.
+  int batched_variant(StepKind kind, int n_tok) const {
+    if (n_tok * (c.n_head / c.n_head_kv) < 64) return 0;
+    if (kind == StepKind::Rectify) return rect_kernel;
+    if (kind == StepKind::Prefill) return prefill_kernel;
+    return 0;
+  }
+
+  // Attention splits for a dense forward of n_tok tokens over n_keys keys (rectification, prefill).
+  int dense_splits(StepKind kind, int n_tok, int n_keys, bool graph) const {
+    const int rows = n_tok * (c.n_head / c.n_head_kv);
+    const int v = batched_variant(kind, n_tok);
+    if (!v) return attention_splits(rows, (n_keys + 31) / 32, graph);
+    int s = cuda::attention_batched_splits(n_tok, c.n_head, c.n_head_kv, n_keys, n_sm, v);
+    const size_t per_split = (size_t)c.n_head_kv * rows * (c.head_dim + 2) * sizeof(float);
+    s = std::min<int>(s, (int)(kAttnWorkBytes / per_split));
+    s = std::min(s, kMaxDecodeSplits);
+    return std::max(1, s);
+  }
+
   // One forward of n tokens whose ids are at d_tokens, at positions *d_pos + pos_offset ...
   // Writes the logits of the last row (or all rows) to `logits` (device), if not null.
   void forward(int n, int pos_offset, StepKind kind, int splits, float* logits, bool all_logits) {
@@ -464,7 +498,8 @@ struct CudaEngine::Impl {
         a.n_sel_dev = d_nsel;
         mark("block selection");
       }
-      cuda::attention(a, stream);
+      if (const int v = batched_variant(kind, n)) cuda::attention_batched(a, v, stream);
+      else cuda::attention(a, stream);
       mark("attention");
 
       ActPrep plain;
@@ -538,7 +573,7 @@ struct CudaEngine::Impl {
     int splits, n_rows;
     if (kind == StepKind::Rectify) {
       n_rows = (f + 1) * (c.n_head / c.n_head_kv);
-      splits = attention_splits(n_rows, (n_past + 1 + 31) / 32, true);
+      splits = dense_splits(kind, f + 1, n_past + 1, true);
     } else {
       n_rows = c.n_head / c.n_head_kv;
       int n_tiles;
@@ -638,7 +673,7 @@ struct CudaEngine::Impl {
       }
       set_pos_host(n_past);
       stage_tokens_chunk(s, m);
-      const int splits = attention_splits(m * (c.n_head / c.n_head_kv), (n_past + m + 31) / 32, false);
+      const int splits = dense_splits(StepKind::Prefill, m, n_past + m, false);
       forward(m, 0, StepKind::Prefill, splits, dst, all_logits);
       if (!on_device && logits && all_logits) {
         PYRESA_CUDA_CHECK(cudaMemcpyAsync(logits + (int64_t)s * V, dst, (size_t)m * V * sizeof(float),
@@ -703,6 +738,10 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, CudaEngi
   }
   m.precise_dense = env_int("PYRESA_CUDA_PRECISE_DENSE", 1) != 0;
   m.rect_precise = env_int("PYRESA_CUDA_RECT_PRECISE", 1) != 0;
+  m.rect_kernel = kernel_switch("PYRESA_CUDA_RECT_KERNEL", 3);
+  m.prefill_kernel = kernel_switch("PYRESA_CUDA_PREFILL_KERNEL", 3);
+  for (int* k : {&m.rect_kernel, &m.prefill_kernel})  // too little shared memory: the general kernel
+    if (*k && cuda::attention_batched_smem_bytes(*k, m.c.head_dim) > prop.sharedMemPerBlockOptin) *k = 0;
   m.upload(weights);
   m.check_types();
   m.opt.n_batch = std::max(options.n_batch, m.att.rectify_every + 1);
@@ -958,7 +997,7 @@ std::vector<std::pair<std::string, double>> CudaEngine::profile_step(int32_t tok
   const StepKind kind = rect ? StepKind::Rectify : m.sparse_mode() ? StepKind::SparseDecode : StepKind::Decode;
   int splits;
   if (rect) {
-    splits = m.attention_splits((f + 1) * (m.c.n_head / m.c.n_head_kv), (m.n_past + 1 + 31) / 32, false);
+    splits = m.dense_splits(StepKind::Rectify, f + 1, m.n_past + 1, false);
     m.gather_rectify_tokens();
   } else {
     cpu::ResaSelectParams p;

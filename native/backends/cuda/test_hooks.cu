@@ -203,7 +203,7 @@ std::vector<float> gemm_f16(const uint16_t* A, const uint16_t* B, int M, int N, 
 
 std::vector<float> attention(const float* q, int n_tok, int n_head, int n_kv_head, int D, const uint16_t* K,
                              const uint16_t* V, int cap, int pos0, const int32_t* blocks, int n_sel, int block_size,
-                             float scale, int n_splits) {
+                             float scale, int n_splits, int kernel, int split_query) {
   DeviceBuffer qb = to_device(q, sizeof(float) * n_tok * n_head * D);
   // Cache with a tile of zeroed slack past cap, as the engine allocates it.
   const int cap_alloc = (cap + 63) / 64 * 64 + 64;
@@ -242,8 +242,85 @@ std::vector<float> attention(const float* q, int n_tok, int n_head, int n_kv_hea
   a.n_splits = n_splits;
   a.work = work.get<float>();
   a.split_query = blocks != nullptr;  // dense: the query rounded to F16 (prefill's arithmetic)
-  cuda::attention(a, nullptr);
+  if (split_query >= 0) a.split_query = split_query != 0;
+  if (kernel) cuda::attention_batched(a, kernel, nullptr);
+  else cuda::attention(a, nullptr);
   return to_host<float>(out, (size_t)n_tok * n_head * D);
+}
+
+namespace {
+// Deterministic pseudo-random F16 in [-amp, amp) (a hash of the index): a synthetic KV cache.
+__global__ void fill_random_f16(__half* x, int64_t n, uint32_t seed, float amp) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    uint32_t h = (uint32_t)i * 2654435761u ^ seed;
+    h ^= h >> 16;
+    h *= 0x7feb352du;
+    h ^= h >> 15;
+    h *= 0x846ca68bu;
+    h ^= h >> 16;
+    x[i] = __float2half_rn(((h >> 8) * (1.0f / 16777216.0f) * 2.0f - 1.0f) * amp);
+  }
+}
+}  // namespace
+
+std::vector<float> attention_timed(const float* q, int n_tok, int n_head, int n_kv_head, int D, int n_ctx, int kernel,
+                                   bool precise, bool split_query, int n_splits, int iters, double& ms) {
+  // Queries at the end of an n_ctx cache of synthetic keys/values (one layer), as a rectification.
+  const int cap = (n_ctx + 63) / 64 * 64 + 64;
+  const int64_t n = (int64_t)n_kv_head * cap * D;
+  DeviceBuffer kb(2 * n, "bench K"), vb(2 * n, "bench V");
+  fill_random_f16<<<1024, 256>>>(kb.get<__half>(), n, 12345u, 1.7f);
+  fill_random_f16<<<1024, 256>>>(vb.get<__half>(), n, 67890u, 1.7f);
+  PYRESA_CUDA_LAUNCH_CHECK();
+  DeviceBuffer qb = to_device(q, sizeof(float) * n_tok * n_head * D);
+  DeviceBuffer pb = pos_buffer(n_ctx - n_tok);
+  DeviceBuffer out = poisoned(sizeof(float) * n_tok * n_head * D);
+  const size_t wf = attention_work_floats(n_tok, n_head, n_kv_head, D, n_splits);
+  DeviceBuffer work(sizeof(float) * (wf ? wf : 1), "bench attention work");
+  AttentionArgs a;
+  a.q = qb.get<float>();
+  a.q_stride = (int64_t)n_head * D;
+  a.out = out.get<float>();
+  a.out_stride = (int64_t)n_head * D;
+  a.K = kb.get<__half>();
+  a.V = vb.get<__half>();
+  a.head_stride = (int64_t)cap * D;
+  a.n_tok = n_tok;
+  a.n_head = n_head;
+  a.n_kv_head = n_kv_head;
+  a.D = D;
+  a.pos_dev = pb.get<int>();
+  a.scale = 1.0f / std::sqrt((float)D);
+  a.n_splits = n_splits;
+  a.work = work.get<float>();
+  a.precise = precise;
+  a.split_query = split_query;
+  auto run = [&]() {
+    if (kernel) cuda::attention_batched(a, kernel, nullptr);
+    else cuda::attention(a, nullptr);
+  };
+  run();  // warm-up (and the output)
+  PYRESA_CUDA_CHECK(cudaDeviceSynchronize());
+  cudaEvent_t e0, e1;
+  PYRESA_CUDA_CHECK(cudaEventCreate(&e0));
+  PYRESA_CUDA_CHECK(cudaEventCreate(&e1));
+  PYRESA_CUDA_CHECK(cudaEventRecord(e0));
+  for (int i = 0; i < iters; ++i) run();
+  PYRESA_CUDA_CHECK(cudaEventRecord(e1));
+  PYRESA_CUDA_CHECK(cudaEventSynchronize(e1));
+  float t = 0.0f;
+  PYRESA_CUDA_CHECK(cudaEventElapsedTime(&t, e0, e1));
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  ms = t / std::max(1, iters);
+  return to_host<float>(out, (size_t)n_tok * n_head * D);
+}
+
+int attention_batched_splits(int n_tok, int n_head, int n_kv_head, int n_keys, int variant) {
+  int dev = 0, n_sm = 0;
+  PYRESA_CUDA_CHECK(cudaGetDevice(&dev));
+  PYRESA_CUDA_CHECK(cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev));
+  return cuda::attention_batched_splits(n_tok, n_head, n_kv_head, n_keys, n_sm, variant);
 }
 
 namespace {

@@ -148,6 +148,15 @@ def test_rope(neox, pos0):
     assert rel_err(got, rope_ref(x, pos0, 10000.0, neox)) < 2e-6
 
 
+@pytest.fixture(params=[True, False], ids=["new_step_kernels", "old_step_kernels"])
+def step_kernels(request):
+    """The sparse decode step's kernel set (PYRESA_CUDA_SPARSE_STEP): the windowed scoring, the
+    register select, the decode attention kernel and the parallel combine, or the old ones."""
+    core.cuda_test.set_sparse_step_kernels(request.param)
+    yield request.param
+    core.cuda_test.set_sparse_step_kernels(True)
+
+
 def attention_ref(q, K, V, pos0, scale, blocks=None, block_size=16):
     """float64 softmax attention; query i sees keys <= pos0 + i (and only selected blocks)."""
     n_tok, H, D = q.shape
@@ -170,9 +179,9 @@ def attention_ref(q, K, V, pos0, scale, blocks=None, block_size=16):
 
 
 @pytest.mark.parametrize("D", [64, 128])
-@pytest.mark.parametrize("n_tok,pos0,splits", [(1, 0, 1), (1, 700, 1), (1, 700, 8), (5, 300, 2), (40, 100, 1),
-                                               (33, 1000, 4)])
-def test_dense_attention(D, n_tok, pos0, splits):
+@pytest.mark.parametrize("n_tok,pos0,splits", [(1, 0, 1), (1, 700, 1), (1, 700, 8), (1, 3000, 23), (2, 300, 3),
+                                               (5, 300, 2), (40, 100, 1), (33, 1000, 4)])
+def test_dense_attention(D, n_tok, pos0, splits, step_kernels):
     rng = np.random.default_rng()
     H, Hkv = (28, 4) if D == 128 else (9, 3)
     cap = pos0 + n_tok + 5
@@ -189,8 +198,9 @@ def test_dense_attention(D, n_tok, pos0, splits):
 
 
 @pytest.mark.parametrize("block_size", [16, 32])
-@pytest.mark.parametrize("n_kv,frac,splits", [(37, 1.0, 1), (1000, 0.3, 1), (5000, 0.1, 16), (5000, 1.0, 8)])
-def test_sparse_attention_vs_cpu(block_size, n_kv, frac, splits):
+@pytest.mark.parametrize("n_kv,frac,splits", [(37, 1.0, 1), (1000, 0.3, 1), (5000, 0.1, 16), (5000, 1.0, 8),
+                                              (40000, 0.1, 99), (40000, 0.5, 1)])
+def test_sparse_attention_vs_cpu(block_size, n_kv, frac, splits, step_kernels):
     rng = np.random.default_rng()
     H, Hkv, D = 28, 4, 128
     cap = n_kv + 3
@@ -232,8 +242,9 @@ def test_descriptors_match_cpu(n_tokens, block_size):
 
 @pytest.mark.parametrize("n_tokens,ratio,min_blocks,local", [(100, 0.1, 16, 1), (1037, 0.1, 16, 1), (5000, 0.1, 16, 1),
                                                               (5000, 0.3, 4, 2), (20000, 0.1, 16, 1), (700, 1.0, 16, 1),
-                                                              (3000, 0.05, 0, 0), (262144, 0.1, 16, 1)])
-def test_select_blocks_matches_cpu(n_tokens, ratio, min_blocks, local):
+                                                              (3000, 0.05, 0, 0), (262144, 0.1, 16, 1),
+                                                              (400000, 0.1, 16, 1)])
+def test_select_blocks_matches_cpu(n_tokens, ratio, min_blocks, local, step_kernels):
     rng = np.random.default_rng()
     H, Hkv, D, bs = 28, 4, 128, 16
     cap = n_tokens + 16
@@ -246,8 +257,8 @@ def test_select_blocks_matches_cpu(n_tokens, ratio, min_blocks, local):
     np.testing.assert_array_equal(got, ref)
 
 
-@pytest.mark.parametrize("n_tokens", [5000, 65536])
-def test_select_blocks_many_equal_scores_match_cpu(n_tokens):
+@pytest.mark.parametrize("n_tokens", [5000, 65536, 262144])
+def test_select_blocks_many_equal_scores_match_cpu(n_tokens, step_kernels):
     # Keys in {-1, 0, 1} and a small-integer query: few distinct scores, so the n_sel boundary
     # falls inside a run of equal scores (taken from the lowest blocks) and the radix passes see
     # heavily shared digits.
@@ -263,7 +274,7 @@ def test_select_blocks_many_equal_scores_match_cpu(n_tokens):
     np.testing.assert_array_equal(got, ref)
 
 
-def test_select_blocks_ties_go_to_lower_blocks():
+def test_select_blocks_ties_go_to_lower_blocks(step_kernels):
     H, Hkv, D, bs, n_tokens = 8, 2, 64, 16, 16 * 300
     cap = n_tokens
     K = np.ones((Hkv, cap, D), np.float16)  # every block scores the same

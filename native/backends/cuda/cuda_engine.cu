@@ -342,6 +342,12 @@ struct CudaEngine::Impl {
   }
 
   int attention_splits(int n_rows_per_head, int n_tiles, bool graph) const {
+    // One token (decode, dense or sparse) on the decode kernel: one wave of its CTAs.
+    if (const int ds = cuda::decode_attention_splits(1, n_rows_per_head * c.n_head_kv, c.n_head_kv, c.head_dim,
+                                                     n_tiles, n_sm)) {
+      const size_t per_split = (size_t)c.n_head_kv * n_rows_per_head * (c.head_dim + 2) * sizeof(float);
+      return std::max(1, std::min({ds, kMaxDecodeSplits, (int)(kAttnWorkBytes / per_split)}));
+    }
     const int nw = n_rows_per_head <= 16 ? 1 : n_rows_per_head <= 64 ? 4 : n_rows_per_head <= 128 ? 8 : 16;
     const int row_tiles = (n_rows_per_head + 16 * nw - 1) / (16 * nw);
     const int base = row_tiles * c.n_head_kv;
@@ -683,6 +689,9 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, CudaEngi
   matvec_steps() = env_int("PYRESA_CUDA_MATVEC_STEPS", 2);
   m.precise_dense = env_int("PYRESA_CUDA_PRECISE_DENSE", 1) != 0;
   m.rect_precise = env_int("PYRESA_CUDA_RECT_PRECISE", 1) != 0;
+  // 0: the sparse decode step's old kernels (general attention kernel + serial combine, scoring
+  // one 16-byte load batch at a time, the shared-memory select), for A/B runs.
+  cuda::sparse_step_kernels(env_int("PYRESA_CUDA_SPARSE_STEP", 1) != 0);
   m.upload(weights);
   m.check_types();
   m.opt.n_batch = std::max(options.n_batch, m.att.rectify_every + 1);

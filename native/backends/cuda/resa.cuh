@@ -51,4 +51,9 @@ void select_blocks(const float* q, int n_head, const __half* desc, const DescLay
                    const int* pos_dev, uint32_t* keys, int32_t* blocks, int64_t blocks_stride, int* n_sel_out,
                    cudaStream_t stream);
 
+// The sparse decode step's kernels: the windowed scoring, the register select and the decode
+// attention kernel with the parallel combine (default), or the old ones (false, for A/B runs).
+void sparse_step_kernels(bool on);
+bool sparse_step_kernels();
+
 }  // namespace pyresa::cuda

@@ -4,6 +4,8 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <string>
+#include <utility>
 #include <vector>
 
 namespace pyresa::cuda_test {
@@ -39,5 +41,15 @@ std::vector<int32_t> select_blocks(const float* q, int n_head, const uint16_t* K
                                    int n_tokens, int block_size, double ratio, int min_blocks, int local_blocks,
                                    int& n_sel_out);
 int argmax(const float* x, int n);
+// The sparse decode step's kernels: new (true, default) or old (false); see cuda::sparse_step_kernels.
+void set_sparse_step_kernels(bool on);
+// Times the per-layer kernels of a decode step at depth n_tokens alone (7B shapes by default:
+// 28 query / 4 KV heads, D 128, 16-token blocks, ratio 0.1) on the current kernel set: the
+// selection (scoring + top-n), the sparse attention (+ combine) on the selected blocks, both back
+// to back, and the dense attention at the same depth. Each is run `reps` times over `copies`
+// layers' worth of random K/V/descriptors (more than the L2 holds, as in a real step), PDL on
+// where the GPU has it. Returns (name, microseconds per layer) and the split counts used.
+std::vector<std::pair<std::string, double>> time_sparse_step(int n_tokens, int reps, int copies, int n_head,
+                                                             int n_kv_head, int D);
 
 }  // namespace pyresa::cuda_test

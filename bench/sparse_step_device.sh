@@ -1,0 +1,38 @@
+#!/bin/bash
+# One device call for the sparse decode step work (docs/perf-cuda.md, "Run 9-sparse-step"):
+# build + the kernel tests of both kernel sets, the per-layer kernel timings old vs new, then the
+# 7B engine benchmark (new kernels; then the old ones at 256K if time is left).
+# Needs ../whl and .carry (see bench/gpu_bench.sh). Everything goes to $OUT.
+set -u
+src=$(cd "$(dirname "$0")/.." && pwd)
+cd "$src"
+OUT=${OUT:-/tmp/pyresa-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+t0=$(date +%s)
+left() { echo $(( ${BUDGET:-570} - ($(date +%s) - t0) )); }
+timeout $(left) bash bench/gpu_test.sh -k "${TEST_K:-attention or select or descriptors}" -x > "$OUT/tests.txt" 2>&1
+echo "tests rc=$? at $(( $(date +%s) - t0 )) s"; grep -E "passed|failed|error" "$OUT/tests.txt" | tail -5
+export PYTHONPATH=/tmp/site:$src
+timeout $(left) python3 bench/sparse_step_bench.py --json "$OUT/kernels.json" > "$OUT/kernels.txt" 2>&1
+echo "kernel bench rc=$? at $(( $(date +%s) - t0 )) s"
+if [ -n "${NCU:-}" ] && [ $(left) -gt 200 ]; then
+  timeout 90 ncu --kernel-name regex:"score|select|attention|combine" --launch-skip 40 --launch-count 12 \
+    --metrics gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__warps_active.avg.pct_of_peak_sustained_active \
+    python3 bench/sparse_step_bench.py --depths 262144 --reps 4 --copies 2 --only-new > "$OUT/ncu.txt" 2>&1
+  echo "ncu rc=$?"; grep -E "^\s+[a-z_:]+<|^  [a-z_]+.*\(|gpu__time|dram__|warps_active" "$OUT/ncu.txt" | head -60
+fi
+if [ $(left) -gt 150 ]; then
+  PYRESA_BENCH_ARGS="${BENCH_ARGS:---depths 32768,262144 --modes dense,resa --profile --prefill 0}" \
+    timeout $(left) bash bench/gpu_bench.sh --quick > "$OUT/engine.txt" 2>&1
+  echo "engine bench rc=$? at $(( $(date +%s) - t0 )) s"
+fi
+if [ $(left) -gt 120 ]; then
+  PYRESA_CUDA_SPARSE_STEP=0 PYRESA_BENCH_ARGS="--depths 262144 --modes resa --profile --prefill 0" \
+    timeout $(left) bash bench/gpu_bench.sh --quick > "$OUT/engine_old.txt" 2>&1
+  echo "engine bench (old kernels) rc=$? at $(( $(date +%s) - t0 )) s"
+fi
+echo "=== tests"; grep -E "FAILED|Error|error" "$OUT/tests.txt" | head -20; tail -3 "$OUT/tests.txt"
+echo "=== engine (new)"; grep -E "tok/s|profile_ms|GPU" "$OUT/engine.txt" 2>/dev/null | cut -c1-900
+echo "=== engine (old, PYRESA_CUDA_SPARSE_STEP=0)"; grep -E "tok/s|profile_ms" "$OUT/engine_old.txt" 2>/dev/null | cut -c1-900
+echo "=== kernels"; sed -n '/^  depth/,$p' "$OUT/kernels.txt"; grep -iE "error|Traceback" "$OUT/kernels.txt" | head

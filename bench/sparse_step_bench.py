@@ -19,20 +19,27 @@ ap.add_argument("--only-new", action="store_true", help="new kernel set only (e.
 ap.add_argument("--json", default=None)
 args = ap.parse_args()
 
+# (name, new set?, scoring variant, decode attention stages); the first new one is the default.
+SETS = [("old", False, 2, 4), ("new", True, 2, 4), ("s1", True, 1, 4), ("st6", True, 2, 6), ("st12", True, 2, 12)]
 rows = []
 for d in [int(x) for x in args.depths.split(",") if x]:
-    for new in ([True] if args.only_new else [False, True]):
+    for name, new, score, stages in (SETS[1:2] if args.only_new else SETS):
         core.cuda_test.set_sparse_step_kernels(new)
+        core.cuda_test.set_sparse_step_variant(score, stages)
         r = dict(core.cuda_test.time_sparse_step(d, args.reps, args.copies))
-        r.update(depth=d, kernels="new" if new else "old")
+        r.update(depth=d, kernels=name)
         rows.append(r)
         print(r, flush=True)
 core.cuda_test.set_sparse_step_kernels(True)
+core.cuda_test.set_sparse_step_variant(2, 4)
 
-print(f"\n{'depth':>7} {'set':>4} {'select':>8} {'sparse att':>10} {'sel+att':>8} {'dense att':>9} "
-      f"{'splits s/d':>10} | per step (x28): {'sel+att':>8} {'dense att':>9}")
+print("sets: old = PYRESA_CUDA_SPARSE_STEP=0; new = default (cp.async scoring, 4 stages); s1 = windowed-load "
+      "scoring; st6/st12 = 6/12 attention stages")
+print(f"\n{'depth':>7} {'set':>4} {'score':>6} {'top-n':>6} {'select':>7} {'sparse att':>10} {'sel+att':>8} "
+      f"{'dense att':>9} {'splits s/d':>10} | per step (x28): {'sel+att':>8} {'dense att':>9}")
 for r in rows:
-    print(f"{r['depth']:>7} {r['kernels']:>4} {r['select_us']:8.1f} {r['sparse_attention_us']:10.1f} "
+    print(f"{r['depth']:>7} {r['kernels']:>4} {r['score_us']:6.1f} {r['topn_us']:6.1f} {r['select_us']:7.1f} "
+          f"{r['sparse_attention_us']:10.1f} "
           f"{r['sparse_step_us']:8.1f} {r['dense_attention_us']:9.1f} "
           f"{int(r['sparse_splits']):>4}/{int(r['dense_splits']):<5} | {'':>15} "
           f"{r['sparse_step_us'] * 28 / 1e3:7.3f}ms {r['dense_attention_us'] * 28 / 1e3:8.3f}ms")

@@ -148,13 +148,18 @@ def test_rope(neox, pos0):
     assert rel_err(got, rope_ref(x, pos0, 10000.0, neox)) < 2e-6
 
 
-@pytest.fixture(params=[True, False], ids=["new_step_kernels", "old_step_kernels"])
+@pytest.fixture(params=[(True, 2, 4), (False, 2, 4), (True, 1, 12)],
+                ids=["new_step_kernels", "old_step_kernels", "new_windowed_score_12_stages"])
 def step_kernels(request):
-    """The sparse decode step's kernel set (PYRESA_CUDA_SPARSE_STEP): the windowed scoring, the
-    register select, the decode attention kernel and the parallel combine, or the old ones."""
-    core.cuda_test.set_sparse_step_kernels(request.param)
+    """The sparse decode step's kernel set (PYRESA_CUDA_SPARSE_STEP): the cp.async (or windowed)
+    scoring, the register select, the decode attention kernel (4 or 12 stages) and the parallel
+    combine, or the old ones."""
+    new, score, stages = request.param
+    core.cuda_test.set_sparse_step_kernels(new)
+    core.cuda_test.set_sparse_step_variant(score, stages)
     yield request.param
     core.cuda_test.set_sparse_step_kernels(True)
+    core.cuda_test.set_sparse_step_variant(2, 4)
 
 
 def attention_ref(q, K, V, pos0, scale, blocks=None, block_size=16):
@@ -194,7 +199,8 @@ def test_dense_attention(D, n_tok, pos0, splits, step_kernels):
     assert np.isfinite(got).all()
     # The query is rounded to F16 (as the CPU's dense attention does); probabilities are two-term F16.
     ref = attention_ref(q.astype(np.float16).astype(np.float32), K, V, pos0, scale)
-    assert rel_err(got, ref) < 1e-5
+    err = rel_err(got, ref)
+    assert err < 1e-5, f"rel err {err:.3g}"
 
 
 @pytest.mark.parametrize("block_size", [16, 32])
@@ -217,7 +223,8 @@ def test_sparse_attention_vs_cpu(block_size, n_kv, frac, splits, step_kernels):
                                    splits).reshape(H, D)
     ref = core.sparse_attention(q[0], K, V, n_kv, scale, block_size, blocks)
     assert np.isfinite(got).all()
-    assert rel_err(got, ref) < 1e-5  # two-term F16 query and probabilities: near-F32
+    err = rel_err(got, ref)
+    assert err < 1e-5, f"rel err {err:.3g}"  # two-term F16 query and probabilities: near-F32
     if frac == 1.0:  # every block: the dense kernel's answer (which rounds the query to F16, as the CPU's)
         dense = core.cuda_test.attention(q.reshape(-1), 1, H, Hkv, D, K.view(np.uint16).reshape(-1),
                                          V.view(np.uint16).reshape(-1), cap, n_kv - 1, None, 16, scale, splits)

@@ -9,10 +9,10 @@
 // probabilities come out of the S^T accumulators transposed with respect to the B operand of the
 // P.V product and are put right with movmatrix (an 8x8 transpose across the warp).
 //
-// Why one warp per CTA with 4 stages: a decode step is a stream over the K/V bytes (1.5 GB per
-// step at 256K sparse, 15 GB dense); the bytes in flight per SM come from the cp.async stages, so
-// 3 CTAs of 4 stages (3 tiles of 16 KB in flight each) per SM, one wave over the GPU, instead of
-// 5 CTAs of 2 stages in 1.5 waves. The block list of the CTA's range is read into shared memory
+// Why one warp per CTA with 4 stages (default; 6 or 12 by decode_attention_stages): a decode step
+// is a stream over the K/V bytes (1.5 GB per step at 256K sparse, 15 GB dense); the bytes in
+// flight per SM come from the cp.async stages, so 3 CTAs of 4 stages (3 tiles of 16 KB in flight
+// each) per SM, one wave over the GPU, instead of 5 CTAs of 2 stages in 1.5 waves. The block list of the CTA's range is read into shared memory
 // once (the general kernel reads it from global memory before each tile's copies).
 #include <climits>
 
@@ -27,10 +27,9 @@ namespace pyresa::cuda {
 namespace {
 
 constexpr int kTT = 32;           // tokens per tile (two 16-token spans)
-constexpr int kStages = 4;        // cp.async stages per CTA
 constexpr int kSpanCache = 512;   // span starts kept in shared memory (sparse); more: read per tile
 
-template <int D>
+template <int D, int kStages>
 struct DecodeSmem {
   static constexpr int LD = D + 8;  // padded row: ldmatrix rows land in distinct banks
   static constexpr size_t q_elems = (size_t)8 * LD;
@@ -51,10 +50,10 @@ __device__ __forceinline__ int decode_span_start(const AttentionArgs& a, int h, 
   return a.blocks[h * a.blocks_stride + e / spb] * a.block_size + (e % spb) * 16;
 }
 
-template <int D>
+template <int D, int kStages>
 __global__ void __launch_bounds__(32) decode_attention_kernel(AttentionArgs a) {
   pdl_wait();  // inputs may come from the kernel launched just before (PDL)
-  using S = DecodeSmem<D>;
+  using S = DecodeSmem<D, kStages>;
   constexpr int LD = S::LD;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __half* Qs = reinterpret_cast<__half*>(smem_raw);
@@ -199,13 +198,6 @@ __global__ void __launch_bounds__(32) decode_attention_kernel(AttentionArgs a) {
     lA *= alA;
     lB *= alB;
 #pragma unroll
-    for (int i = 0; i < D / 16; ++i) {
-      o[i][0] *= alA;
-      o[i][1] *= alB;
-      o[i][2] *= alA;
-      o[i][3] *= alB;
-    }
-#pragma unroll
     for (int mt = 0; mt < 2; ++mt) {
       s[mt][0] = exp2f(s[mt][0] - baseA);
       s[mt][1] = exp2f(s[mt][1] - baseB);
@@ -214,6 +206,12 @@ __global__ void __launch_bounds__(32) decode_attention_kernel(AttentionArgs a) {
       lA += s[mt][0] + s[mt][2];
       lB += s[mt][1] + s[mt][3];
     }
+    // This tile's P.V goes into zeroed accumulators, added to o (rescaled) in F32 after: the
+    // tensor cores' F32 accumulation truncates, and a split of thousands of tiles would carry that
+    // bias through every step (rel. error ~1e-5 after 20K tokens); this way a tile sees 4 steps.
+    float ot[D / 16][4];
+#pragma unroll
+    for (int i = 0; i < D / 16; ++i) ot[i][0] = ot[i][1] = ot[i][2] = ot[i][3] = 0.0f;
     // O^T += V^T P^T, k-step ks = tokens 16 ks .. 16 ks + 15 (= S^T m-tile ks). The B operand
     // wants P[row g4][tokens 2 t4, 2 t4 + 1]; the accumulators hold P[rows 2 t4, 2 t4 + 1][token
     // g4]: the 8x8 transpose of it. Two-term F16 probabilities (hi + lo) when precise.
@@ -236,9 +234,16 @@ __global__ void __launch_bounds__(32) decode_attention_kernel(AttentionArgs a) {
         ldmatrix_x4_trans(r0, r1, r2, r3,
                           vs + (16 * k2 + ((lane >> 3) & 1) * 8 + (lane & 7)) * LD + 16 * dp + (lane >> 4) * 8);
         const uint32_t va[4] = {r0, r2, r1, r3};
-        mma_16816(o[dp], va, b0, b1);
-        if (a.precise) mma_16816(o[dp], va, c0, c1);
+        mma_16816(ot[dp], va, b0, b1);
+        if (a.precise) mma_16816(ot[dp], va, c0, c1);
       }
+    }
+#pragma unroll
+    for (int i = 0; i < D / 16; ++i) {
+      o[i][0] = fmaf(o[i][0], alA, ot[i][0]);
+      o[i][1] = fmaf(o[i][1], alB, ot[i][1]);
+      o[i][2] = fmaf(o[i][2], alA, ot[i][2]);
+      o[i][3] = fmaf(o[i][3], alB, ot[i][3]);
     }
     __syncthreads();  // the stage is refilled by the next iteration's copies
   }
@@ -279,19 +284,36 @@ __global__ void __launch_bounds__(32) decode_attention_kernel(AttentionArgs a) {
   }
 }
 
-template <int D>
-void launch_decode(const AttentionArgs& a, cudaStream_t stream) {
-  const size_t smem = DecodeSmem<D>::bytes;
-  static bool configured[64] = {};
+template <int D, int kStages>
+int configure_decode() {  // resident CTAs per SM
+  static int per_sm[64] = {};
   int dev = 0;
   cudaGetDevice(&dev);
-  if (!configured[dev & 63]) {
-    PYRESA_CUDA_CHECK(cudaFuncSetAttribute(decode_attention_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           (int)smem));
-    configured[dev & 63] = true;
+  if (!per_sm[dev & 63]) {
+    const int smem = (int)DecodeSmem<D, kStages>::bytes;
+    PYRESA_CUDA_CHECK(
+        cudaFuncSetAttribute(decode_attention_kernel<D, kStages>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    int n = 0;
+    PYRESA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, decode_attention_kernel<D, kStages>, 32, smem));
+    per_sm[dev & 63] = n > 0 ? n : 1;
   }
-  launch(decode_attention_kernel<D>, dim3(a.n_splits, a.n_kv_head), 32, smem, stream, a);
+  return per_sm[dev & 63];
+}
+
+template <int D, int kStages>
+void launch_decode(const AttentionArgs& a, cudaStream_t stream) {
+  configure_decode<D, kStages>();
+  launch(decode_attention_kernel<D, kStages>, dim3(a.n_splits, a.n_kv_head), 32, DecodeSmem<D, kStages>::bytes, stream, a);
   PYRESA_CUDA_LAUNCH_CHECK();
+}
+
+template <int D>
+void launch_decode_d(const AttentionArgs& a, cudaStream_t stream) {
+  switch (decode_attention_stages()) {
+    case 6: launch_decode<D, 6>(a, stream); break;
+    case 12: launch_decode<D, 12>(a, stream); break;
+    default: launch_decode<D, 4>(a, stream);
+  }
 }
 
 }  // namespace
@@ -301,15 +323,26 @@ bool& decode_attention_enabled() {
   return on;
 }
 
+int& decode_attention_stages() {
+  static int stages = 4;
+  return stages;
+}
+
 bool decode_attention_applies(int n_tok, int n_head, int n_kv_head, int D) {
   return decode_attention_enabled() && n_kv_head > 0 && n_tok * (n_head / n_kv_head) <= 8 && (D == 64 || D == 128);
 }
 
-int decode_attention_ctas_per_sm() { return 3; }  // 76.5 KB of shared memory each (D = 128), 228 KB per SM
+int decode_attention_ctas_per_sm() {  // at D = 128 (the D = 64 kernel fits at least as many)
+  switch (decode_attention_stages()) {
+    case 6: return configure_decode<128, 6>();
+    case 12: return configure_decode<128, 12>();
+    default: return configure_decode<128, 4>();
+  }
+}
 
 void attention_decode_partials(const AttentionArgs& a, cudaStream_t stream) {
-  if (a.D == 128) launch_decode<128>(a, stream);
-  else launch_decode<64>(a, stream);
+  if (a.D == 128) launch_decode_d<128>(a, stream);
+  else launch_decode_d<64>(a, stream);
 }
 
 }  // namespace pyresa::cuda

@@ -12,6 +12,7 @@
 
 #include "backends/cpu/block_select.h"
 #include "backends/cuda/attention.cuh"
+#include "backends/cuda/attention_decode.cuh"
 #include "backends/cuda/common.cuh"
 #include "backends/cuda/gemm.cuh"
 #include "backends/cuda/launch.cuh"
@@ -692,6 +693,8 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, CudaEngi
   // 0: the sparse decode step's old kernels (general attention kernel + serial combine, scoring
   // one 16-byte load batch at a time, the shared-memory select), for A/B runs.
   cuda::sparse_step_kernels(env_int("PYRESA_CUDA_SPARSE_STEP", 1) != 0);
+  cuda::score_kernel_variant() = env_int("PYRESA_CUDA_SCORE_KERNEL", 2);
+  cuda::decode_attention_stages() = env_int("PYRESA_CUDA_DECODE_STAGES", 4);
   m.upload(weights);
   m.check_types();
   m.opt.n_batch = std::max(options.n_batch, m.att.rectify_every + 1);

@@ -51,9 +51,17 @@ void select_blocks(const float* q, int n_head, const __half* desc, const DescLay
                    const int* pos_dev, uint32_t* keys, int32_t* blocks, int64_t blocks_stride, int* n_sel_out,
                    cudaStream_t stream);
 
+// The two launches of select_blocks, apart (for timing each).
+void score_blocks(const float* q, int n_head, const __half* desc, const DescLayout& L, int layer, const ResaParams& p,
+                  const int* pos_dev, uint32_t* keys, cudaStream_t stream);
+void select_top_blocks(const DescLayout& L, const ResaParams& p, const int* pos_dev, const uint32_t* keys,
+                       int32_t* blocks, int64_t blocks_stride, int* n_sel_out, cudaStream_t stream);
+
 // The sparse decode step's kernels: the windowed scoring, the register select and the decode
 // attention kernel with the parallel combine (default), or the old ones (false, for A/B runs).
 void sparse_step_kernels(bool on);
 bool sparse_step_kernels();
+// Scoring kernel of the new set: 1 = register loads in a window, 2 = cp.async (default).
+int& score_kernel_variant();
 
 }  // namespace pyresa::cuda

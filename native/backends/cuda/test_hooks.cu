@@ -8,6 +8,7 @@
 #include <stdexcept>
 
 #include "backends/cuda/attention.cuh"
+#include "backends/cuda/attention_decode.cuh"
 #include "backends/cuda/common.cuh"
 #include "backends/cuda/gemm.cuh"
 #include "backends/cuda/launch.cuh"
@@ -301,6 +302,10 @@ int argmax(const float* x, int n) {
 }
 
 void set_sparse_step_kernels(bool on) { cuda::sparse_step_kernels(on); }
+void set_sparse_step_variant(int score_variant, int decode_stages) {
+  cuda::score_kernel_variant() = score_variant;
+  cuda::decode_attention_stages() = decode_stages;
+}
 
 namespace {
 __global__ void fill_random_f16(__half* x, size_t n, uint32_t seed, float amp) {
@@ -415,6 +420,15 @@ std::vector<std::pair<std::string, double>> time_sparse_step(int n_tokens, int r
   };
   std::vector<std::pair<std::string, double>> r;
   r.emplace_back("select_us", time_us([&](int l) { select(l); }));
+  r.emplace_back("score_us", time_us([&](int l) {
+                   score_blocks(qb.get<float>(), n_head, db.get<__half>(), L, l, p, pl.get<int>(), keys.get<uint32_t>(),
+                                nullptr);
+                 }));
+  r.emplace_back("topn_us", time_us([&](int l) {
+                   select_top_blocks(L, p, pl.get<int>(), keys.get<uint32_t>(),
+                                     bl.get<int32_t>() + (size_t)l * n_kv_head * L.max_blocks, L.max_blocks,
+                                     ns.get<int>(), nullptr);
+                 }));
   r.emplace_back("sparse_attention_us", time_us([&](int l) { attend(l, true); }));
   r.emplace_back("sparse_step_us", time_us([&](int l) {
                    select(l);

@@ -43,6 +43,8 @@ std::vector<int32_t> select_blocks(const float* q, int n_head, const uint16_t* K
 int argmax(const float* x, int n);
 // The sparse decode step's kernels: new (true, default) or old (false); see cuda::sparse_step_kernels.
 void set_sparse_step_kernels(bool on);
+// Within the new set: the scoring kernel (1 windowed loads, 2 cp.async) and the decode attention's stages (4, 6, 12).
+void set_sparse_step_variant(int score_variant, int decode_stages);
 // Times the per-layer kernels of a decode step at depth n_tokens alone (7B shapes by default:
 // 28 query / 4 KV heads, D 128, 16-token blocks, ratio 0.1) on the current kernel set: the
 // selection (scoring + top-n), the sparse attention (+ combine) on the selected blocks, both back

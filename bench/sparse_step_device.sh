@@ -1,8 +1,11 @@
 #!/bin/bash
-# One device call for the sparse decode step work (docs/perf-cuda.md, "Run 9-sparse-step"):
-# build + the kernel tests of both kernel sets, the per-layer kernel timings old vs new, then the
-# 7B engine benchmark (new kernels; then the old ones at 256K if time is left).
-# Needs ../whl and .carry (see bench/gpu_bench.sh). Everything goes to $OUT.
+# One device call for the decode step's kernels (docs/perf-cuda.md, "Run 9-sparse-step"): build +
+# the kernel (and engine) tests of every kernel set, the per-layer kernel timings of every variant
+# (bench/sparse_step_bench.py), an Nsight Compute summary of the default kernels (NCU=1), the 7B
+# engine benchmark with the defaults, and with PYRESA_CUDA_SPARSE_STEP=0 at 256K (ENGINE_OLD=1).
+# Needs ../whl, .carry (bench/gpu_bench.sh) and ../model for the engine tests. Output under $OUT.
+#   carry [".gpuwork/src-<name>", ".gpuwork/whl", ".gpuwork/model"];
+#   cd .gpuwork/src-<name> && BUDGET=560 NCU=1 bash bench/sparse_step_device.sh
 set -u
 src=$(cd "$(dirname "$0")/.." && pwd)
 cd "$src"

@@ -148,18 +148,16 @@ def test_rope(neox, pos0):
     assert rel_err(got, rope_ref(x, pos0, 10000.0, neox)) < 2e-6
 
 
-@pytest.fixture(params=[(True, 2, 4), (False, 2, 4), (True, 1, 12)],
-                ids=["new_step_kernels", "old_step_kernels", "new_windowed_score_12_stages"])
+@pytest.fixture(params=[(True, 0, 4), (False, 0, 4), (True, 1, 12), (True, 2, 6)],
+                ids=["decode_kernel", "old_kernels", "windowed_score_12_stages", "async_score_6_stages"])
 def step_kernels(request):
-    """The sparse decode step's kernel set (PYRESA_CUDA_SPARSE_STEP): the cp.async (or windowed)
-    scoring, the register select, the decode attention kernel (4 or 12 stages) and the parallel
-    combine, or the old ones."""
-    new, score, stages = request.param
-    core.cuda_test.set_sparse_step_kernels(new)
-    core.cuda_test.set_sparse_step_variant(score, stages)
+    """The decode step's kernels (the engine's PYRESA_CUDA_SPARSE_STEP, PYRESA_CUDA_SELECT_KERNELS,
+    PYRESA_CUDA_DECODE_STAGES): the decode attention kernel and parallel combine or the general
+    kernel and serial combine; the scoring / top-n kernels (0 old, 1 windowed loads + register
+    select, 2 cp.async + register select); the decode kernel's cp.async stages."""
+    core.cuda_test.set_sparse_step_kernels(*request.param)
     yield request.param
-    core.cuda_test.set_sparse_step_kernels(True)
-    core.cuda_test.set_sparse_step_variant(2, 4)
+    core.cuda_test.set_sparse_step_kernels(True, 0, 4)
 
 
 def attention_ref(q, K, V, pos0, scale, blocks=None, block_size=16):
@@ -224,7 +222,12 @@ def test_sparse_attention_vs_cpu(block_size, n_kv, frac, splits, step_kernels):
     ref = core.sparse_attention(q[0], K, V, n_kv, scale, block_size, blocks)
     assert np.isfinite(got).all()
     err = rel_err(got, ref)
-    assert err < 1e-5, f"rel err {err:.3g}"  # two-term F16 query and probabilities: near-F32
+    # Two-term F16 query and probabilities: near-F32. The general kernel accumulates P.V over a
+    # whole split in the tensor cores' F32, which truncates: over 20K tokens in one split that
+    # bias alone is ~6e-5 (numpy model of it; the decode kernel adds each tile's P.V in F32 on
+    # the CUDA cores: ~1e-6). The engine's decode steps use the decode kernel.
+    bound = 2e-4 if (not step_kernels[0] and splits == 1 and n_kv * frac > 10000) else 1e-5
+    assert err < bound, f"rel err {err:.3g}"
     if frac == 1.0:  # every block: the dense kernel's answer (which rounds the query to F16, as the CPU's)
         dense = core.cuda_test.attention(q.reshape(-1), 1, H, Hkv, D, K.view(np.uint16).reshape(-1),
                                          V.view(np.uint16).reshape(-1), cap, n_kv - 1, None, 16, scale, splits)

@@ -234,8 +234,8 @@ void bind_cuda(nb::module_& m) {
     return numpy_array(std::move(r), {(size_t)n_kv_head, (size_t)n_sel});
   });
   t.def("argmax", [](F32 x) { return cuda_test::argmax(x.data(), (int)x.size()); });
-  t.def("set_sparse_step_kernels", &cuda_test::set_sparse_step_kernels, nb::arg("on"));
-  t.def("set_sparse_step_variant", &cuda_test::set_sparse_step_variant, nb::arg("score_variant"), nb::arg("decode_stages"));
+  t.def("set_sparse_step_kernels", &cuda_test::set_sparse_step_kernels, nb::arg("decode_attention"),
+        nb::arg("select_variant"), nb::arg("decode_stages"));
   t.def("time_sparse_step", [](int n_tokens, int reps, int copies, int n_head, int n_kv_head, int D) {
     nb::dict d;
     for (auto& kv : cuda_test::time_sparse_step(n_tokens, reps, copies, n_head, n_kv_head, D))

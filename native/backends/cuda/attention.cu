@@ -340,10 +340,11 @@ __global__ void __launch_bounds__(D * CS) combine_parallel_kernel(AttentionArgs 
   }
 }
 
+// parallel: after the decode kernel (decode steps); the batched paths keep the serial combine.
 template <int D>
-void launch_combine(const AttentionArgs& a, cudaStream_t stream) {
+void launch_combine(const AttentionArgs& a, bool parallel, cudaStream_t stream) {
   const int G = a.n_head / a.n_kv_head, R = a.n_tok * G;
-  if (decode_attention_enabled()) launch(combine_parallel_kernel<D, 1024 / D>, dim3(R, a.n_kv_head), 1024, 0, stream, a, R, G);
+  if (parallel) launch(combine_parallel_kernel<D, 1024 / D>, dim3(R, a.n_kv_head), 1024, 0, stream, a, R, G);
   else launch(combine_kernel<D>, dim3(R, a.n_kv_head), D, 0, stream, a, R, G);
   PYRESA_CUDA_LAUNCH_CHECK();
 }
@@ -362,7 +363,7 @@ void launch_attention(const AttentionArgs& a, cudaStream_t stream) {
   dim3 grid(ceil_div(R, 16 * NW), a.n_splits, a.n_kv_head);
   launch(attention_kernel<D, NW>, grid, 32 * NW, smem, stream, a);
   PYRESA_CUDA_LAUNCH_CHECK();
-  if (a.n_splits > 1) launch_combine<D>(a, stream);
+  if (a.n_splits > 1) launch_combine<D>(a, false, stream);
 }
 
 template <int D>
@@ -398,8 +399,8 @@ void attention(const AttentionArgs& a, cudaStream_t stream) {
   if (decode_attention_applies(a.n_tok, a.n_head, a.n_kv_head, a.D)) {
     attention_decode_partials(a, stream);
     if (a.n_splits > 1) {
-      if (a.D == 128) launch_combine<128>(a, stream);
-      else launch_combine<64>(a, stream);
+      if (a.D == 128) launch_combine<128>(a, true, stream);
+      else launch_combine<64>(a, true, stream);
     }
     return;
   }

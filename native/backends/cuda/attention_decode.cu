@@ -12,8 +12,10 @@
 // Why one warp per CTA with 4 stages (default; 6 or 12 by decode_attention_stages): a decode step
 // is a stream over the K/V bytes (1.5 GB per step at 256K sparse, 15 GB dense); the bytes in
 // flight per SM come from the cp.async stages, so 3 CTAs of 4 stages (3 tiles of 16 KB in flight
-// each) per SM, one wave over the GPU, instead of 5 CTAs of 2 stages in 1.5 waves. The block list of the CTA's range is read into shared memory
-// once (the general kernel reads it from global memory before each tile's copies).
+// each) per SM, one wave over the GPU, instead of 5 CTAs of 2 stages in 1.5 waves. The block list
+// of the CTA's range is read into shared memory once (the general kernel reads it from global
+// memory before each tile's copies). Measured (run 9, H100, 256K): sparse 45.7 -> 38.1 us per
+// layer with the combine, dense 261 -> 221 us.
 #include <climits>
 
 #include "backends/cuda/attention.cuh"
@@ -26,7 +28,7 @@ namespace pyresa::cuda {
 
 namespace {
 
-constexpr int kTT = 32;           // tokens per tile (two 16-token spans)
+constexpr int kTT = 32;          // tokens per tile (two 16-token spans)
 constexpr int kSpanCache = 512;   // span starts kept in shared memory (sparse); more: read per tile
 
 template <int D, int kStages>
@@ -285,16 +287,27 @@ __global__ void __launch_bounds__(32) decode_attention_kernel(AttentionArgs a) {
 }
 
 template <int D, int kStages>
-int configure_decode() {  // resident CTAs per SM
+void configure_decode() {  // the shared-memory opt-in, once per device
+  static bool configured[64] = {};
+  int dev = 0;
+  cudaGetDevice(&dev);
+  if (configured[dev & 63]) return;
+  PYRESA_CUDA_CHECK(cudaFuncSetAttribute(decode_attention_kernel<D, kStages>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         (int)DecodeSmem<D, kStages>::bytes));
+  configured[dev & 63] = true;
+}
+
+template <int D, int kStages>
+int ctas_per_sm() {  // resident CTAs per SM (asked once per device, outside any graph capture)
   static int per_sm[64] = {};
   int dev = 0;
   cudaGetDevice(&dev);
   if (!per_sm[dev & 63]) {
-    const int smem = (int)DecodeSmem<D, kStages>::bytes;
-    PYRESA_CUDA_CHECK(
-        cudaFuncSetAttribute(decode_attention_kernel<D, kStages>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    configure_decode<D, kStages>();
     int n = 0;
-    PYRESA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, decode_attention_kernel<D, kStages>, 32, smem));
+    PYRESA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, decode_attention_kernel<D, kStages>, 32,
+                                                                    DecodeSmem<D, kStages>::bytes));
     per_sm[dev & 63] = n > 0 ? n : 1;
   }
   return per_sm[dev & 63];
@@ -334,9 +347,9 @@ bool decode_attention_applies(int n_tok, int n_head, int n_kv_head, int D) {
 
 int decode_attention_ctas_per_sm() {  // at D = 128 (the D = 64 kernel fits at least as many)
   switch (decode_attention_stages()) {
-    case 6: return configure_decode<128, 6>();
-    case 12: return configure_decode<128, 12>();
-    default: return configure_decode<128, 4>();
+    case 6: return ctas_per_sm<128, 6>();
+    case 12: return ctas_per_sm<128, 12>();
+    default: return ctas_per_sm<128, 4>();
   }
 }
 

@@ -7,8 +7,9 @@
 
 namespace pyresa::cuda {
 
-// Whether attention() uses the decode kernel where it applies (default on; the engine sets it
-// from PYRESA_CUDA_SPARSE_STEP, 0 = the general kernel and the serial combine, for A/B runs).
+// Whether attention() uses the decode kernel (and the parallel combine) where it applies (default
+// on; the engine sets it from PYRESA_CUDA_SPARSE_STEP, 0 = the general kernel and the serial
+// combine, for A/B runs).
 bool& decode_attention_enabled();
 // cp.async stages per CTA: 4 (default, 3 CTAs per SM), 6 (2 per SM) or 12 (1 per SM); the split
 // count follows (one wave). Set from PYRESA_CUDA_DECODE_STAGES by the engine.

@@ -690,11 +690,12 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, CudaEngi
   matvec_steps() = env_int("PYRESA_CUDA_MATVEC_STEPS", 2);
   m.precise_dense = env_int("PYRESA_CUDA_PRECISE_DENSE", 1) != 0;
   m.rect_precise = env_int("PYRESA_CUDA_RECT_PRECISE", 1) != 0;
-  // 0: the sparse decode step's old kernels (general attention kernel + serial combine, scoring
-  // one 16-byte load batch at a time, the shared-memory select), for A/B runs.
-  cuda::sparse_step_kernels(env_int("PYRESA_CUDA_SPARSE_STEP", 1) != 0);
-  cuda::score_kernel_variant() = env_int("PYRESA_CUDA_SCORE_KERNEL", 2);
+  // Decode steps' attention (dense and sparse): 1 = the decode kernel (attention_decode.cu) and the
+  // parallel combine, 0 = the general kernel and the serial combine (A/B runs). Its cp.async
+  // stages (4, 6, 12) and the block selection's kernels (resa.cuh, select_kernels_variant).
+  cuda::decode_attention_enabled() = env_int("PYRESA_CUDA_SPARSE_STEP", 1) != 0;
   cuda::decode_attention_stages() = env_int("PYRESA_CUDA_DECODE_STAGES", 4);
+  cuda::select_kernels_variant() = env_int("PYRESA_CUDA_SELECT_KERNELS", 0);
   m.upload(weights);
   m.check_types();
   m.opt.n_batch = std::max(options.n_batch, m.att.rectify_every + 1);

@@ -1,7 +1,6 @@
 #include <cmath>
 #include <stdexcept>
 
-#include "backends/cuda/attention_decode.cuh"
 #include "backends/cuda/common.cuh"
 #include "backends/cuda/launch.cuh"
 #include "backends/cuda/mma.cuh"
@@ -110,7 +109,8 @@ __global__ void __launch_bounds__(kScoreThreads) score_kernel(const float* q, in
 // kScoreWindow chunks (kmin and kmax: 16 x 16 bytes at D = 128) stays in flight per thread, the
 // next chunk's loads issued before the current one's arithmetic; the first window is issued
 // before the pooled query is built (the descriptors do not depend on it). 128-thread CTAs: 512
-// per layer at 256K, one wave. (score_kernel issues 4 chunks, then waits for them: ~1.8 TB/s.)
+// per layer at 256K, one wave. Measured (run 9): no faster than score_kernel, both ~1.84 TB/s;
+// kept as select_kernels_variant 1 for A/B.
 constexpr int kScoreThreadsFast = 128;
 constexpr int kScoreWindow = 8;
 
@@ -488,17 +488,11 @@ __global__ void __launch_bounds__(kSelThreads) select_kernel_registers(DescLayou
   }
 }
 
-bool g_sparse_step_fast = true;
-int g_score_variant = 2;  // with the new kernels: 1 windowed register loads, 2 cp.async
+int g_select_variant = 0;  // select_kernels_variant()
 
 }  // namespace
 
-void sparse_step_kernels(bool on) {
-  g_sparse_step_fast = on;
-  decode_attention_enabled() = on;
-}
-bool sparse_step_kernels() { return g_sparse_step_fast; }
-int& score_kernel_variant() { return g_score_variant; }
+int& select_kernels_variant() { return g_select_variant; }
 
 void refresh_descriptors(__half* desc, const DescLayout& L, int layer, const __half* K, int64_t head_stride,
                          const int* pos_dev, int pos_offset, int n_tokens, cudaStream_t stream) {
@@ -520,8 +514,8 @@ void score_blocks(const float* q, int n_head, const __half* desc, const DescLayo
                   const int* pos_dev, uint32_t* keys, cudaStream_t stream) {
   if (p.block_size != L.block_size) throw std::invalid_argument("select_blocks: block size differs from the descriptors'");
   if (L.D > 256 || L.D % 8) throw UnsupportedError("CUDA block selection: head_dim must be a multiple of 8, <= 256");
-  const bool fast = g_sparse_step_fast;
-  if (fast && g_score_variant == 2 && (L.D == 128 || L.D == 64)) {
+  const bool fast = g_select_variant != 0;
+  if (g_select_variant == 2 && (L.D == 128 || L.D == 64)) {
     const dim3 grid(L.max_blocks / 32, L.n_kv_head);
     if (L.D == 128)
       launch(score_kernel_async<128>, grid, 32, 2 * 128 * 32 * 2, stream, q, n_head, desc, L, layer, p, pos_dev, keys);
@@ -542,7 +536,7 @@ void score_blocks(const float* q, int n_head, const __half* desc, const DescLayo
 
 void select_top_blocks(const DescLayout& L, const ResaParams& p, const int* pos_dev, const uint32_t* keys,
                        int32_t* blocks, int64_t blocks_stride, int* n_sel_out, cudaStream_t stream) {
-  const bool fast = g_sparse_step_fast;
+  const bool fast = g_select_variant != 0;
   // The keys in registers when every scored block fits (16 per thread covers 256K tokens at
   // 16-token blocks, 32 per thread 512K); larger contexts: the shared-memory select.
   if (fast && L.max_blocks <= 16 * kSelThreads) {

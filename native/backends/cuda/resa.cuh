@@ -57,11 +57,11 @@ void score_blocks(const float* q, int n_head, const __half* desc, const DescLayo
 void select_top_blocks(const DescLayout& L, const ResaParams& p, const int* pos_dev, const uint32_t* keys,
                        int32_t* blocks, int64_t blocks_stride, int* n_sel_out, cudaStream_t stream);
 
-// The sparse decode step's kernels: the windowed scoring, the register select and the decode
-// attention kernel with the parallel combine (default), or the old ones (false, for A/B runs).
-void sparse_step_kernels(bool on);
-bool sparse_step_kernels();
-// Scoring kernel of the new set: 1 = register loads in a window, 2 = cp.async (default).
-int& score_kernel_variant();
+// Which scoring and top-n kernels select_blocks launches: 0 = score_kernel + select_kernel
+// (default: run 9 measured no gain from variant 1, and variant 2 is not yet measured on the
+// device), 1 = score_kernel_windowed + select_kernel_registers, 2 = score_kernel_async +
+// select_kernel_registers. Set from PYRESA_CUDA_SELECT_KERNELS by the engine. The selection is
+// the same in all (tested).
+int& select_kernels_variant();
 
 }  // namespace pyresa::cuda

@@ -301,9 +301,9 @@ int argmax(const float* x, int n) {
   return to_host<int32_t>(out, 1)[0];
 }
 
-void set_sparse_step_kernels(bool on) { cuda::sparse_step_kernels(on); }
-void set_sparse_step_variant(int score_variant, int decode_stages) {
-  cuda::score_kernel_variant() = score_variant;
+void set_sparse_step_kernels(bool decode_attention, int select_variant, int decode_stages) {
+  cuda::decode_attention_enabled() = decode_attention;
+  cuda::select_kernels_variant() = select_variant;
   cuda::decode_attention_stages() = decode_stages;
 }
 

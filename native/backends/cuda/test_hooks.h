@@ -41,10 +41,10 @@ std::vector<int32_t> select_blocks(const float* q, int n_head, const uint16_t* K
                                    int n_tokens, int block_size, double ratio, int min_blocks, int local_blocks,
                                    int& n_sel_out);
 int argmax(const float* x, int n);
-// The sparse decode step's kernels: new (true, default) or old (false); see cuda::sparse_step_kernels.
-void set_sparse_step_kernels(bool on);
-// Within the new set: the scoring kernel (1 windowed loads, 2 cp.async) and the decode attention's stages (4, 6, 12).
-void set_sparse_step_variant(int score_variant, int decode_stages);
+// The decode step's kernels (the engine's PYRESA_CUDA_SPARSE_STEP, _SELECT_KERNELS, _DECODE_STAGES):
+// decode attention kernel + parallel combine (true) or the general kernel + serial combine, the
+// block selection's kernels (0, 1, 2: cuda::select_kernels_variant), the decode kernel's stages.
+void set_sparse_step_kernels(bool decode_attention, int select_variant, int decode_stages);
 // Times the per-layer kernels of a decode step at depth n_tokens alone (7B shapes by default:
 // 28 query / 4 KV heads, D 128, 16-token blocks, ratio 0.1) on the current kernel set: the
 // selection (scoring + top-n), the sparse attention (+ combine) on the selected blocks, both back

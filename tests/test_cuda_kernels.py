@@ -190,6 +190,18 @@ def test_rope(neox, pos0):
     assert rel_err(got, rope_ref(x, pos0, 10000.0, neox)) < 2e-6
 
 
+@pytest.fixture(params=[(True, 0, 4), (False, 0, 4), (True, 1, 12), (True, 2, 6)],
+                ids=["decode_kernel", "old_kernels", "windowed_score_12_stages", "async_score_6_stages"])
+def step_kernels(request):
+    """The decode step's kernels (the engine's PYRESA_CUDA_SPARSE_STEP, PYRESA_CUDA_SELECT_KERNELS,
+    PYRESA_CUDA_DECODE_STAGES): the decode attention kernel and parallel combine or the general
+    kernel and serial combine; the scoring / top-n kernels (0 old, 1 windowed loads + register
+    select, 2 cp.async + register select); the decode kernel's cp.async stages."""
+    core.cuda_test.set_sparse_step_kernels(*request.param)
+    yield request.param
+    core.cuda_test.set_sparse_step_kernels(True, 0, 4)
+
+
 def attention_ref(q, K, V, pos0, scale, blocks=None, block_size=16):
     """float64 softmax attention; query i sees keys <= pos0 + i (and only selected blocks)."""
     n_tok, H, D = q.shape
@@ -212,9 +224,9 @@ def attention_ref(q, K, V, pos0, scale, blocks=None, block_size=16):
 
 
 @pytest.mark.parametrize("D", [64, 128])
-@pytest.mark.parametrize("n_tok,pos0,splits", [(1, 0, 1), (1, 700, 1), (1, 700, 8), (5, 300, 2), (40, 100, 1),
-                                               (33, 1000, 4)])
-def test_dense_attention(D, n_tok, pos0, splits):
+@pytest.mark.parametrize("n_tok,pos0,splits", [(1, 0, 1), (1, 700, 1), (1, 700, 8), (1, 3000, 23), (2, 300, 3),
+                                               (5, 300, 2), (40, 100, 1), (33, 1000, 4)])
+def test_dense_attention(D, n_tok, pos0, splits, step_kernels):
     rng = np.random.default_rng()
     H, Hkv = (28, 4) if D == 128 else (9, 3)
     cap = pos0 + n_tok + 5
@@ -227,12 +239,14 @@ def test_dense_attention(D, n_tok, pos0, splits):
     assert np.isfinite(got).all()
     # The query is rounded to F16 (as the CPU's dense attention does); probabilities are two-term F16.
     ref = attention_ref(q.astype(np.float16).astype(np.float32), K, V, pos0, scale)
-    assert rel_err(got, ref) < 1e-5
+    err = rel_err(got, ref)
+    assert err < 1e-5, f"rel err {err:.3g}"
 
 
 @pytest.mark.parametrize("block_size", [16, 32])
-@pytest.mark.parametrize("n_kv,frac,splits", [(37, 1.0, 1), (1000, 0.3, 1), (5000, 0.1, 16), (5000, 1.0, 8)])
-def test_sparse_attention_vs_cpu(block_size, n_kv, frac, splits):
+@pytest.mark.parametrize("n_kv,frac,splits", [(37, 1.0, 1), (1000, 0.3, 1), (5000, 0.1, 16), (5000, 1.0, 8),
+                                              (40000, 0.1, 99), (40000, 0.5, 1)])
+def test_sparse_attention_vs_cpu(block_size, n_kv, frac, splits, step_kernels):
     rng = np.random.default_rng()
     H, Hkv, D = 28, 4, 128
     cap = n_kv + 3
@@ -249,7 +263,13 @@ def test_sparse_attention_vs_cpu(block_size, n_kv, frac, splits):
                                    splits).reshape(H, D)
     ref = core.sparse_attention(q[0], K, V, n_kv, scale, block_size, blocks)
     assert np.isfinite(got).all()
-    assert rel_err(got, ref) < 1e-5  # two-term F16 query and probabilities: near-F32
+    err = rel_err(got, ref)
+    # Two-term F16 query and probabilities: near-F32. The general kernel accumulates P.V over a
+    # whole split in the tensor cores' F32, which truncates: over 20K tokens in one split that
+    # bias alone is ~6e-5 (numpy model of it; the decode kernel adds each tile's P.V in F32 on
+    # the CUDA cores: ~1e-6). The engine's decode steps use the decode kernel.
+    bound = 2e-4 if (not step_kernels[0] and splits == 1 and n_kv * frac > 10000) else 1e-5
+    assert err < bound, f"rel err {err:.3g}"
     if frac == 1.0:  # every block: the dense kernel's answer (which rounds the query to F16, as the CPU's)
         dense = core.cuda_test.attention(q.reshape(-1), 1, H, Hkv, D, K.view(np.uint16).reshape(-1),
                                          V.view(np.uint16).reshape(-1), cap, n_kv - 1, None, 16, scale, splits)
@@ -300,8 +320,9 @@ def test_descriptors_match_cpu(n_tokens, block_size):
 
 @pytest.mark.parametrize("n_tokens,ratio,min_blocks,local", [(100, 0.1, 16, 1), (1037, 0.1, 16, 1), (5000, 0.1, 16, 1),
                                                               (5000, 0.3, 4, 2), (20000, 0.1, 16, 1), (700, 1.0, 16, 1),
-                                                              (3000, 0.05, 0, 0), (262144, 0.1, 16, 1)])
-def test_select_blocks_matches_cpu(n_tokens, ratio, min_blocks, local):
+                                                              (3000, 0.05, 0, 0), (262144, 0.1, 16, 1),
+                                                              (400000, 0.1, 16, 1)])
+def test_select_blocks_matches_cpu(n_tokens, ratio, min_blocks, local, step_kernels):
     rng = np.random.default_rng()
     H, Hkv, D, bs = 28, 4, 128, 16
     cap = n_tokens + 16
@@ -314,8 +335,8 @@ def test_select_blocks_matches_cpu(n_tokens, ratio, min_blocks, local):
     np.testing.assert_array_equal(got, ref)
 
 
-@pytest.mark.parametrize("n_tokens", [5000, 65536])
-def test_select_blocks_many_equal_scores_match_cpu(n_tokens):
+@pytest.mark.parametrize("n_tokens", [5000, 65536, 262144])
+def test_select_blocks_many_equal_scores_match_cpu(n_tokens, step_kernels):
     # Keys in {-1, 0, 1} and a small-integer query: few distinct scores, so the n_sel boundary
     # falls inside a run of equal scores (taken from the lowest blocks) and the radix passes see
     # heavily shared digits.
@@ -331,7 +352,7 @@ def test_select_blocks_many_equal_scores_match_cpu(n_tokens):
     np.testing.assert_array_equal(got, ref)
 
 
-def test_select_blocks_ties_go_to_lower_blocks():
+def test_select_blocks_ties_go_to_lower_blocks(step_kernels):
     H, Hkv, D, bs, n_tokens = 8, 2, 64, 16, 16 * 300
     cap = n_tokens
     K = np.ones((Hkv, cap, D), np.float16)  # every block scores the same

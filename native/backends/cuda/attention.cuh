@@ -40,6 +40,9 @@ struct AttentionArgs {
   float* work = nullptr;
 };
 
+// Split count for a decode step on the decode kernel (attention_decode.cu): one wave of CTAs;
+// 0 where that kernel does not apply (the caller's own choice then).
+int decode_attention_splits(int n_tok, int n_head, int n_kv_head, int D, int n_tiles, int n_sm);
 size_t attention_work_floats(int n_tok, int n_head, int n_kv_head, int D, int n_splits);
 void attention(const AttentionArgs& a, cudaStream_t stream);
 // Merges the n_splits partial results in a.work into a.out (log-sum-exp).

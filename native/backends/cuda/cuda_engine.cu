@@ -12,6 +12,7 @@
 
 #include "backends/cpu/block_select.h"
 #include "backends/cuda/attention.cuh"
+#include "backends/cuda/attention_decode.cuh"
 #include "backends/cuda/common.cuh"
 #include "backends/cuda/gemm.cuh"
 #include "backends/cuda/launch.cuh"
@@ -367,6 +368,12 @@ struct CudaEngine::Impl {
   }
 
   int attention_splits(int n_rows_per_head, int n_tiles, bool graph) const {
+    // One token (decode, dense or sparse) on the decode kernel: one wave of its CTAs.
+    if (const int ds = cuda::decode_attention_splits(1, n_rows_per_head * c.n_head_kv, c.n_head_kv, c.head_dim,
+                                                     n_tiles, n_sm)) {
+      const size_t per_split = (size_t)c.n_head_kv * n_rows_per_head * (c.head_dim + 2) * sizeof(float);
+      return std::max(1, std::min({ds, kMaxDecodeSplits, (int)(kAttnWorkBytes / per_split)}));
+    }
     const int nw = n_rows_per_head <= 16 ? 1 : n_rows_per_head <= 64 ? 4 : n_rows_per_head <= 128 ? 8 : 16;
     const int row_tiles = (n_rows_per_head + 16 * nw - 1) / (16 * nw);
     const int base = row_tiles * c.n_head_kv;
@@ -742,6 +749,12 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, CudaEngi
   m.prefill_kernel = kernel_switch("PYRESA_CUDA_PREFILL_KERNEL", 3);
   for (int* k : {&m.rect_kernel, &m.prefill_kernel})  // too little shared memory: the general kernel
     if (*k && cuda::attention_batched_smem_bytes(*k, m.c.head_dim) > prop.sharedMemPerBlockOptin) *k = 0;
+  // Decode steps' attention (dense and sparse): 1 = the decode kernel (attention_decode.cu) and the
+  // parallel combine, 0 = the general kernel and the serial combine (A/B runs). Its cp.async
+  // stages (4, 6, 12) and the block selection's kernels (resa.cuh, select_kernels_variant).
+  cuda::decode_attention_enabled() = env_int("PYRESA_CUDA_SPARSE_STEP", 1) != 0;
+  cuda::decode_attention_stages() = env_int("PYRESA_CUDA_DECODE_STAGES", 4);
+  cuda::select_kernels_variant() = env_int("PYRESA_CUDA_SELECT_KERNELS", 0);
   m.upload(weights);
   m.check_types();
   m.opt.n_batch = std::max(options.n_batch, m.att.rectify_every + 1);

@@ -1,5 +1,6 @@
 #include "backends/cuda/test_hooks.h"
 
+#include <algorithm>
 #include <cmath>
 #include "formats/fp16.h"
 
@@ -8,8 +9,10 @@
 #include <stdexcept>
 
 #include "backends/cuda/attention.cuh"
+#include "backends/cuda/attention_decode.cuh"
 #include "backends/cuda/common.cuh"
 #include "backends/cuda/gemm.cuh"
+#include "backends/cuda/launch.cuh"
 #include "backends/cuda/ops.cuh"
 #include "backends/cuda/quant.cuh"
 #include "backends/cuda/resa.cuh"
@@ -425,6 +428,146 @@ std::vector<float> top_candidates(const float* x, int n, int k, const int32_t* p
   const std::vector<float> after = to_host<float>(xb, n);
   if (std::memcmp(after.data(), x, sizeof(float) * n) != 0) throw std::runtime_error("top_candidates changed its input");
   return to_host<float>(out_vals, kk);
+void set_sparse_step_kernels(bool decode_attention, int select_variant, int decode_stages) {
+  cuda::decode_attention_enabled() = decode_attention;
+  cuda::select_kernels_variant() = select_variant;
+  cuda::decode_attention_stages() = decode_stages;
+}
+
+namespace {
+__global__ void fill_random_f16(__half* x, size_t n, uint32_t seed, float amp) {
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+    uint32_t h = (uint32_t)i * 2654435761u ^ seed;
+    h ^= h >> 16;
+    h *= 0x85ebca6bu;
+    h ^= h >> 13;
+    h *= 0xc2b2ae35u;
+    h ^= h >> 16;
+    x[i] = __float2half(amp * ((float)(h & 0xffffff) / 8388608.0f - 1.0f));
+  }
+}
+// The engine's split count before the decode kernel (attention_splits, one-warp CTAs).
+int old_decode_splits(int n_tiles, int n_kv_head, int rows, int D, int n_sm) {
+  int s = std::max(1, (8 * n_sm + n_kv_head - 1) / n_kv_head);
+  s = std::min(s, std::max(1, n_tiles / 4));
+  const size_t per_split = (size_t)n_kv_head * rows * (D + 2) * sizeof(float);
+  s = std::min<int>(s, (int)((size_t(64) << 20) / per_split));
+  s = std::min(s, 256);
+  int p = 1;
+  while (p * 2 <= s) p *= 2;
+  return p;
+}
+}  // namespace
+
+std::vector<std::pair<std::string, double>> time_sparse_step(int n_tokens, int reps, int copies, int n_head,
+                                                             int n_kv_head, int D) {
+  int dev = 0;
+  PYRESA_CUDA_CHECK(cudaGetDevice(&dev));
+  cudaDeviceProp prop;
+  PYRESA_CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
+  pdl_enabled() = prop.major >= 9;
+  const int n_sm = prop.multiProcessorCount, G = n_head / n_kv_head;
+  const int cap = (n_tokens + 63) / 64 * 64 + 64;
+  DescLayout L = test_layout(n_kv_head, cap, D, 16);
+  L.n_layer = copies;
+  const size_t layer_elems = (size_t)n_kv_head * cap * D;
+  DeviceBuffer kb(2 * layer_elems * copies, "bench K"), vb(2 * layer_elems * copies, "bench V");
+  DeviceBuffer db(2 * L.elems(), "bench descriptors");
+  fill_random_f16<<<4 * n_sm, 256>>>(kb.get<__half>(), layer_elems * copies, 1u, 2.0f);
+  fill_random_f16<<<4 * n_sm, 256>>>(vb.get<__half>(), layer_elems * copies, 2u, 1.0f);
+  PYRESA_CUDA_LAUNCH_CHECK();
+  DeviceBuffer p0 = pos_buffer(0), pl = pos_buffer(n_tokens - 1);
+  for (int l = 0; l < copies; ++l)
+    refresh_descriptors(db.get<__half>(), L, l, kb.get<__half>() + l * layer_elems, (int64_t)cap * D, p0.get<int>(), 0,
+                        n_tokens, nullptr);
+  std::vector<float> qh((size_t)n_head * D);
+  uint32_t st = 12345u;
+  for (auto& v : qh) {
+    st = st * 1664525u + 1013904223u;
+    v = ((float)(st >> 8) / 8388608.0f - 1.0f);
+  }
+  DeviceBuffer qb = to_device(qh.data(), sizeof(float) * qh.size());
+  DeviceBuffer keys(4 * (size_t)n_kv_head * L.max_blocks, "bench keys");
+  DeviceBuffer bl(4 * (size_t)n_kv_head * L.max_blocks * copies, "bench blocks");
+  DeviceBuffer ns(4 * 64, "bench n_sel");
+  DeviceBuffer out(sizeof(float) * n_head * D, "bench out");
+  DeviceBuffer work(size_t(64) << 20, "bench work");
+  ResaParams p;
+  const int nbk = (n_tokens + 15) / 16;
+  const int n_sel = std::max((int)std::ceil(p.ratio * nbk), std::min(nbk, p.min_blocks));
+  const int sparse_tiles = (n_sel + 1) / 2, dense_tiles = (n_tokens + 31) / 32;
+  auto splits_for = [&](int n_tiles) {
+    const int s = decode_attention_splits(1, n_head, n_kv_head, D, n_tiles, n_sm);
+    return s ? std::min(s, 256) : old_decode_splits(n_tiles, n_kv_head, G, D, n_sm);
+  };
+  auto select = [&](int l) {
+    select_blocks(qb.get<float>(), n_head, db.get<__half>(), L, l, p, pl.get<int>(), keys.get<uint32_t>(),
+                  bl.get<int32_t>() + (size_t)l * n_kv_head * L.max_blocks, L.max_blocks, ns.get<int>(), nullptr);
+  };
+  auto attend = [&](int l, bool sparse) {
+    AttentionArgs a;
+    a.q = qb.get<float>();
+    a.q_stride = (int64_t)n_head * D;
+    a.out = out.get<float>();
+    a.out_stride = (int64_t)n_head * D;
+    a.K = kb.get<__half>() + l * layer_elems;
+    a.V = vb.get<__half>() + l * layer_elems;
+    a.head_stride = (int64_t)cap * D;
+    a.n_tok = 1;
+    a.n_head = n_head;
+    a.n_kv_head = n_kv_head;
+    a.D = D;
+    a.pos_dev = pl.get<int>();
+    a.block_size = 16;
+    a.scale = 1.0f / std::sqrt((float)D);
+    a.work = work.get<float>();
+    a.split_query = true;
+    a.precise = true;
+    if (sparse) {
+      a.blocks = bl.get<int32_t>() + (size_t)l * n_kv_head * L.max_blocks;
+      a.blocks_stride = L.max_blocks;
+      a.n_sel_dev = ns.get<int>();
+    }
+    a.n_splits = splits_for(sparse ? sparse_tiles : dense_tiles);
+    attention(a, nullptr);
+  };
+  for (int l = 0; l < copies; ++l) select(l);  // every copy's block list, and warm-up
+  cudaEvent_t e0, e1;
+  PYRESA_CUDA_CHECK(cudaEventCreate(&e0));
+  PYRESA_CUDA_CHECK(cudaEventCreate(&e1));
+  auto time_us = [&](auto&& body) {
+    for (int i = 0; i < copies; ++i) body(i % copies);
+    PYRESA_CUDA_CHECK(cudaEventRecord(e0, nullptr));
+    for (int i = 0; i < reps; ++i) body(i % copies);
+    PYRESA_CUDA_CHECK(cudaEventRecord(e1, nullptr));
+    PYRESA_CUDA_CHECK(cudaEventSynchronize(e1));
+    float ms = 0.0f;
+    PYRESA_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+    return 1000.0 * ms / reps;
+  };
+  std::vector<std::pair<std::string, double>> r;
+  r.emplace_back("select_us", time_us([&](int l) { select(l); }));
+  r.emplace_back("score_us", time_us([&](int l) {
+                   score_blocks(qb.get<float>(), n_head, db.get<__half>(), L, l, p, pl.get<int>(), keys.get<uint32_t>(),
+                                nullptr);
+                 }));
+  r.emplace_back("topn_us", time_us([&](int l) {
+                   select_top_blocks(L, p, pl.get<int>(), keys.get<uint32_t>(),
+                                     bl.get<int32_t>() + (size_t)l * n_kv_head * L.max_blocks, L.max_blocks,
+                                     ns.get<int>(), nullptr);
+                 }));
+  r.emplace_back("sparse_attention_us", time_us([&](int l) { attend(l, true); }));
+  r.emplace_back("sparse_step_us", time_us([&](int l) {
+                   select(l);
+                   attend(l, true);
+                 }));
+  r.emplace_back("dense_attention_us", time_us([&](int l) { attend(l, false); }));
+  r.emplace_back("sparse_splits", splits_for(sparse_tiles));
+  r.emplace_back("dense_splits", splits_for(dense_tiles));
+  r.emplace_back("n_sel", n_sel);
+  PYRESA_CUDA_CHECK(cudaEventDestroy(e0));
+  PYRESA_CUDA_CHECK(cudaEventDestroy(e1));
+  return r;
 }
 
 }  // namespace pyresa::cuda_test

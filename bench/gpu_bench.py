@@ -66,12 +66,16 @@ def time_sampling_loops(eng, depth, tok, n, n_vocab):
     }
     out = {}
     for name, step in loops.items():
-        for warm in (True, False):
-            eng.truncate(depth)
-            t, t0 = tok, time.perf_counter()
-            for _ in range(8 if warm else n):
-                t = int(step(np.asarray([t], np.int32)))
-            dt = time.perf_counter() - t0
+        try:
+            for warm in (True, False):
+                eng.truncate(depth)
+                t, t0 = tok, time.perf_counter()
+                for _ in range(8 if warm else n):
+                    t = int(step(np.asarray([t], np.int32)))
+                dt = time.perf_counter() - t0
+        except ValueError as e:  # e.g. a random-weight model whose logits are all NaN
+            print(f"loop {name}: {e}", flush=True)
+            continue
         out[name] = {"tokens": n, "ms_per_token": dt / n * 1e3}
         print(f"depth {depth:>7} loop {name:>28}: {dt / n * 1e3:7.3f} ms/token", flush=True)
     eng.truncate(depth)

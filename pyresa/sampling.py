@@ -79,6 +79,23 @@ def order_candidates(ids: np.ndarray, vals: np.ndarray) -> tuple[np.ndarray, np.
     return np.asarray(ids)[order], np.asarray(vals)[order]
 
 
+def without_nan(logits: np.ndarray) -> np.ndarray:
+    """NaN logits (a numerical fault upstream) become -inf: never drawn, never ahead of a number."""
+    nan = np.isnan(logits)
+    return np.where(nan, np.float32(-np.inf), logits).astype(logits.dtype) if nan.any() else logits
+
+
+def relative_weights(sorted_vals: np.ndarray) -> np.ndarray:
+    """exp(v - max) for values sorted largest first; an infinite maximum gets all the weight
+    (shared among equal ones) instead of inf - inf = NaN."""
+    top = sorted_vals[0]
+    if not np.isfinite(top):
+        if top < 0:
+            raise ValueError("cannot sample: every logit is -inf or NaN")
+        return (sorted_vals == top).astype(np.float64)
+    return np.exp(sorted_vals - top)
+
+
 class Sampler:
     """Draws tokens for one generation. `sample` takes a position's full logits (CPU engine);
     `sample_candidates` takes only the largest ones (what a GPU engine copies out) and draws the
@@ -98,7 +115,7 @@ class Sampler:
 
     def sample(self, logits: np.ndarray, history: Sequence[int]) -> int:
         p = self.params
-        logits = apply_penalty(logits, penalized_ids(history, p), p.repeat_penalty)
+        logits = apply_penalty(without_nan(logits), penalized_ids(history, p), p.repeat_penalty)
         if p.temperature == 0:
             return int(np.argmax(logits))
         ids, vals = top_candidates(logits, self.candidate_count(logits.size))
@@ -110,7 +127,7 @@ class Sampler:
                           sum_exp: float | None = None) -> int | None:
         """Draw from the largest logits (any order; after the penalty). With fewer candidates than
         `candidate_count(n_vocab)`, `sum_exp` must be sum(exp(logit - max)) over the vocabulary."""
-        ids, vals = order_candidates(ids, vals)
+        ids, vals = order_candidates(ids, without_nan(vals))
         if self.params.temperature == 0:
             return int(ids[0])
         complete = ids.size >= self.candidate_count(n_vocab)
@@ -124,7 +141,7 @@ class Sampler:
         incomplete list; None when that list cannot decide."""
         p = self.params
         cand = vals.astype(np.float64)
-        probs = np.exp(cand - cand[0])
+        probs = relative_weights(cand)
         probs /= probs.sum() if sum_exp is None else sum_exp
         keep = None if sum_exp is not None else probs.size
         if p.top_p < 1.0:
@@ -142,7 +159,6 @@ class Sampler:
         keep = self.kept(vals, sum_exp)
         if keep is None:
             return None
-        scaled = vals[:keep].astype(np.float64) / self.params.temperature
-        probs = np.exp(scaled - scaled[0])
+        probs = relative_weights(vals[:keep].astype(np.float64) / self.params.temperature)
         probs /= probs.sum()
         return int(ids[self.rng.choice(keep, p=probs)])

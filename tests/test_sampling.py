@@ -140,3 +140,18 @@ def test_incomplete_candidates_need_the_vocabulary_sum():
     sampler = Sampler(SamplingParams(temperature=0.8, top_k=0))
     with pytest.raises(ValueError, match="sum_exp"):
         sampler.sample_candidates(np.arange(10), np.zeros(10, np.float32), 1000)
+
+
+def test_nan_is_never_drawn_and_inf_takes_all():
+    rng = np.random.default_rng()
+    x = random_logits(rng, 1000)
+    x[rng.integers(0, 1000, 20)] = np.nan
+    for kw in (dict(temperature=0.9, top_k=0, top_p=1.0, min_p=0.0), dict(temperature=0.8), dict(temperature=0)):
+        s = Sampler(SamplingParams(seed=1, **kw))
+        for _ in range(50):
+            assert not np.isnan(x[s.sample(x, [])])
+    x[[7, 9]] = np.inf
+    s = Sampler(SamplingParams(temperature=0.8, seed=2))
+    assert {s.sample(x, []) for _ in range(40)} == {7, 9}
+    with pytest.raises(ValueError, match="-inf or NaN"):
+        Sampler(SamplingParams(temperature=0.8)).sample(np.full(10, np.nan, np.float32), [])

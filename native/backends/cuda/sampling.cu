@@ -14,8 +14,10 @@ namespace {
 constexpr int kThreads = 1024;
 static_assert(kThreads == kMaxCandidates, "one candidate slot per thread");
 
-// Larger float -> larger key; -0 and +0 share a key (numpy compares them equal).
+// Larger float -> larger key; -0 and +0 share a key (numpy compares them equal); NaN is the
+// smallest (never a candidate ahead of a number, as in the host sampler).
 __device__ __forceinline__ uint32_t order_key(float v) {
+  if (v != v) return 0u;
   const uint32_t b = __float_as_uint(v == 0.0f ? 0.0f : v);
   return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
 }
@@ -146,7 +148,8 @@ __global__ void __launch_bounds__(kThreads) top_candidates_kernel(const float* _
   __syncthreads();
   m = warp_max(s_maxes[lane]);
   double s = 0.0;
-  for (int i = tid; i < n; i += kThreads) s += exp((double)x[i] - (double)m);
+  for (int i = tid; i < n; i += kThreads)
+    if (x[i] == x[i]) s += exp((double)x[i] - (double)m);  // NaN counts as -inf
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
   if (lane == 0) s_sums[warp] = s;

@@ -428,6 +428,8 @@ std::vector<float> top_candidates(const float* x, int n, int k, const int32_t* p
   const std::vector<float> after = to_host<float>(xb, n);
   if (std::memcmp(after.data(), x, sizeof(float) * n) != 0) throw std::runtime_error("top_candidates changed its input");
   return to_host<float>(out_vals, kk);
+}
+
 void set_sparse_step_kernels(bool decode_attention, int select_variant, int decode_stages) {
   cuda::decode_attention_enabled() = decode_attention;
   cuda::select_kernels_variant() = select_variant;

@@ -19,21 +19,20 @@ ap.add_argument("--only-new", action="store_true", help="new kernel set only (e.
 ap.add_argument("--json", default=None)
 args = ap.parse_args()
 
-# (name, decode attention kernel?, selection kernels 0/1/2, decode attention stages); "new" = the defaults.
-SETS = [("old", False, 0, 4), ("new", True, 0, 4), ("sel1", True, 1, 4), ("sel2", True, 2, 4), ("st6", True, 0, 6),
-        ("st12", True, 0, 12)]
+# (name, decode attention kernel?, decode attention stages); "new" = the defaults.
+SETS = [("old", False, 4), ("new", True, 4), ("st6", True, 6), ("st12", True, 12)]
 rows = []
 for d in [int(x) for x in args.depths.split(",") if x]:
-    for name, attn, sel, stages in (SETS[1:2] + SETS[3:4] if args.only_new else SETS):
-        core.cuda_test.set_sparse_step_kernels(attn, sel, stages)
+    for name, attn, stages in (SETS[1:2] if args.only_new else SETS):
+        core.cuda_test.set_sparse_step_kernels(attn, stages)
         r = dict(core.cuda_test.time_sparse_step(d, args.reps, args.copies))
         r.update(depth=d, kernels=name)
         rows.append(r)
         print(r, flush=True)
-core.cuda_test.set_sparse_step_kernels(True, 0, 4)
+core.cuda_test.set_sparse_step_kernels(True, 4)
 
 print("sets: old = PYRESA_CUDA_SPARSE_STEP=0; new = defaults (decode attention kernel, 4 stages, old selection "
-      "kernels); sel1/sel2 = PYRESA_CUDA_SELECT_KERNELS=1/2; st6/st12 = PYRESA_CUDA_DECODE_STAGES=6/12")
+      "kernels); st6/st12 = PYRESA_CUDA_DECODE_STAGES=6/12")
 print(f"\n{'depth':>7} {'set':>4} {'score':>6} {'top-n':>6} {'select':>7} {'sparse att':>10} {'sel+att':>8} "
       f"{'dense att':>9} {'splits s/d':>10} | per step (x28): {'sel+att':>8} {'dense att':>9}")
 for r in rows:

@@ -190,16 +190,15 @@ def test_rope(neox, pos0):
     assert rel_err(got, rope_ref(x, pos0, 10000.0, neox)) < 2e-6
 
 
-@pytest.fixture(params=[(True, 0, 4), (False, 0, 4), (True, 1, 12), (True, 2, 6)],
-                ids=["decode_kernel", "old_kernels", "windowed_score_12_stages", "async_score_6_stages"])
+@pytest.fixture(params=[(True, 4), (False, 4), (True, 12), (True, 6)],
+                ids=["decode_kernel", "old_kernels", "decode_kernel_12_stages", "decode_kernel_6_stages"])
 def step_kernels(request):
-    """The decode step's kernels (the engine's PYRESA_CUDA_SPARSE_STEP, PYRESA_CUDA_SELECT_KERNELS,
-    PYRESA_CUDA_DECODE_STAGES): the decode attention kernel and parallel combine or the general
-    kernel and serial combine; the scoring / top-n kernels (0 old, 1 windowed loads + register
-    select, 2 cp.async + register select); the decode kernel's cp.async stages."""
+    """The decode step's kernels (the engine's PYRESA_CUDA_SPARSE_STEP, PYRESA_CUDA_DECODE_STAGES):
+    the decode attention kernel and parallel combine or the general kernel and serial combine; the
+    decode kernel's cp.async stages."""
     core.cuda_test.set_sparse_step_kernels(*request.param)
     yield request.param
-    core.cuda_test.set_sparse_step_kernels(True, 0, 4)
+    core.cuda_test.set_sparse_step_kernels(True, 4)
 
 
 def attention_ref(q, K, V, pos0, scale, blocks=None, block_size=16):

@@ -279,7 +279,7 @@ void bind_cuda(nb::module_& m) {
     return nb::make_tuple(numpy_array(std::move(ids), {n}), numpy_array(std::move(vals), {n}), mx, sum);
   });
   t.def("set_sparse_step_kernels", &cuda_test::set_sparse_step_kernels, nb::arg("decode_attention"),
-        nb::arg("select_variant"), nb::arg("decode_stages"));
+        nb::arg("decode_stages"));
   t.def("time_sparse_step", [](int n_tokens, int reps, int copies, int n_head, int n_kv_head, int D) {
     nb::dict d;
     for (auto& kv : cuda_test::time_sparse_step(n_tokens, reps, copies, n_head, n_kv_head, D))

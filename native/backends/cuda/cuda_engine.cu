@@ -750,11 +750,10 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, CudaEngi
   for (int* k : {&m.rect_kernel, &m.prefill_kernel})  // too little shared memory: the general kernel
     if (*k && cuda::attention_batched_smem_bytes(*k, m.c.head_dim) > prop.sharedMemPerBlockOptin) *k = 0;
   // Decode steps' attention (dense and sparse): 1 = the decode kernel (attention_decode.cu) and the
-  // parallel combine, 0 = the general kernel and the serial combine (A/B runs). Its cp.async
-  // stages (4, 6, 12) and the block selection's kernels (resa.cuh, select_kernels_variant).
+  // parallel combine, 0 = the general kernel and the serial combine (A/B runs); its cp.async
+  // stages (4, 6, 12).
   cuda::decode_attention_enabled() = env_int("PYRESA_CUDA_SPARSE_STEP", 1) != 0;
   cuda::decode_attention_stages() = env_int("PYRESA_CUDA_DECODE_STAGES", 4);
-  cuda::select_kernels_variant() = env_int("PYRESA_CUDA_SELECT_KERNELS", 0);
   m.upload(weights);
   m.check_types();
   m.opt.n_batch = std::max(options.n_batch, m.att.rectify_every + 1);

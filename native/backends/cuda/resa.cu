@@ -3,7 +3,6 @@
 
 #include "backends/cuda/common.cuh"
 #include "backends/cuda/launch.cuh"
-#include "backends/cuda/mma.cuh"
 #include "backends/cuda/resa.cuh"
 
 namespace pyresa::cuda {
@@ -102,134 +101,6 @@ __global__ void __launch_bounds__(kScoreThreads) score_kernel(const float* q, in
   const float s = __fadd_rn(__fadd_rn(__fadd_rn(acc[0], acc[4]), __fadd_rn(acc[1], acc[5])),
                             __fadd_rn(__fadd_rn(acc[2], acc[6]), __fadd_rn(acc[3], acc[7])));
   keys[(int64_t)h * L.max_blocks + b] = score_key(s);
-}
-
-// The same scores (same operations in the same order per block), with more bytes in flight:
-// the head dimension is a template parameter so the chunk loop unrolls completely and a window of
-// kScoreWindow chunks (kmin and kmax: 16 x 16 bytes at D = 128) stays in flight per thread, the
-// next chunk's loads issued before the current one's arithmetic; the first window is issued
-// before the pooled query is built (the descriptors do not depend on it). 128-thread CTAs: 512
-// per layer at 256K, one wave. Measured (run 9): no faster than score_kernel, both ~1.84 TB/s;
-// kept as select_kernels_variant 1 for A/B.
-constexpr int kScoreThreadsFast = 128;
-constexpr int kScoreWindow = 8;
-
-template <int D>
-__global__ void __launch_bounds__(kScoreThreadsFast) score_kernel_windowed(const float* q, int n_head, const __half* desc,
-                                                                          DescLayout L, int layer, ResaParams p,
-                                                                          const int* pos_dev, uint32_t* keys) {
-  pdl_wait();  // inputs may come from the kernel launched just before (PDL)
-  constexpr int NC = D / 8;  // chunks of 8 dims
-  constexpr int W = NC < kScoreWindow ? NC : kScoreWindow;
-  __shared__ float qp[D];
-  const int h = blockIdx.y, G = n_head / L.n_kv_head;
-  int n_blocks, n_local, n_sel;
-  select_counts(*pos_dev + 1, p, n_blocks, n_local, n_sel);
-  const int n_scored = n_blocks - n_local, n_pick = n_sel - n_local;
-  if (n_pick <= 0 || n_pick >= n_scored) return;  // nothing to rank
-  const int b0 = blockIdx.x * kScoreThreadsFast;
-  if (b0 >= n_scored) return;
-  const int b = b0 + threadIdx.x;
-  const int bl = min(b, L.max_blocks - 1);  // in bounds for the loads; not stored past n_scored
-  const uint4* mnp = reinterpret_cast<const uint4*>(desc + L.index(layer, h, bl, 0, 0));
-  const uint4* mxp = reinterpret_cast<const uint4*>(desc + L.index(layer, h, bl, 1, 0));
-  uint4 mn[W], mx[W];
-#pragma unroll
-  for (int c = 0; c < W; ++c) {
-    mn[c] = __ldcs(mnp + c * 32);  // streamed: read once per step
-    mx[c] = __ldcs(mxp + c * 32);
-  }
-  for (int j = threadIdx.x; j < D; j += blockDim.x) {
-    float s = 0.0f;
-    for (int g = 0; g < G; ++g) s += q[(int64_t)(h * G + g) * D + j];
-    qp[j] = s / (float)G;
-  }
-  __syncthreads();
-  if (b >= n_scored) return;
-  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-#pragma unroll
-  for (int c = 0; c < NC; ++c) {
-    const uint4 vn = mn[c % W], vx = mx[c % W];
-    if (c + W < NC) {
-      mn[c % W] = __ldcs(mnp + (c + W) * 32);
-      mx[c % W] = __ldcs(mxp + (c + W) * 32);
-    }
-    const __half* hn = reinterpret_cast<const __half*>(&vn);
-    const __half* hx = reinterpret_cast<const __half*>(&vx);
-#pragma unroll
-    for (int l = 0; l < 8; ++l) {
-      const float x = qp[8 * c + l];
-      const float a = __fmul_rn(x, __half2float(hx[l]));
-      const float bb = __fmul_rn(x, __half2float(hn[l]));
-      acc[l] = __fadd_rn(acc[l], a > bb ? a : bb);
-    }
-  }
-  const float s = __fadd_rn(__fadd_rn(__fadd_rn(acc[0], acc[4]), __fadd_rn(acc[1], acc[5])),
-                            __fadd_rn(__fadd_rn(acc[2], acc[6]), __fadd_rn(acc[3], acc[7])));
-  keys[(int64_t)h * L.max_blocks + b] = score_key(s);
-}
-
-// The same scores again, the descriptors brought in by cp.async (L2 -> shared memory, bypassing
-// L1) instead of register loads: run 9 measured the windowed kernel at the same ~1.84 TB/s as the
-// old one (marginal rate between 32K and 256K), while the decode attention's cp.async stream
-// reaches ~2.6 TB/s: plain loads are capped by what L1 can keep outstanding, not by the loads a
-// thread has issued. One warp per CTA scores one group of 32 blocks (16 KB contiguous at D = 128):
-// each lane copies exactly the 16-byte pieces it will read (its block's chunks), in two commit
-// groups (the first half of the dims, then the rest), so no barrier is needed for the data.
-template <int D>
-__global__ void __launch_bounds__(32) score_kernel_async(const float* q, int n_head, const __half* desc, DescLayout L,
-                                                        int layer, ResaParams p, const int* pos_dev, uint32_t* keys) {
-  pdl_wait();  // inputs may come from the kernel launched just before (PDL)
-  constexpr int NC = D / 8;  // chunks of 8 dims per kind
-  extern __shared__ __align__(16) unsigned char score_smem[];
-  uint4* buf = reinterpret_cast<uint4*>(score_smem);  // [2 * NC chunks][32 lanes]
-  __shared__ float qp[D];
-  const int h = blockIdx.y, G = n_head / L.n_kv_head, lane = threadIdx.x;
-  int n_blocks, n_local, n_sel;
-  select_counts(*pos_dev + 1, p, n_blocks, n_local, n_sel);
-  const int n_scored = n_blocks - n_local, n_pick = n_sel - n_local;
-  if (n_pick <= 0 || n_pick >= n_scored) return;  // nothing to rank
-  const int b0 = blockIdx.x * 32;
-  if (b0 >= n_scored) return;
-  const uint4* src = reinterpret_cast<const uint4*>(desc + L.index(layer, h, b0, 0, 0));  // the group's chunk 0
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-#pragma unroll
-    for (int c = half * NC / 2; c < (half + 1) * NC / 2; ++c) {
-      cp_async16(buf + c * 32 + lane, src + c * 32 + lane);                  // kmin dims 8c..8c+7
-      cp_async16(buf + (NC + c) * 32 + lane, src + (NC + c) * 32 + lane);  // kmax
-    }
-    cp_async_commit();
-  }
-  for (int j = lane; j < D; j += 32) {
-    float s = 0.0f;
-    for (int g = 0; g < G; ++g) s += q[(int64_t)(h * G + g) * D + j];
-    qp[j] = s / (float)G;
-  }
-  __syncthreads();
-  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  auto chunk = [&](int c) {
-    const uint4 vn = buf[c * 32 + lane], vx = buf[(NC + c) * 32 + lane];
-    const __half* hn = reinterpret_cast<const __half*>(&vn);
-    const __half* hx = reinterpret_cast<const __half*>(&vx);
-#pragma unroll
-    for (int l = 0; l < 8; ++l) {
-      const float x = qp[8 * c + l];
-      const float a = __fmul_rn(x, __half2float(hx[l]));
-      const float bb = __fmul_rn(x, __half2float(hn[l]));
-      acc[l] = __fadd_rn(acc[l], a > bb ? a : bb);
-    }
-  };
-  cp_async_wait<1>();
-#pragma unroll
-  for (int c = 0; c < NC / 2; ++c) chunk(c);
-  cp_async_wait<0>();
-#pragma unroll
-  for (int c = NC / 2; c < NC; ++c) chunk(c);
-  const float s = __fadd_rn(__fadd_rn(__fadd_rn(acc[0], acc[4]), __fadd_rn(acc[1], acc[5])),
-                            __fadd_rn(__fadd_rn(acc[2], acc[6]), __fadd_rn(acc[3], acc[7])));
-  const int b = b0 + lane;
-  if (b < n_scored) keys[(int64_t)h * L.max_blocks + b] = score_key(s);
 }
 
 constexpr int kSelThreads = 1024;
@@ -384,115 +255,7 @@ __global__ void __launch_bounds__(kSelThreads) select_kernel(DescLayout L, ResaP
   }
 }
 
-// select_kernel with the keys in registers: thread t holds keys [KPT t, KPT t + KPT) (KPT x
-// 1024 >= n_scored), loaded with 16-byte loads all in flight. The radix passes are those of
-// select_kernel (same threshold T, same count of ties to take); the compaction is one block-wide
-// scan of each thread's (> T, == T) counts, since a thread's keys are contiguous in index order
-// (select_kernel's warp loops walk shared memory twice, 32 keys per step).
-template <int KPT>
-__global__ void __launch_bounds__(kSelThreads) select_kernel_registers(DescLayout L, ResaParams p, const int* pos_dev,
-                                                                      const uint32_t* keys_all, int32_t* blocks,
-                                                                      int64_t blocks_stride, int* n_sel_out) {
-  pdl_wait();  // inputs may come from the kernel launched just before (PDL)
-  __shared__ unsigned hist[1 << kRadixBits];
-  __shared__ int s_digit, s_above;
-  __shared__ int scan_sm[64];
-  __shared__ uint32_t red_lo[kSelWarps], red_hi[kSelWarps];
-  const int h = blockIdx.x, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  int n_blocks, n_local, n_sel;
-  select_counts(*pos_dev + 1, p, n_blocks, n_local, n_sel);
-  if (h == 0 && tid == 0) *n_sel_out = n_sel;
-  const int n_scored = n_blocks - n_local, n_pick = n_sel - n_local;
-  int32_t* out = blocks + h * blocks_stride;
-  if (n_pick >= n_scored) {  // every block is taken
-    for (int i = tid; i < n_blocks; i += kSelThreads) out[i] = i;
-    return;
-  }
-  for (int i = tid; i < n_local; i += kSelThreads) out[n_pick + i] = n_scored + i;
-  if (n_pick <= 0) return;
-  // Rows start at h * max_blocks (a multiple of 32 keys) and hold max_blocks (a multiple of 32)
-  // >= n_scored keys: a 16-byte vector that starts below n_scored is in the row.
-  const uint32_t* keys = keys_all + (int64_t)h * L.max_blocks;
-  const int i0 = KPT * tid;
-  uint32_t key[KPT];
-#pragma unroll
-  for (int v = 0; v < KPT / 4; ++v) {
-    uint4 x = make_uint4(0, 0, 0, 0);
-    if (i0 + 4 * v < n_scored) x = *reinterpret_cast<const uint4*>(keys + i0 + 4 * v);
-    key[4 * v] = x.x;
-    key[4 * v + 1] = x.y;
-    key[4 * v + 2] = x.z;
-    key[4 * v + 3] = x.w;
-  }
-  const int n_mine = max(0, min(KPT, n_scored - i0));  // keys past it are not counted
-  uint32_t lo = 0xffffffffu, hi = 0;
-#pragma unroll
-  for (int j = 0; j < KPT; ++j)
-    if (j < n_mine) {
-      lo = min(lo, key[j]);
-      hi = max(hi, key[j]);
-    }
-  lo = __reduce_min_sync(0xffffffffu, lo);
-  hi = __reduce_max_sync(0xffffffffu, hi);
-  if (lane == 0) { red_lo[warp] = lo; red_hi[warp] = hi; }
-  __syncthreads();
-  lo = __reduce_min_sync(0xffffffffu, red_lo[lane]);  // kSelWarps == 32
-  hi = __reduce_max_sync(0xffffffffu, red_hi[lane]);
-
-  uint32_t prefix = 0, mask = 0;
-  int k = n_pick;
-  for (int top = 32 - __clz(hi - lo); top > 0; top -= kRadixBits) {
-    const int shift = max(top - kRadixBits, 0), nb = 1 << (top - shift);
-    for (int i = tid; i < nb; i += kSelThreads) hist[i] = 0;
-    __syncthreads();
-#pragma unroll
-    for (int j = 0; j < KPT; ++j) {
-      const uint32_t u = key[j] - lo;
-      if (j < n_mine && (u & mask) == prefix) atomicAdd(&hist[(u >> shift) & (nb - 1)], 1u);
-    }
-    __syncthreads();
-    const int d0 = nb - 1 - 2 * tid, d1 = d0 - 1;
-    const int c0 = d0 >= 0 ? (int)hist[d0] : 0, c1 = d1 >= 0 ? (int)hist[d1] : 0;
-    int above = c0 + c1, unused = 0;
-    block_scan2(above, unused, scan_sm);
-    if (above < k && above + c0 >= k) {
-      s_digit = d0;
-      s_above = above;
-    } else if (above + c0 < k && above + c0 + c1 >= k) {
-      s_digit = d1;
-      s_above = above + c0;
-    }
-    __syncthreads();
-    prefix |= (uint32_t)s_digit << shift;
-    mask |= (uint32_t)(nb - 1) << shift;
-    k -= s_above;
-  }
-  const uint32_t T = lo + prefix;
-  const int need_eq = k;
-
-  int gt = 0, eq = 0;
-#pragma unroll
-  for (int j = 0; j < KPT; ++j) {
-    gt += j < n_mine && key[j] > T;
-    eq += j < n_mine && key[j] == T;
-  }
-  int gt_before = gt, eq_before = eq;
-  block_scan2(gt_before, eq_before, scan_sm);
-  int pos = gt_before + min(eq_before, need_eq), eq_seen = eq_before;
-#pragma unroll
-  for (int j = 0; j < KPT; ++j) {
-    if (j >= n_mine) break;
-    const bool is_eq = key[j] == T;
-    if (key[j] > T || (is_eq && eq_seen < need_eq)) out[pos++] = i0 + j;
-    eq_seen += is_eq;
-  }
-}
-
-int g_select_variant = 0;  // select_kernels_variant()
-
 }  // namespace
-
-int& select_kernels_variant() { return g_select_variant; }
 
 void refresh_descriptors(__half* desc, const DescLayout& L, int layer, const __half* K, int64_t head_stride,
                          const int* pos_dev, int pos_offset, int n_tokens, cudaStream_t stream) {
@@ -514,43 +277,13 @@ void score_blocks(const float* q, int n_head, const __half* desc, const DescLayo
                   const int* pos_dev, uint32_t* keys, cudaStream_t stream) {
   if (p.block_size != L.block_size) throw std::invalid_argument("select_blocks: block size differs from the descriptors'");
   if (L.D > 256 || L.D % 8) throw UnsupportedError("CUDA block selection: head_dim must be a multiple of 8, <= 256");
-  const bool fast = g_select_variant != 0;
-  if (g_select_variant == 2 && (L.D == 128 || L.D == 64)) {
-    const dim3 grid(L.max_blocks / 32, L.n_kv_head);
-    if (L.D == 128)
-      launch(score_kernel_async<128>, grid, 32, 2 * 128 * 32 * 2, stream, q, n_head, desc, L, layer, p, pos_dev, keys);
-    else
-      launch(score_kernel_async<64>, grid, 32, 2 * 64 * 32 * 2, stream, q, n_head, desc, L, layer, p, pos_dev, keys);
-  } else if (fast && L.D == 128) {
-    launch(score_kernel_windowed<128>, dim3(ceil_div(L.max_blocks, kScoreThreadsFast), L.n_kv_head), kScoreThreadsFast, 0,
-           stream, q, n_head, desc, L, layer, p, pos_dev, keys);
-  } else if (fast && L.D == 64) {
-    launch(score_kernel_windowed<64>, dim3(ceil_div(L.max_blocks, kScoreThreadsFast), L.n_kv_head), kScoreThreadsFast, 0,
-           stream, q, n_head, desc, L, layer, p, pos_dev, keys);
-  } else {
-    launch(score_kernel, dim3(ceil_div(L.max_blocks, kScoreThreads), L.n_kv_head), kScoreThreads, 0, stream, q, n_head,
-           desc, L, layer, p, pos_dev, keys);
-  }
+  launch(score_kernel, dim3(ceil_div(L.max_blocks, kScoreThreads), L.n_kv_head), kScoreThreads, 0, stream, q, n_head,
+         desc, L, layer, p, pos_dev, keys);
   PYRESA_CUDA_LAUNCH_CHECK();
 }
 
 void select_top_blocks(const DescLayout& L, const ResaParams& p, const int* pos_dev, const uint32_t* keys,
                        int32_t* blocks, int64_t blocks_stride, int* n_sel_out, cudaStream_t stream) {
-  const bool fast = g_select_variant != 0;
-  // The keys in registers when every scored block fits (16 per thread covers 256K tokens at
-  // 16-token blocks, 32 per thread 512K); larger contexts: the shared-memory select.
-  if (fast && L.max_blocks <= 16 * kSelThreads) {
-    launch(select_kernel_registers<16>, L.n_kv_head, kSelThreads, 0, stream, L, p, pos_dev, keys, blocks, blocks_stride,
-           n_sel_out);
-    PYRESA_CUDA_LAUNCH_CHECK();
-    return;
-  }
-  if (fast && L.max_blocks <= 32 * kSelThreads) {
-    launch(select_kernel_registers<32>, L.n_kv_head, kSelThreads, 0, stream, L, p, pos_dev, keys, blocks, blocks_stride,
-           n_sel_out);
-    PYRESA_CUDA_LAUNCH_CHECK();
-    return;
-  }
   const size_t smem = (size_t)L.max_blocks * sizeof(uint32_t);
   const bool in_smem = smem <= 200 * 1024;
   static int configured_smem[64] = {};

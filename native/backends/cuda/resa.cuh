@@ -57,11 +57,4 @@ void score_blocks(const float* q, int n_head, const __half* desc, const DescLayo
 void select_top_blocks(const DescLayout& L, const ResaParams& p, const int* pos_dev, const uint32_t* keys,
                        int32_t* blocks, int64_t blocks_stride, int* n_sel_out, cudaStream_t stream);
 
-// Which scoring and top-n kernels select_blocks launches: 0 = score_kernel + select_kernel
-// (default: run 9 measured no gain from variant 1, and variant 2 is not yet measured on the
-// device), 1 = score_kernel_windowed + select_kernel_registers, 2 = score_kernel_async +
-// select_kernel_registers. Set from PYRESA_CUDA_SELECT_KERNELS by the engine. The selection is
-// the same in all (tested).
-int& select_kernels_variant();
-
 }  // namespace pyresa::cuda

@@ -430,9 +430,8 @@ std::vector<float> top_candidates(const float* x, int n, int k, const int32_t* p
   return to_host<float>(out_vals, kk);
 }
 
-void set_sparse_step_kernels(bool decode_attention, int select_variant, int decode_stages) {
+void set_sparse_step_kernels(bool decode_attention, int decode_stages) {
   cuda::decode_attention_enabled() = decode_attention;
-  cuda::select_kernels_variant() = select_variant;
   cuda::decode_attention_stages() = decode_stages;
 }
 

@@ -53,10 +53,10 @@ int argmax(const float* x, int n, int ctas);
 // returns their values, fills ids; with want_sum also max and sum(exp(x - max)).
 std::vector<float> top_candidates(const float* x, int n, int k, const int32_t* penalized, int n_penalized, float penalty,
                                   bool want_sum, std::vector<int32_t>& ids, double& max_out, double& sum_out);
-// The decode step's kernels (the engine's PYRESA_CUDA_SPARSE_STEP, _SELECT_KERNELS, _DECODE_STAGES):
-// decode attention kernel + parallel combine (true) or the general kernel + serial combine, the
-// block selection's kernels (0, 1, 2: cuda::select_kernels_variant), the decode kernel's stages.
-void set_sparse_step_kernels(bool decode_attention, int select_variant, int decode_stages);
+// The decode step's kernels (the engine's PYRESA_CUDA_SPARSE_STEP, _DECODE_STAGES): decode
+// attention kernel + parallel combine (true) or the general kernel + serial combine; the decode
+// kernel's cp.async stages.
+void set_sparse_step_kernels(bool decode_attention, int decode_stages);
 // Times the per-layer kernels of a decode step at depth n_tokens alone (7B shapes by default:
 // 28 query / 4 KV heads, D 128, 16-token blocks, ratio 0.1) on the current kernel set: the
 // selection (scoring + top-n), the sparse attention (+ combine) on the selected blocks, both back

@@ -14,11 +14,7 @@
 #               FS_BENCH_ENVS (extra environment for that run, e.g. "A=0|A=1"; "@best": the
 #               fastest of FS_VARIANTS)
 set -u
-src=$(cd "$(dirname "$0")/.." && pwd)
-cd "$src"
-OUT=${OUT:-/tmp/pyresa-out}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
+source "$(dirname "$0")/gpu_common.sh"  # $src (cwd), $OUT
 t0=$(date +%s)
 if [ "${FS_TESTS_K:-matvec}" != skip ]; then
   env ${FS_TESTS_ENV:-} bash bench/gpu_test.sh -k "${FS_TESTS_K:-matvec}" 2>&1 | tail -25

@@ -5,11 +5,7 @@
 # shared/gpu-bench/llamacpp-carry.sh packs (llama.cpp source, the 7B header, synth_gguf.py).
 #   bash bench/gpu_bench.sh [--quick]      (--quick: pyresa only, no llama.cpp)
 set -u
-src=$(cd "$(dirname "$0")/.." && pwd)
-cd "$src"
-OUT=${OUT:-/tmp/pyresa-out}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
+source "$(dirname "$0")/gpu_common.sh"  # $src (cwd), $OUT
 QUICK=0
 [ "${1:-}" = "--quick" ] && QUICK=1
 W=/root/llamacpp

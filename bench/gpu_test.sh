@@ -3,11 +3,7 @@
 # Expects ../whl/*.whl (gguf) and ../model/*.gguf beside this source tree (see docs/perf-cuda.md).
 # Extra arguments go to pytest.
 set -u
-src=$(cd "$(dirname "$0")/.." && pwd)
-cd "$src"
-OUT=${OUT:-/tmp/pyresa-out}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
+source "$(dirname "$0")/gpu_common.sh"  # $src (cwd), $OUT
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site ../whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$src
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"

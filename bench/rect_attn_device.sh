@@ -4,11 +4,7 @@
 # the engine tests with those variants, then the 7B ReSA@256K benchmark new vs old (same machine).
 # Needs ../whl, ../model (8-layer test model) and .carry/ (gpu_bench.sh) beside/in this tree.
 set -u
-src=$(cd "$(dirname "$0")/.." && pwd)
-cd "$src"
-OUT=${OUT:-/tmp/pyresa-out}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
+source "$(dirname "$0")/gpu_common.sh"  # $src (cwd), $OUT
 bash bench/gpu_test.sh -k "no_test_has_this_name" 2>&1 | grep -E "build|error" | head -20  # build only
 export PYTHONPATH=/tmp/site:$src
 timeout 100 python3 -m pytest -q --tb=line -p no:cacheprovider tests/test_cuda_kernels.py -k attention > "$OUT/kernel_tests.txt" 2>&1

@@ -7,11 +7,7 @@
 #   carry [".gpuwork/src-<name>", ".gpuwork/whl", ".gpuwork/model"];
 #   cd .gpuwork/src-<name> && BUDGET=560 NCU=1 bash bench/sparse_step_device.sh
 set -u
-src=$(cd "$(dirname "$0")/.." && pwd)
-cd "$src"
-OUT=${OUT:-/tmp/pyresa-out}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
+source "$(dirname "$0")/gpu_common.sh"  # $src (cwd), $OUT
 t0=$(date +%s)
 left() { echo $(( ${BUDGET:-570} - ($(date +%s) - t0) )); }
 timeout $(left) bash bench/gpu_test.sh -k "${TEST_K:-attention or select or descriptors}" > "$OUT/tests.txt" 2>&1

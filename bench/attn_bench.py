@@ -2,7 +2,7 @@
 (28 query / 4 KV heads, head_dim 128) over a synthetic F16 cache, and compares their outputs:
   - rectification: 33 query tokens at the end of a 262,144-token (and 32,768) cache;
   - prefill chunks: 2048 tokens at positions 0 and 2048 (pp4096's two chunks).
-kernel 0 is the general kernel (attention.cu) with the engine's split count, 1-4 the
+kernel 0 is the general kernel (attention.cu) with the engine's split count, 1-3 the
 batched variants (attention_batched.cu). Per-rectification figures are one layer x 28.
 Usage (GPU machine, after the build): python3 bench/attn_bench.py [--iters 5]
 """
@@ -16,7 +16,7 @@ H, HKV, D, LAYERS = 28, 4, 128, 28
 N_SM = 132
 KV_WORK_BYTES = 64 << 20
 import os  # noqa: E402
-VARIANTS = tuple(int(v) for v in os.environ.get("ATTN_VARIANTS", "1,2,3,4").split(","))
+VARIANTS = tuple(int(v) for v in os.environ.get("ATTN_VARIANTS", "1,2,3").split(","))
 
 
 def old_splits(n_tok, n_keys):

@@ -14,7 +14,8 @@
 //   3: 4 warps x 32 rows = 128 rows, 2-stage ring, two CTAs per SM: the two CTAs' softmax phases
 //      fall at different times, so the tensor pipe idles less than with 8 warps in lock step
 //      (the second row tile's K/V come mostly from L2): the fastest;
-//   4: variant 1 with two warp groups taking turns on the tensor cores (ping-pong): slower.
+// (A fourth, variant 1 with two warp groups taking turns on the tensor cores, "ping-pong", was
+// slower and spilled registers in the precise mode: removed after run 9.)
 //
 // Precision (as the general kernel): QSPLIT keeps the query as two F16 terms (hi + lo: ~F32, as
 // the CPU's attention), PSPLIT the probabilities (P = P_hi + P_lo): each doubles its product's
@@ -324,96 +325,6 @@ __global__ void __launch_bounds__(32 * NW, MINB) attention_batched_kernel(Attent
   store_rows<D, MT>(a, o, m, l, row0 + 16 * warp * MT, R, G, h, split, n_splits, g4, t4);
 }
 
-__device__ __forceinline__ void named_sync(int id, int n) { asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(n) : "memory"); }
-__device__ __forceinline__ void named_arrive(int id, int n) {
-  asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(n) : "memory");
-}
-
-// Ping-pong: two groups of NW/2 warps (each its own rows) take turns on the tensor cores, so one
-// group's softmax runs while the other multiplies (in lock step, every warp would do its softmax
-// at the same time and the tensor pipe would idle meanwhile). A group's turn at step t is
-// O += P(t-1) V(t-1), then S = Q K(t)^T; it then hands the turn over (named barriers 1 and 2) and
-// does softmax(t). The turn order also orders the tile ring: once a group holds the turn at step
-// t, the other has finished with tile t-2, whose stage is refilled (each group loads half of each
-// tile; a group waits for its own copies before handing over the turn, which publishes them).
-template <int D, int NW, int MT, int TT, int STAGES, bool QSPLIT, bool PSPLIT>
-__global__ void __launch_bounds__(32 * NW, 1) attention_pingpong_kernel(AttentionArgs a) {
-  static_assert(STAGES >= 3 && NW % 2 == 0, "ping-pong: tile t+STAGES-2 loads into the stage of tile t-2");
-  pdl_wait();
-  using C = BatchedCfg<D, NW, MT, TT, STAGES>;
-  constexpr int LD = C::LD, ROWS = C::ROWS, THREADS = C::THREADS;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  __half* Qs = reinterpret_cast<__half*>(smem_raw);
-  __half* Ks = Qs + 2 * C::q_elems;
-  __half* Vs = Ks + C::kv_elems;
-
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int grp = warp / (NW / 2);  // each thread still loads its own chunks of every tile
-  const int h = blockIdx.z, split = blockIdx.y, n_splits = gridDim.y;
-  const int G = a.n_head / a.n_kv_head, R = a.n_tok * G;
-  const int row0 = blockIdx.x * ROWS;
-  const int pos0 = *a.pos_dev + a.pos_offset;
-  stage_query<D, ROWS, LD, QSPLIT>(a, Qs, C::q_elems, row0, R, G, h, tid, THREADS);
-
-  const int last_row = min(R - 1, row0 + ROWS - 1);
-  const int max_pos = pos0 + last_row / G;
-  const int min_lim = pos0 + row0 / G;
-  const int n_tiles = max_pos / TT + 1;
-  const int t_begin = (int)((int64_t)n_tiles * split / n_splits);
-  const int t_end = (int)((int64_t)n_tiles * (split + 1) / n_splits);
-  const __half* Kh = a.K + h * a.head_stride;
-  const __half* Vh = a.V + h * a.head_stride;
-
-  const int g4 = lane >> 2, t4 = lane & 3;
-  int lim[MT][2];
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-    for (int hf = 0; hf < 2; ++hf) lim[mt][hf] = pos0 + min(row0 + 16 * (warp * MT + mt) + g4 + 8 * hf, R - 1) / G;
-  const float sl2 = a.scale * 1.4426950408889634f;
-
-  float o[MT][D / 8][4];
-  float m[MT][2], l[MT][2];
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt) {
-#pragma unroll
-    for (int i = 0; i < D / 8; ++i) o[mt][i][0] = o[mt][i][1] = o[mt][i][2] = o[mt][i][3] = 0.0f;
-    m[mt][0] = m[mt][1] = -INFINITY;
-    l[mt][0] = l[mt][1] = 0.0f;
-  }
-
-  // Tiles t_begin .. t_begin+STAGES-3 in flight; then all of tile t_begin visible to all threads.
-#pragma unroll
-  for (int s = 0; s < STAGES - 2; ++s) {
-    if (t_begin + s < t_end)
-      load_tile<D, TT, LD>(Ks, Vs, Kh, Vh, s, t_begin + s, max_pos, tid, THREADS);
-    cp_async_commit();
-  }
-  cp_async_wait<STAGES - 3>();
-  __syncthreads();
-  if (grp == 1) named_arrive(1, THREADS);  // group 0 takes the first turn
-
-  uint32_t pa[MT][TT / 16][4], pl[MT][TT / 16][4];
-  for (int t = t_begin; t <= t_end; ++t) {
-    const int it = t - t_begin;
-    named_sync(1 + grp, THREADS);  // my turn: the other group is done with tile t-2 and published tile t
-    if (t + STAGES - 2 < t_end)
-      load_tile<D, TT, LD>(Ks, Vs, Kh, Vh, (it + STAGES - 2) % STAGES, t + STAGES - 2, max_pos, tid, THREADS);
-    cp_async_commit();
-    if (t > t_begin) pv_tile<D, MT, TT, LD, PSPLIT>(o, pa, pl, Vs + ((it - 1) % STAGES) * TT * LD, lane);
-    float s[MT][TT / 8][4];
-    if (t < t_end) qk_tile<D, MT, TT, LD, QSPLIT>(s, Qs, C::q_elems, warp * MT, Ks + (it % STAGES) * TT * LD, lane);
-    cp_async_wait<STAGES - 3>();  // my half of tile t+1 has landed: handing the turn over publishes it
-    if (!(grp == 1 && t == t_end)) named_arrive(2 - grp, THREADS);
-    if (t < t_end) {
-      softmax_tile<D, MT, TT>(s, o, m, l, lim, t * TT + TT - 1 > min_lim, t * TT, t4, sl2);
-      pack_p<MT, TT, PSPLIT>(s, pa, pl);
-    }
-  }
-  cp_async_wait<0>();
-  store_rows<D, MT>(a, o, m, l, row0 + 16 * warp * MT, R, G, h, split, n_splits, g4, t4);
-}
-
 // Opt-in to more than 48 KB of shared memory, once per kernel (the caller's static flags: one
 // set per template instantiation, i.e. per kernel) and device.
 template <typename Kernel>
@@ -426,43 +337,35 @@ void set_smem(Kernel kernel, size_t bytes, bool (&configured)[64]) {
   }
 }
 
-template <int D, int NW, int MT, int TT, int STAGES, int MINB, bool PINGPONG, bool QSPLIT, bool PSPLIT>
+template <int D, int NW, int MT, int TT, int STAGES, int MINB, bool QSPLIT, bool PSPLIT>
 void launch_cfg(const AttentionArgs& a, cudaStream_t stream) {
   using C = BatchedCfg<D, NW, MT, TT, STAGES>;
   const int R = a.n_tok * (a.n_head / a.n_kv_head);
   dim3 grid(ceil_div(R, C::ROWS), a.n_splits, a.n_kv_head);
   static bool configured[64] = {};
-  if constexpr (PINGPONG) {
-    auto kernel = attention_pingpong_kernel<D, NW, MT, TT, STAGES, QSPLIT, PSPLIT>;
-    set_smem(kernel, C::smem_bytes, configured);
-    launch(kernel, grid, C::THREADS, C::smem_bytes, stream, a);
-  } else {
-    auto kernel = attention_batched_kernel<D, NW, MT, TT, STAGES, MINB, QSPLIT, PSPLIT>;
-    set_smem(kernel, C::smem_bytes, configured);
-    launch(kernel, grid, C::THREADS, C::smem_bytes, stream, a);
-  }
+  auto kernel = attention_batched_kernel<D, NW, MT, TT, STAGES, MINB, QSPLIT, PSPLIT>;
+  set_smem(kernel, C::smem_bytes, configured);
+  launch(kernel, grid, C::THREADS, C::smem_bytes, stream, a);
   PYRESA_CUDA_LAUNCH_CHECK();
   if (a.n_splits > 1) attention_combine(a, stream);
 }
 
-template <int D, int NW, int MT, int TT, int STAGES, int MINB, bool PINGPONG>
+template <int D, int NW, int MT, int TT, int STAGES, int MINB>
 void launch_prec(const AttentionArgs& a, cudaStream_t stream) {
-  if (a.split_query && a.precise) launch_cfg<D, NW, MT, TT, STAGES, MINB, PINGPONG, true, true>(a, stream);
-  else if (a.split_query) launch_cfg<D, NW, MT, TT, STAGES, MINB, PINGPONG, true, false>(a, stream);
-  else if (a.precise) launch_cfg<D, NW, MT, TT, STAGES, MINB, PINGPONG, false, true>(a, stream);
-  else launch_cfg<D, NW, MT, TT, STAGES, MINB, PINGPONG, false, false>(a, stream);
+  if (a.split_query && a.precise) launch_cfg<D, NW, MT, TT, STAGES, MINB, true, true>(a, stream);
+  else if (a.split_query) launch_cfg<D, NW, MT, TT, STAGES, MINB, true, false>(a, stream);
+  else if (a.precise) launch_cfg<D, NW, MT, TT, STAGES, MINB, false, true>(a, stream);
+  else launch_cfg<D, NW, MT, TT, STAGES, MINB, false, false>(a, stream);
 }
 
 // Variants (attention_batched_rows / _ctas_per_sm below must agree):
-// 1: 8 warps x 32 rows, lock step; 2: 15 warps x 16 rows; 3: 4 warps x 32 rows, two CTAs per SM;
-// 4: 8 warps x 32 rows, ping-pong.
+// 1: 8 warps x 32 rows, lock step; 2: 15 warps x 16 rows; 3: 4 warps x 32 rows, two CTAs per SM.
 template <int D>
 void launch_d(const AttentionArgs& a, int variant, cudaStream_t stream) {
   switch (variant) {
-    case 2: launch_prec<D, 15, 1, 32, 4, 1, false>(a, stream); break;
-    case 3: launch_prec<D, 4, 2, 32, 2, 2, false>(a, stream); break;
-    case 4: launch_prec<D, 8, 2, 32, 4, 1, true>(a, stream); break;
-    default: launch_prec<D, 8, 2, 32, 4, 1, false>(a, stream); break;
+    case 2: launch_prec<D, 15, 1, 32, 4, 1>(a, stream); break;
+    case 3: launch_prec<D, 4, 2, 32, 2, 2>(a, stream); break;
+    default: launch_prec<D, 8, 2, 32, 4, 1>(a, stream); break;
   }
 }
 

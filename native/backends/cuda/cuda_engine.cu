@@ -54,13 +54,13 @@ int env_int(const char* name, int def) {
   return v && *v ? std::atoi(v) : def;
 }
 
-// "old" (or 0): the general attention kernel; 1-4: that variant of the batched one.
+// "old" (or 0): the general attention kernel; 1-3: that variant of the batched one.
 int kernel_switch(const char* name, int def) {
   const char* v = std::getenv(name);
   if (!v || !*v) return def;
   if (std::string(v) == "old") return 0;
   const int k = std::atoi(v);
-  return k >= 1 && k <= 4 ? k : 0;
+  return k >= 1 && k <= 3 ? k : 0;
 }
 
 int pow2_floor(int x) {
@@ -122,7 +122,7 @@ struct CudaEngine::Impl {
   bool precise_dense = true;
   bool rect_precise = true;
   // Dense attention of many rows (attention_batched.cu) variant, 0 = the general kernel:
-  // PYRESA_CUDA_RECT_KERNEL / PYRESA_CUDA_PREFILL_KERNEL = old | 1-4. Default 3 (two 128-row
+  // PYRESA_CUDA_RECT_KERNEL / PYRESA_CUDA_PREFILL_KERNEL = old | 1-3. Default 3 (two 128-row
   // CTAs per SM), the fastest on the H100 for both (docs/perf-cuda.md, run 9-rect-attn).
   int rect_kernel = 3;
   int prefill_kernel = 3;

@@ -27,7 +27,7 @@ std::vector<float> rope(const float* x, int n, int n_head, int D, int pos0, floa
 // C [M][N] = A [M][K] . B [N][K]^T, F16 bits in
 std::vector<float> gemm_f16(const uint16_t* A, const uint16_t* B, int M, int N, int K);
 // out [n_tok][n_head][D]; K, V [n_kv_head][cap][D] F16 bits; blocks [n_kv_head][n_sel] or null (dense).
-// kernel 0: attention() (the general kernel); 1, 2: attention_batched() variant 1 or 2 (dense).
+// kernel 0: attention() (the general kernel); 1-3: attention_batched() variant 1-3 (dense).
 // split_query -1: the engine's choice for the mode (dense: F16 query; sparse: two-term), else 0/1.
 std::vector<float> attention(const float* q, int n_tok, int n_head, int n_kv_head, int D, const uint16_t* K,
                              const uint16_t* V, int cap, int pos0, const int32_t* blocks, int n_sel, int block_size,

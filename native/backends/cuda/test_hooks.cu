@@ -204,6 +204,46 @@ std::vector<float> gemm_f16(const uint16_t* A, const uint16_t* B, int M, int N, 
   return to_host<float>(c, (size_t)M * N);
 }
 
+namespace {
+// Deterministic pseudo-random F16 in [-amp, amp) (a hash of the index): a synthetic KV cache.
+__global__ void fill_random_f16(__half* x, int64_t n, uint32_t seed, float amp) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    uint32_t h = (uint32_t)i * 2654435761u ^ seed;
+    h ^= h >> 16;
+    h *= 0x7feb352du;
+    h ^= h >> 15;
+    h *= 0x846ca68bu;
+    h ^= h >> 16;
+    x[i] = __float2half_rn(((h >> 8) * (1.0f / 16777216.0f) * 2.0f - 1.0f) * amp);
+  }
+}
+
+// One layer's attention over a [n_kv_head][cap][D] F16 cache (head_stride cap * D): the query and
+// output [n_tok][n_head][D]; positions from pos_dev; a split workspace of the size the engine uses.
+AttentionArgs layer_attention_args(const DeviceBuffer& q, DeviceBuffer& out, const DeviceBuffer& K,
+                                   const DeviceBuffer& V, int64_t cap, int n_tok, int n_head, int n_kv_head, int D,
+                                   const DeviceBuffer& pos, int n_splits, DeviceBuffer& work) {
+  const size_t wf = attention_work_floats(n_tok, n_head, n_kv_head, D, n_splits);
+  work = DeviceBuffer(sizeof(float) * (wf ? wf : 1), "test attention work");
+  AttentionArgs a;
+  a.q = q.get<float>();
+  a.q_stride = (int64_t)n_head * D;
+  a.out = out.get<float>();
+  a.out_stride = (int64_t)n_head * D;
+  a.K = K.get<__half>();
+  a.V = V.get<__half>();
+  a.head_stride = cap * D;
+  a.n_tok = n_tok;
+  a.n_head = n_head;
+  a.n_kv_head = n_kv_head;
+  a.D = D;
+  a.pos_dev = pos.get<int>();
+  a.n_splits = n_splits;
+  a.work = work.get<float>();
+  return a;
+}
+}  // namespace
+
 std::vector<float> attention(const float* q, int n_tok, int n_head, int n_kv_head, int D, const uint16_t* K,
                              const uint16_t* V, int cap, int pos0, const int32_t* blocks, int n_sel, int block_size,
                              float scale, int n_splits, int kernel, int split_query) {
@@ -221,29 +261,13 @@ std::vector<float> attention(const float* q, int n_tok, int n_head, int n_kv_hea
   }
   DeviceBuffer pb = pos_buffer(pos0), nsel = pos_buffer(n_sel);
   DeviceBuffer bl = blocks ? to_device(blocks, sizeof(int32_t) * n_kv_head * n_sel) : DeviceBuffer();
-  DeviceBuffer out = poisoned(sizeof(float) * n_tok * n_head * D);
-  const size_t wf = attention_work_floats(n_tok, n_head, n_kv_head, D, n_splits);
-  DeviceBuffer work(sizeof(float) * (wf ? wf : 1), "test attention work");
-  AttentionArgs a;
-  a.q = qb.get<float>();
-  a.q_stride = (int64_t)n_head * D;
-  a.out = out.get<float>();
-  a.out_stride = (int64_t)n_head * D;
-  a.K = kb.get<__half>();
-  a.V = vb.get<__half>();
-  a.head_stride = (int64_t)cap_alloc * D;
-  a.n_tok = n_tok;
-  a.n_head = n_head;
-  a.n_kv_head = n_kv_head;
-  a.D = D;
-  a.pos_dev = pb.get<int>();
+  DeviceBuffer out = poisoned(sizeof(float) * n_tok * n_head * D), work;
+  AttentionArgs a = layer_attention_args(qb, out, kb, vb, cap_alloc, n_tok, n_head, n_kv_head, D, pb, n_splits, work);
   a.blocks = blocks ? bl.get<int32_t>() : nullptr;
   a.blocks_stride = n_sel;
   a.n_sel_dev = nsel.get<int>();
   a.block_size = block_size;
   a.scale = scale;
-  a.n_splits = n_splits;
-  a.work = work.get<float>();
   a.split_query = blocks != nullptr;  // dense: the query rounded to F16 (prefill's arithmetic)
   if (split_query >= 0) a.split_query = split_query != 0;
   if (kernel) cuda::attention_batched(a, kernel, nullptr);
@@ -251,20 +275,6 @@ std::vector<float> attention(const float* q, int n_tok, int n_head, int n_kv_hea
   return to_host<float>(out, (size_t)n_tok * n_head * D);
 }
 
-namespace {
-// Deterministic pseudo-random F16 in [-amp, amp) (a hash of the index): a synthetic KV cache.
-__global__ void fill_random_f16(__half* x, int64_t n, uint32_t seed, float amp) {
-  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-    uint32_t h = (uint32_t)i * 2654435761u ^ seed;
-    h ^= h >> 16;
-    h *= 0x7feb352du;
-    h ^= h >> 15;
-    h *= 0x846ca68bu;
-    h ^= h >> 16;
-    x[i] = __float2half_rn(((h >> 8) * (1.0f / 16777216.0f) * 2.0f - 1.0f) * amp);
-  }
-}
-}  // namespace
 
 std::vector<float> attention_timed(const float* q, int n_tok, int n_head, int n_kv_head, int D, int n_ctx, int kernel,
                                    bool precise, bool split_query, int n_splits, int iters, double& ms) {
@@ -277,25 +287,9 @@ std::vector<float> attention_timed(const float* q, int n_tok, int n_head, int n_
   PYRESA_CUDA_LAUNCH_CHECK();
   DeviceBuffer qb = to_device(q, sizeof(float) * n_tok * n_head * D);
   DeviceBuffer pb = pos_buffer(n_ctx - n_tok);
-  DeviceBuffer out = poisoned(sizeof(float) * n_tok * n_head * D);
-  const size_t wf = attention_work_floats(n_tok, n_head, n_kv_head, D, n_splits);
-  DeviceBuffer work(sizeof(float) * (wf ? wf : 1), "bench attention work");
-  AttentionArgs a;
-  a.q = qb.get<float>();
-  a.q_stride = (int64_t)n_head * D;
-  a.out = out.get<float>();
-  a.out_stride = (int64_t)n_head * D;
-  a.K = kb.get<__half>();
-  a.V = vb.get<__half>();
-  a.head_stride = (int64_t)cap * D;
-  a.n_tok = n_tok;
-  a.n_head = n_head;
-  a.n_kv_head = n_kv_head;
-  a.D = D;
-  a.pos_dev = pb.get<int>();
+  DeviceBuffer out = poisoned(sizeof(float) * n_tok * n_head * D), work;
+  AttentionArgs a = layer_attention_args(qb, out, kb, vb, cap, n_tok, n_head, n_kv_head, D, pb, n_splits, work);
   a.scale = 1.0f / std::sqrt((float)D);
-  a.n_splits = n_splits;
-  a.work = work.get<float>();
   a.precise = precise;
   a.split_query = split_query;
   auto run = [&]() {
@@ -436,17 +430,6 @@ void set_sparse_step_kernels(bool decode_attention, int decode_stages) {
 }
 
 namespace {
-__global__ void fill_random_f16(__half* x, size_t n, uint32_t seed, float amp) {
-  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-    uint32_t h = (uint32_t)i * 2654435761u ^ seed;
-    h ^= h >> 16;
-    h *= 0x85ebca6bu;
-    h ^= h >> 13;
-    h *= 0xc2b2ae35u;
-    h ^= h >> 16;
-    x[i] = __float2half(amp * ((float)(h & 0xffffff) / 8388608.0f - 1.0f));
-  }
-}
 // The engine's split count before the decode kernel (attention_splits, one-warp CTAs).
 int old_decode_splits(int n_tiles, int n_kv_head, int rows, int D, int n_sm) {
   int s = std::max(1, (8 * n_sm + n_kv_head - 1) / n_kv_head);
@@ -474,8 +457,8 @@ std::vector<std::pair<std::string, double>> time_sparse_step(int n_tokens, int r
   const size_t layer_elems = (size_t)n_kv_head * cap * D;
   DeviceBuffer kb(2 * layer_elems * copies, "bench K"), vb(2 * layer_elems * copies, "bench V");
   DeviceBuffer db(2 * L.elems(), "bench descriptors");
-  fill_random_f16<<<4 * n_sm, 256>>>(kb.get<__half>(), layer_elems * copies, 1u, 2.0f);
-  fill_random_f16<<<4 * n_sm, 256>>>(vb.get<__half>(), layer_elems * copies, 2u, 1.0f);
+  fill_random_f16<<<4 * n_sm, 256>>>(kb.get<__half>(), (int64_t)(layer_elems * copies), 1u, 2.0f);
+  fill_random_f16<<<4 * n_sm, 256>>>(vb.get<__half>(), (int64_t)(layer_elems * copies), 2u, 1.0f);
   PYRESA_CUDA_LAUNCH_CHECK();
   DeviceBuffer p0 = pos_buffer(0), pl = pos_buffer(n_tokens - 1);
   for (int l = 0; l < copies; ++l)

@@ -140,6 +140,35 @@ def test_f16_paths_match_float64(t, path, n):
     assert rel_err(got, ref) < 2e-3  # F16 weights and activations, F32 accumulation
 
 
+# dequantize-and-multiply for 9..64 tokens: 3 = dqmm_kernel (PYRESA_CUDA_DQMM=old), 10 * (prefetch + 1)
+# + stages = the pipelined Q4_K/Q6_K kernel (other formats fall back to dqmm_kernel).
+DQMM_PATHS = (3, 12, 13, 14, 34)
+
+
+@pytest.mark.parametrize("n", [9, 16, 33, 64])
+@pytest.mark.parametrize("t", WEIGHT_TYPES, ids=lambda t: NAMES[t])
+def test_dqmm_variants_match_float64(t, n):
+    """Every format, both kernels, several ring depths: against float64 products of the CPU's
+    dequantized weights, and the two kernels against each other (the same F16 operands; only the
+    F32 summation order differs). K-quant shapes: tiles shared by several CTAs (the stream-K
+    reduction), whole tiles written directly, and a last partial row tile."""
+    rng = np.random.default_rng()
+    shapes = [(300, cols_for(t, 9)), (1000, cols_for(t, 1)), (2000, cols_for(t, 20))] if t in KQ else [(200, cols_for(t, 9))]
+    for rows, cols in shapes:
+        w = random_weights(rng, t, rows, cols)
+        x = rng.standard_normal((n, cols)).astype(np.float32)
+        bias = rng.standard_normal(rows).astype(np.float32)
+        wf = np.stack([core.dequantize_row(t, np.ascontiguousarray(w[r]), cols) for r in range(rows)]).astype(np.float64)
+        ref = x.astype(np.float64) @ wf.T + bias
+        got = {}
+        for path in DQMM_PATHS:
+            got[path] = np.asarray(core.cuda_test.matvec(t, rows, cols, w.reshape(-1), x.reshape(-1), n, bias, path))
+            assert np.isfinite(got[path]).all(), (path, rows, cols)
+            assert rel_err(got[path], ref) < 2e-3, (path, rows, cols, rel_err(got[path], ref))
+        for path in DQMM_PATHS[1:]:
+            assert rel_err(got[path], got[3]) < 3e-5, (path, rows, cols, rel_err(got[path], got[3]))
+
+
 def test_gemm_f16_odd_shapes():
     rng = np.random.default_rng()
     M, N, K = 77, 200, 96

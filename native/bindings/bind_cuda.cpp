@@ -201,6 +201,8 @@ void bind_cuda(nb::module_& m) {
     return numpy_array(std::move(y), {(size_t)n, (size_t)rows});
   }, nb::arg("type"), nb::arg("rows"), nb::arg("cols"), nb::arg("w"), nb::arg("x"), nb::arg("n"),
      nb::arg("bias") = nb::none(), nb::arg("path") = 0);
+  t.def("time_dqmm", &cuda_test::time_dqmm, nb::arg("type"), nb::arg("rows"), nb::arg("cols"), nb::arg("M"),
+        nb::arg("path"), nb::arg("reps") = 20);
   t.def("quantize_rows", [](int act_type, F32 x, int n, int64_t cols) {
     auto r = cuda_test::quantize_rows(act_type, x.data(), n, cols);
     const size_t sz = r.size();

@@ -739,6 +739,12 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, CudaEngi
   matvec_ksplit() = env_int("PYRESA_CUDA_MATVEC_KSPLIT", 0);
   matvec_prefetch() = env_int("PYRESA_CUDA_MATVEC_PREFETCH", 2);
   {
+    const char* v = std::getenv("PYRESA_CUDA_DQMM");  // "old": dqmm_kernel for every format
+    dqmm_variant() = v && (std::string(v) == "old" || std::string(v) == "0") ? 0 : 1;
+  }
+  dqmm_stages() = env_int("PYRESA_CUDA_DQMM_STAGES", 0);
+  dqmm_prefetch() = env_int("PYRESA_CUDA_DQMM_PREFETCH", 0);
+  {
     const bool early = env_int("PYRESA_CUDA_PDL_EARLY", 1) != 0;
     set_pdl_early_quant(early);
     set_pdl_early_ops(early);

@@ -981,10 +981,86 @@ __global__ void dqmm_reduce_kernel(const float* partial, int splits, int M, int6
   }
 }
 
+#include "backends/cuda/dqmm_pipe.cuh"
+
+template <GgmlType W, int NT>
+bool dqmm_pipe_launch_nt(const DpArgs& a0, int n_sm, size_t ws_floats, cudaStream_t s) {
+  static int optin[64] = {}, occ[64][5] = {};
+  int dev = 0;
+  cudaGetDevice(&dev);
+  dev &= 63;
+  if (!optin[dev]) {
+    PYRESA_CUDA_CHECK(cudaDeviceGetAttribute(&optin[dev], cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    PYRESA_CUDA_CHECK(cudaFuncSetAttribute(dqmm_pipe_kernel<W, NT>, cudaFuncAttributeMaxDynamicSharedMemorySize, optin[dev]));
+  }
+  const size_t stage = dp_stage_bytes(dp_w_stage_bytes<W>(), NT);
+  int S = dqmm_stages() > 0 ? dqmm_stages() : 4;
+  S = std::min<int>(std::min(S, 4), (int)(optin[dev] / stage));
+  if (S < 2) return false;
+  if (!occ[dev][S]) {
+    PYRESA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ[dev][S], dqmm_pipe_kernel<W, NT>, DP_THREADS,
+                                                                    S * stage));
+    occ[dev][S] = std::max(1, occ[dev][S]);
+  }
+  DpArgs a = a0;
+  a.stages = S;
+  const int grid = std::min(a.units, n_sm * occ[dev][S]);
+  if ((size_t)2 * grid * a.M * DP_BN > ws_floats) return false;
+  launch(dqmm_pipe_kernel<W, NT>, grid, DP_THREADS, S * stage, s, a);
+  PYRESA_CUDA_LAUNCH_CHECK();
+  bool shared_tile = false;  // does any CTA's range start inside a tile?
+  for (int i = 1; i < grid && !shared_tile; ++i) shared_tile = dp_unit_begin(i, a.units, grid) % a.kc != 0;
+  if (shared_tile) {
+    const int64_t total = (int64_t)a.M * a.w.rows;
+    launch(dqmm_pipe_reduce_kernel, (int)std::min<int64_t>((total + 255) / 256, 4 * n_sm), 256, 0, s, a, grid);
+    PYRESA_CUDA_LAUNCH_CHECK();
+  }
+  return true;
+}
+
+// The pipelined kernel where it applies (Q4_K, Q6_K; 16-byte aligned activation rows; a
+// workspace): false to take dqmm_kernel.
+template <GgmlType W>
+bool dqmm_pipe_launch(const DeviceWeight& w, const __half* A, int64_t lda, int M, float* y, int64_t ldy,
+                      const float* bias, bool accumulate, int n_sm, float* ws, size_t ws_floats, cudaStream_t s) {
+  if constexpr (W != GgmlType::Q4_K && W != GgmlType::Q6_K) {
+    return false;
+  } else {
+    if (dqmm_variant() == 0 || !ws || w.cols % QK_K || lda % 8 || reinterpret_cast<uintptr_t>(A) % 16 ||
+        reinterpret_cast<uintptr_t>(w.data) % 16)
+      return false;
+    DpArgs a;
+    a.w = w;
+    a.A = A;
+    a.lda = lda;
+    a.M = M;
+    a.y = y;
+    a.ldy = ldy;
+    a.bias = bias;
+    a.accumulate = accumulate;
+    a.kc = (int)(w.cols / QK_K);
+    a.units = ceil_div(w.rows, DP_BN) * a.kc;
+    a.stages = 0;
+    a.prefetch = dqmm_prefetch();
+    a.partial = ws;
+    switch ((M + 7) / 8) {
+      case 1: return dqmm_pipe_launch_nt<W, 1>(a, n_sm, ws_floats, s);
+      case 2: return dqmm_pipe_launch_nt<W, 2>(a, n_sm, ws_floats, s);
+      case 3: return dqmm_pipe_launch_nt<W, 3>(a, n_sm, ws_floats, s);
+      case 4: return dqmm_pipe_launch_nt<W, 4>(a, n_sm, ws_floats, s);
+      case 5: return dqmm_pipe_launch_nt<W, 5>(a, n_sm, ws_floats, s);
+      case 6: return dqmm_pipe_launch_nt<W, 6>(a, n_sm, ws_floats, s);
+      case 7: return dqmm_pipe_launch_nt<W, 7>(a, n_sm, ws_floats, s);
+      default: return dqmm_pipe_launch_nt<W, 8>(a, n_sm, ws_floats, s);
+    }
+  }
+}
+
 template <GgmlType W>
 struct DqmmLaunch {
   static void run(const DeviceWeight& w, const __half* A, int64_t lda, int M, float* y, int64_t ldy, const float* bias,
                   bool accumulate, int n_sm, float* ws, size_t ws_floats, cudaStream_t s) {
+    if (dqmm_pipe_launch<W>(w, A, lda, M, y, ldy, bias, accumulate, n_sm, ws, ws_floats, s)) return;
     static bool configured[64] = {};
     int dev = 0;
     cudaGetDevice(&dev);
@@ -1161,6 +1237,18 @@ int& matvec_ksplit() {
 int& matvec_prefetch() {
   static int p = 2;
   return p;
+}
+int& dqmm_variant() {
+  static int v = 1;
+  return v;
+}
+int& dqmm_stages() {
+  static int v = 0;
+  return v;
+}
+int& dqmm_prefetch() {
+  static int v = 0;
+  return v;
 }
 void set_pdl_early_quant(bool on) { set_pdl_early_this_unit(on); }
 

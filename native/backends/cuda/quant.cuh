@@ -90,6 +90,14 @@ void dequant_matmul_small(const DeviceWeight& w, const __half* A, int64_t lda, i
                           const float* bias, bool accumulate, int n_sm, float* ws, size_t ws_floats,
                           cudaStream_t stream);
 
+// Which kernel dequant_matmul_small takes for Q4_K / Q6_K: 0 dqmm_kernel (one stage, the only one
+// before run 10; every other format), 1 dqmm_pipe_kernel (cp.async ring, stream-K). PYRESA_CUDA_DQMM
+// ("old" = 0). Its ring depth (0: the most that fits, at most 4; PYRESA_CUDA_DQMM_STAGES) and L2
+// prefetch distance in slices (0 off; PYRESA_CUDA_DQMM_PREFETCH).
+int& dqmm_variant();
+int& dqmm_stages();
+int& dqmm_prefetch();
+
 // Rows of W to float (embedding lookup): dst[i][:] = W[rows[i]], rows on the device.
 void dequantize_rows_f32(const DeviceWeight& w, const int32_t* rows, int n, float* dst, int64_t ld_dst,
                          cudaStream_t stream);

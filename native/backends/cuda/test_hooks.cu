@@ -95,10 +95,20 @@ std::vector<float> matvec(int type, int64_t rows, int64_t cols, const uint8_t* w
     matvec_grid_cap() = saved_cap;
     matvec_wide() = saved_wide;
     matvec_ksplit() = saved_ksplit;
-  } else if (path == 2) {
+  } else if (path == 2 || path == 3 || path >= 10) {
     DeviceBuffer ws(size_t(32) << 20, "test workspace");
+    const int saved_v = dqmm_variant(), saved_s = dqmm_stages(), saved_p = dqmm_prefetch();
+    if (path == 3) dqmm_variant() = 0;
+    if (path >= 10) {
+      dqmm_variant() = 1;
+      dqmm_stages() = path % 10;
+      dqmm_prefetch() = path / 10 - 1;
+    }
     dequant_matmul_small(dw, act.get<__half>(), rb / 2, n, y.get<float>(), rows, bias ? bb.get<float>() : nullptr,
                          false, 132, ws.get<float>(), ws.bytes() / 4, nullptr);
+    dqmm_variant() = saved_v;
+    dqmm_stages() = saved_s;
+    dqmm_prefetch() = saved_p;
   } else {
     DeviceBuffer wd(sizeof(__half) * rows * cols, "test dequantized weights");
     dequantize_rows_f16(dw, 0, rows, wd.get<__half>(), nullptr);
@@ -552,6 +562,64 @@ std::vector<std::pair<std::string, double>> time_sparse_step(int n_tokens, int r
   PYRESA_CUDA_CHECK(cudaEventDestroy(e0));
   PYRESA_CUDA_CHECK(cudaEventDestroy(e1));
   return r;
+}
+
+double time_dqmm(int type, int64_t rows, int64_t cols, int M, int path, int reps) {
+  int dev = 0;
+  PYRESA_CUDA_CHECK(cudaGetDevice(&dev));
+  cudaDeviceProp prop;
+  PYRESA_CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
+  pdl_enabled() = prop.major >= 9;
+  const GgmlType t = static_cast<GgmlType>(type);
+  const size_t wbytes = device_weight_bytes(t, rows, cols);
+  const int copies = (int)std::max<size_t>(1, std::min<size_t>(64, ((size_t)256 << 20) / wbytes + 1));  // > L2
+  DeviceBuffer wb(wbytes * copies, "bench weights");
+  // Small finite halves everywhere: every scale field of every format is a finite number.
+  fill_random_f16<<<1024, 256>>>(wb.get<__half>(), (int64_t)(wbytes * copies / 2), 777u, 0.01f);
+  const int64_t lda = (cols + 7) / 8 * 8;
+  DeviceBuffer ab(sizeof(__half) * M * lda, "bench activations");
+  fill_random_f16<<<256, 256>>>(ab.get<__half>(), (int64_t)M * lda, 99u, 1.0f);
+  PYRESA_CUDA_LAUNCH_CHECK();
+  DeviceBuffer y(sizeof(float) * M * rows, "bench output"), ws(size_t(32) << 20, "bench workspace");
+  std::vector<DeviceWeight> ws_w(copies);
+  for (int c = 0; c < copies; ++c) {
+    DeviceWeight& w = ws_w[c];
+    w.type = t;
+    w.rows = rows;
+    w.cols = cols;
+    w.data = wb.get<uint8_t>() + c * wbytes;
+    w.row_bytes = row_size(t, cols);
+  }
+  const int saved_v = dqmm_variant(), saved_s = dqmm_stages(), saved_p = dqmm_prefetch();
+  if (path == 3) dqmm_variant() = 0;
+  if (path >= 10) {
+    dqmm_variant() = 1;
+    dqmm_stages() = path % 10;
+    dqmm_prefetch() = path / 10 - 1;
+  }
+  cudaStream_t s;
+  PYRESA_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  auto call = [&](int i) {
+    dequant_matmul_small(ws_w[i % copies], ab.get<__half>(), lda, M, y.get<float>(), rows, nullptr, false,
+                         prop.multiProcessorCount, ws.get<float>(), ws.bytes() / 4, s);
+  };
+  for (int i = 0; i < 3; ++i) call(i);
+  cudaEvent_t e0, e1;
+  PYRESA_CUDA_CHECK(cudaEventCreate(&e0));
+  PYRESA_CUDA_CHECK(cudaEventCreate(&e1));
+  PYRESA_CUDA_CHECK(cudaEventRecord(e0, s));
+  for (int i = 0; i < reps; ++i) call(i + 3);
+  PYRESA_CUDA_CHECK(cudaEventRecord(e1, s));
+  PYRESA_CUDA_CHECK(cudaEventSynchronize(e1));
+  float ms = 0;
+  PYRESA_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  cudaStreamDestroy(s);
+  dqmm_variant() = saved_v;
+  dqmm_stages() = saved_s;
+  dqmm_prefetch() = saved_p;
+  return 1000.0 * ms / reps;
 }
 
 }  // namespace pyresa::cuda_test

@@ -1,0 +1,372 @@
+// Included by quant.cu inside its anonymous namespace (uses its layouts and helpers).
+//
+// ---- pipelined dequantize-and-multiply for a few tokens (Q4_K, Q6_K) ---------------------------
+// The products of a rectification (9..64 tokens): y[m][n] (+)= sum_k A[m][k] W[n][k]. The weights
+// are read once for all tokens, so the product is bound by the quantized bytes (7B: 4.4 GB per
+// rectification, 1.5 ms at 3 TB/s). dqmm_kernel (one stage: load, dequantize, multiply, in turn)
+// reached ~0.4 TB/s. This kernel keeps the memory busy:
+// - a ring of S stages in shared memory holds the raw quantized blocks of a 128-row x 256-deep
+//   slice of W plus the tokens' F16 activations for that slice, filled by cp.async S-1 slices
+//   ahead while the warps work on the current one (the weights of the first slices are requested
+//   before the PDL wait: they do not depend on the previous kernel);
+// - no F16 weight tile: each thread dequantizes its 2 rows x 64 elements of a slice straight from
+//   the raw bytes into mma A fragments (W is the 16-row A operand, the tokens the 8-column B
+//   operand, so 33 tokens cost 5 n-tiles, not 3 padded 16-row tiles). The k order inside a slice
+//   is permuted so that each fragment's 4 elements are 4 consecutive weights of one 32-bit quant
+//   word; the tokens' fragments are read with the same permutation (8 consecutive halves of one
+//   token = two k-steps, one 16-byte load). A sum over k does not depend on its order: only the
+//   F32 accumulation order differs from dqmm_kernel;
+// - int-to-float by the exponent trick (0x4B000000 | q is 2^23 + q) instead of I2F, a quarter-rate
+//   instruction; values as the CPU computes them (two roundings in F32, then rounded to F16);
+// - work split "stream-K": the (row tile, slice) units are split evenly over one persistent wave
+//   of CTAs; a tile done by one CTA is written directly, the others' segments go to a workspace
+//   and a second kernel adds them in CTA order (deterministic).
+
+constexpr int DP_BN = 128, DP_THREADS = 256;
+constexpr int kDpQ4Row = 144;                                   // Q4_K: one block per row and slice
+constexpr int kDpQ6Ql = 160, kDpQ6Qh = 64, kDpQ6Sc = 16, kDpQ6D = 4;  // Q6_K planes (ql padded: banks)
+constexpr int kDpTokRow = 512;                                   // 256 halves of one token
+
+template <GgmlType W>
+__host__ __device__ constexpr int dp_w_stage_bytes() {
+  return W == GgmlType::Q4_K ? DP_BN * kDpQ4Row : DP_BN * (kDpQ6Ql + kDpQ6Qh + kDpQ6Sc + kDpQ6D);
+}
+__host__ __device__ inline size_t dp_stage_bytes(int w_bytes, int nt) { return (size_t)w_bytes + (size_t)nt * 8 * kDpTokRow; }
+
+// Where 16-byte chunk c (8 halves) of token row m lies in its stage row: the low 3 bits are
+// XOR-swizzled so that the 8 lanes of a 16-byte load phase (rows g = 0, 1; t = 0..3) hit 8
+// different bank groups. Q4_K lanes differ in chunk bits 3-4 (t), Q6_K lanes in bits 1 and 4.
+template <GgmlType W>
+__device__ __forceinline__ int dp_tok_chunk(int c, int m) {
+  const int x = W == GgmlType::Q4_K ? ((c >> 3) & 3) : ((c >> 4) & 1);
+  return c ^ (x | ((m & 1) << 2));
+}
+
+__device__ __forceinline__ uint4 lds128(const void* p) {
+  uint4 v;
+  asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(smem_addr(p)));
+  return v;
+}
+__device__ __forceinline__ uint2 lds64(const void* p) {
+  uint2 v;
+  asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];\n" : "=r"(v.x), "=r"(v.y) : "r"(smem_addr(p)));
+  return v;
+}
+__device__ __forceinline__ uint32_t lds32(const void* p) {
+  uint32_t v;
+  asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(v) : "r"(smem_addr(p)));
+  return v;
+}
+__device__ __forceinline__ void cp_async4(void* smem, const void* gmem, int src_bytes) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_addr(smem)), "l"(gmem), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_wait_stages(int s) {  // wait until at most s - 2 groups are pending
+  if (s <= 2) cp_async_wait<0>();
+  else if (s == 3) cp_async_wait<1>();
+  else cp_async_wait<2>();
+}
+
+// Byte e of x (a value 0..255) as the float 2^23 + x: one PRMT instead of an I2F.
+__device__ __forceinline__ float dp_byte_magic(uint32_t x, int e) {
+  return __uint_as_float(__byte_perm(x, 0x4B000000u, 0x7440u | (uint32_t)e));
+}
+
+struct DpArgs {
+  DeviceWeight w;
+  const __half* A;
+  int64_t lda;
+  int M;
+  float* y;
+  int64_t ldy;
+  const float* bias;
+  bool accumulate;
+  int kc;          // slices (of 256) per row
+  int units;       // row tiles * kc
+  int stages;      // ring depth, 2..4
+  int prefetch;    // > 0: bulk-prefetch into L2 the rows of the slice this many units ahead
+  float* partial;  // [2 * gridDim.x][M][DP_BN]: segments of tiles shared by CTAs
+};
+
+__host__ __device__ inline int dp_unit_begin(int i, int units, int grid) { return (int)((int64_t)i * units / grid); }
+
+// Loads of unit u (row tile u / kc, slice u % kc) into stage buffer st: weights, then tokens.
+template <GgmlType W>
+__device__ __forceinline__ void dp_load_w(const DpArgs& p, unsigned char* st, int u) {
+  const int tile = u / p.kc, kc = u % p.kc;
+  const int64_t n0 = (int64_t)tile * DP_BN;
+  const int64_t last = p.w.rows - 1;
+  if constexpr (W == GgmlType::Q4_K) {
+    for (int i = threadIdx.x; i < DP_BN * 9; i += DP_THREADS) {
+      const int r = i / 9, c = i % 9;
+      const int64_t row = n0 + r < last ? n0 + r : last;  // past the end: a real row, result discarded
+      cp_async16(st + r * kDpQ4Row + 16 * c, p.w.data + row * p.w.row_bytes + (int64_t)kc * kDpQ4Row + 16 * c);
+    }
+  } else {
+    const int64_t nb = p.kc;
+    const Q6Planes pl = q6_planes(p.w.data, p.w.rows * nb);
+    unsigned char* ql = st;
+    unsigned char* qh = ql + DP_BN * kDpQ6Ql;
+    unsigned char* sc = qh + DP_BN * kDpQ6Qh;
+    unsigned char* dd = sc + DP_BN * kDpQ6Sc;
+    for (int i = threadIdx.x; i < DP_BN * 14; i += DP_THREADS) {
+      const int r = i / 14, c = i % 14;
+      const int64_t row = n0 + r < last ? n0 + r : last;
+      const int64_t blk = row * nb + kc;
+      if (c < 8) cp_async16(ql + r * kDpQ6Ql + 16 * c, pl.ql + blk * kQ6Ql + 16 * c);
+      else if (c < 12) cp_async16(qh + r * kDpQ6Qh + 16 * (c - 8), pl.qh + blk * kQ6Qh + 16 * (c - 8));
+      else if (c == 12) cp_async16(sc + r * kDpQ6Sc, pl.sc + blk * kQ6Sc);
+      else  // the aligned word holding d (half of it when the plane ends after d)
+        cp_async4(dd + r * kDpQ6D, pl.d + (blk & ~int64_t(1)), (blk | 1) < p.w.rows * nb ? 4 : 2);
+    }
+  }
+}
+
+template <GgmlType W, int NT>
+__device__ __forceinline__ void dp_load_tokens(const DpArgs& p, unsigned char* st, int u) {
+  unsigned char* tok = st + dp_w_stage_bytes<W>();
+  const int64_t k0 = (int64_t)(u % p.kc) * 256;
+  for (int i = threadIdx.x; i < NT * 8 * 32; i += DP_THREADS) {
+    const int m = i >> 5, c = i & 31;
+    const int mm = m < p.M ? m : p.M - 1;  // padding tokens: a real token, result discarded
+    cp_async16(tok + m * kDpTokRow + 16 * dp_tok_chunk<W>(c, m), p.A + mm * p.lda + k0 + 8 * c);
+  }
+}
+
+template <GgmlType W>
+__device__ __forceinline__ void dp_prefetch_w(const DpArgs& p, int u) {
+  const int r = threadIdx.x;
+  if (r >= DP_BN) return;
+  const int tile = u / p.kc, kc = u % p.kc;
+  const int64_t row = (int64_t)tile * DP_BN + r;
+  if (row >= p.w.rows) return;
+  if constexpr (W == GgmlType::Q4_K) {
+    prefetch_l2_bulk(p.w.data + row * p.w.row_bytes + (int64_t)kc * kDpQ4Row, kDpQ4Row);
+  } else {
+    const int64_t nb = p.kc;
+    const Q6Planes pl = q6_planes(p.w.data, p.w.rows * nb);
+    const int64_t blk = row * nb + kc;
+    prefetch_l2_bulk(pl.ql + blk * kQ6Ql, kQ6Ql);
+    prefetch_l2_bulk(pl.qh + blk * kQ6Qh, kQ6Qh);
+  }
+}
+
+// One k-step pair's multiply: w_lo/w_hi = the 4 weights (as 2 half2 each) of rows g and g + 8 for
+// two k-steps; tokens' fragments from one 16-byte load per n-tile.
+template <int NT>
+__device__ __forceinline__ void dp_mma_pair(float (&acc)[NT][4], const uint32_t (&a0)[4], const uint32_t (&a1)[4],
+                                            const unsigned char* tok, int g, int chunk) {
+#pragma unroll
+  for (int ni = 0; ni < NT; ++ni) {
+    const uint4 b = lds128(tok + (8 * ni + g) * kDpTokRow + 16 * chunk);
+    mma_16816(acc[ni], a0, b.x, b.y);
+    mma_16816(acc[ni], a1, b.z, b.w);
+  }
+}
+
+// The 4 dequantized weights of byte lanes 0..3 of q (values 0..255 + 2^23 as floats), each
+// fl(fl(d * (q - bias)) - m) as the CPU computes it, packed as two half2.
+template <bool kSub>
+__device__ __forceinline__ void dp_dequant4(uint32_t q, float bias, float d, float m, uint32_t& lo, uint32_t& hi) {
+  float v[4];
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    const float x = __fsub_rn(dp_byte_magic(q, e), bias);  // exact
+    v[e] = kSub ? __fsub_rn(__fmul_rn(d, x), m) : __fmul_rn(d, x);
+  }
+  lo = pack_half2(v[0], v[1]);
+  hi = pack_half2(v[2], v[3]);
+}
+
+template <GgmlType W, int NT>
+__device__ __forceinline__ void dp_compute(const DpArgs& p, const unsigned char* st, int u, float (&acc)[NT][4]) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const unsigned char* tok = st + dp_w_stage_bytes<W>();
+  const int r0 = 16 * warp + g, r1 = r0 + 8;
+  if constexpr (W == GgmlType::Q4_K) {
+    // Thread t: quant bytes 32t..32t+31 of its rows = sub-blocks 2t (low nibbles) and 2t+1 (high).
+    float dl[2], ml[2], dh[2], mh[2];
+    uint4 qa[2], qb[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const unsigned char* row = st + (i ? r1 : r0) * kDpQ4Row;
+      const uint4 hdr = lds128(row);
+      qa[i] = lds128(row + 16 + 32 * t);
+      qb[i] = lds128(row + 32 + 32 * t);
+      int sc, m;
+      const float d = h2f((uint16_t)(hdr.x & 0xffff)), dmin = h2f((uint16_t)(hdr.x >> 16));
+      q4k_scale_min(hdr.y, hdr.z, hdr.w, 2 * t, sc, m);
+      dl[i] = __fmul_rn(d, (float)sc);
+      ml[i] = __fmul_rn(dmin, (float)m);
+      q4k_scale_min(hdr.y, hdr.z, hdr.w, 2 * t + 1, sc, m);
+      dh[i] = __fmul_rn(d, (float)sc);
+      mh[i] = __fmul_rn(dmin, (float)m);
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+      for (int qp = 0; qp < 4; ++qp) {
+        // k-steps 8h + 2qp, 8h + 2qp + 1: quant words 2qp, 2qp + 1, nibble h; elements
+        // 64t + 32h + 8qp .. + 7 of the slice = token chunk 8t + 4h + qp.
+        uint32_t a0[4], a1[4];
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          const uint32_t w0 = qp == 0 ? qa[i].x : qp == 1 ? qa[i].z : qp == 2 ? qb[i].x : qb[i].z;
+          const uint32_t w1 = qp == 0 ? qa[i].y : qp == 1 ? qa[i].w : qp == 2 ? qb[i].y : qb[i].w;
+          const uint32_t n0 = h ? (w0 >> 4) & 0x0f0f0f0fu : w0 & 0x0f0f0f0fu;
+          const uint32_t n1 = h ? (w1 >> 4) & 0x0f0f0f0fu : w1 & 0x0f0f0f0fu;
+          const float d = h ? dh[i] : dl[i], m = h ? mh[i] : ml[i];
+          // A fragment: a[0] row g k 2t.., a[1] row g+8, a[2] row g k 2t+8.., a[3] row g+8
+          dp_dequant4<true>(n0, 8388608.0f, d, m, a0[i], a0[2 + i]);
+          dp_dequant4<true>(n1, 8388608.0f, d, m, a1[i], a1[2 + i]);
+        }
+        // (token rows 8ni + g all have g's parity, which the swizzle takes)
+        dp_mma_pair<NT>(acc, a0, a1, tok, g, dp_tok_chunk<W>(8 * t + 4 * h + qp, g));
+      }
+  } else {
+    // Thread t: half hh = t / 2 of the superblock, positions l0 = 16 (t % 2) .. + 15 of each of
+    // its 4 groups of 32 (k = 0..3): ql bytes 64hh + l0 (k 0, 2) and 64hh + 32 + l0 (k 1, 3),
+    // qh bytes 32hh + l0 (2 bits per k), scales 8hh + 2k + t % 2.
+    const int hh = t >> 1, l0 = 16 * (t & 1);
+    const unsigned char* ql = st;
+    const unsigned char* qh = ql + DP_BN * kDpQ6Ql;
+    const unsigned char* sc = qh + DP_BN * kDpQ6Qh;
+    const unsigned char* dd = sc + DP_BN * kDpQ6Sc;
+    const int tile = u / p.kc, kc = u % p.kc;
+    uint4 lo[2], hi[2], hb[2];
+    float dg[2][4];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int r = i ? r1 : r0;
+      lo[i] = lds128(ql + r * kDpQ6Ql + 64 * hh + l0);
+      hi[i] = lds128(ql + r * kDpQ6Ql + 64 * hh + 32 + l0);
+      hb[i] = lds128(qh + r * kDpQ6Qh + 32 * hh + l0);
+      const uint2 s8 = lds64(sc + r * kDpQ6Sc + 8 * hh);
+      const uint32_t dw = lds32(dd + r * kDpQ6D);
+      int64_t row = (int64_t)tile * DP_BN + r;
+      if (row > p.w.rows - 1) row = p.w.rows - 1;  // as loaded
+      const float d = h2f((uint16_t)(((row * p.kc + kc) & 1) ? dw >> 16 : dw & 0xffff));
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const uint32_t word = k < 2 ? s8.x : s8.y;
+        const int8_t s = (int8_t)((word >> (8 * (2 * (k & 1) + (t & 1)))) & 0xff);
+        dg[i][k] = __fmul_rn(d, (float)s);
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < 4; ++k)
+#pragma unroll
+      for (int jp = 0; jp < 2; ++jp) {
+        // k-steps 4k + 2jp, +1: words 2jp, 2jp + 1 of the k's ql half and of qh; elements
+        // 128hh + 32k + l0 + 8jp .. + 7 = token chunk 16hh + 4k + 2(t % 2) + jp.
+        uint32_t a0[4], a1[4];
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          const uint4& L = (k & 1) ? hi[i] : lo[i];
+          const uint32_t l_0 = jp ? L.z : L.x, l_1 = jp ? L.w : L.y;
+          const uint32_t h_0 = jp ? hb[i].z : hb[i].x, h_1 = jp ? hb[i].w : hb[i].y;
+          const int ls = k < 2 ? 0 : 4;
+          const uint32_t q0 = ((l_0 >> ls) & 0x0f0f0f0fu) | (((h_0 >> (2 * k)) & 0x03030303u) << 4);
+          const uint32_t q1 = ((l_1 >> ls) & 0x0f0f0f0fu) | (((h_1 >> (2 * k)) & 0x03030303u) << 4);
+          dp_dequant4<false>(q0, 8388640.0f, dg[i][k], 0.0f, a0[i], a0[2 + i]);  // 2^23 + 32: q - 32
+          dp_dequant4<false>(q1, 8388640.0f, dg[i][k], 0.0f, a1[i], a1[2 + i]);
+        }
+        dp_mma_pair<NT>(acc, a0, a1, tok, g, dp_tok_chunk<W>(16 * hh + 4 * k + 2 * (t & 1) + jp, g));
+      }
+  }
+}
+
+// The accumulators of one row tile's segment: to y (whole tile in this CTA) or to a partial slot.
+template <int NT>
+__device__ __forceinline__ void dp_store(const DpArgs& p, int tile, float (&acc)[NT][4], float* slot) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int ni = 0; ni < NT; ++ni)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int m = 8 * ni + 2 * t + (e & 1);
+      const int nl = 16 * warp + g + 8 * (e >> 1);
+      const int64_t n = (int64_t)tile * DP_BN + nl;
+      float v = acc[ni][e];
+      acc[ni][e] = 0.0f;
+      if (m >= p.M || n >= p.w.rows) continue;
+      if (slot) {
+        slot[m * DP_BN + nl] = v;
+        continue;
+      }
+      if (p.bias) v += p.bias[n];
+      float* dst = p.y + m * p.ldy + n;
+      *dst = p.accumulate ? *dst + v : v;
+    }
+}
+
+template <GgmlType W, int NT>
+__global__ void __launch_bounds__(DP_THREADS, 1) dqmm_pipe_kernel(DpArgs p) {
+  extern __shared__ __align__(128) unsigned char dp_smem[];
+  const int S = p.stages;
+  const size_t stage_bytes = dp_stage_bytes(dp_w_stage_bytes<W>(), NT);
+  const int u0 = dp_unit_begin(blockIdx.x, p.units, gridDim.x);
+  const int u1 = dp_unit_begin(blockIdx.x + 1, p.units, gridDim.x);
+  // Prologue: the first S-1 slices' weights before the PDL wait, then their tokens.
+  for (int s = 0; s < S - 1; ++s)
+    if (u0 + s < u1) dp_load_w<W>(p, dp_smem + s * stage_bytes, u0 + s);
+  pdl_wait();  // the activations may come from the kernel launched just before (PDL)
+  for (int s = 0; s < S - 1; ++s) {
+    if (u0 + s < u1) dp_load_tokens<W, NT>(p, dp_smem + s * stage_bytes, u0 + s);
+    cp_async_commit();
+  }
+  float acc[NT][4];
+#pragma unroll
+  for (int ni = 0; ni < NT; ++ni) acc[ni][0] = acc[ni][1] = acc[ni][2] = acc[ni][3] = 0.0f;
+  int slot = 0, load_slot = S - 1;
+  int seg_first = u0;  // first unit of the current tile's segment
+  for (int u = u0; u < u1; ++u) {
+    cp_async_wait_stages(S);
+    __syncthreads();  // slice u visible to all; everyone is done with the slot loaded next
+    const int un = u + S - 1;
+    if (un < u1) {
+      unsigned char* st = dp_smem + load_slot * stage_bytes;
+      dp_load_w<W>(p, st, un);
+      dp_load_tokens<W, NT>(p, st, un);
+    }
+    cp_async_commit();
+    if (p.prefetch > 0 && un + p.prefetch < u1) dp_prefetch_w<W>(p, un + p.prefetch);
+    dp_compute<W, NT>(p, dp_smem + slot * stage_bytes, u, acc);
+    if (++slot == S) slot = 0;
+    if (++load_slot == S) load_slot = 0;
+    const int tile = u / p.kc;
+    if (u % p.kc == p.kc - 1 || u == u1 - 1) {  // the end of this CTA's segment of the tile
+      const bool whole = seg_first % p.kc == 0 && u % p.kc == p.kc - 1;
+      float* part = whole ? nullptr
+                          : p.partial + ((size_t)(2 * blockIdx.x + (seg_first == u0 ? 0 : 1)) * p.M) * DP_BN;
+      dp_store<NT>(p, tile, acc, part);
+      seg_first = u + 1;
+    }
+  }
+  cp_async_wait<0>();
+}
+
+// The tiles that CTAs share: sum their segments in CTA order (the same order whatever the timing).
+__global__ void dqmm_pipe_reduce_kernel(DpArgs p, int grid) {
+  pdl_wait();
+  const int64_t N = p.w.rows, total = (int64_t)p.M * N;
+  for (int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += (int64_t)gridDim.x * blockDim.x) {
+    const int m = (int)(idx / N);
+    const int64_t n = idx % N;
+    const int tile = (int)(n / DP_BN), nl = (int)(n % DP_BN);
+    const int lo = tile * p.kc, hi = lo + p.kc;
+    // CTA holding unit x: the largest i with begin(i) <= x
+    const int i0 = (int)(((int64_t)(lo + 1) * grid + p.units - 1) / p.units) - 1;
+    const int i1 = (int)(((int64_t)hi * grid + p.units - 1) / p.units) - 1;
+    if (i0 == i1) continue;  // one CTA did the whole tile and wrote y itself
+    float v = 0.0f;
+    for (int i = i0; i <= i1; ++i) {
+      const int slot = 2 * i + (dp_unit_begin(i, p.units, grid) >= lo ? 0 : 1);
+      v += p.partial[((size_t)slot * p.M + m) * DP_BN + nl];
+    }
+    if (p.bias) v += p.bias[n];
+    float* dst = p.y + m * p.ldy + n;
+    *dst = p.accumulate ? *dst + v : v;
+  }
+}

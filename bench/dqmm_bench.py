@@ -7,7 +7,7 @@ Per rectification: 28 layers x (q, o 3584x3584 Q4_K; k 512x3584 Q4_K; v 512x3584
 copies larger than the L2, so every call reads its weights from DRAM. Also checks, on the real
 shapes, that the variants agree with the old kernel (same F16 operands; summation order only).
 
-    PYTHONPATH=. python3 bench/dqmm_bench.py [--ms 16,33,64] [--paths 3,2,12,13,14,24,44]
+    PYTHONPATH=. python3 bench/dqmm_bench.py [--ms 16,33,64] [--paths 3,2,12,13,14,212,312]
 """
 import argparse
 import json
@@ -32,7 +32,11 @@ NAMES = {2: "default", 3: "old"}
 
 
 def name(p):
-    return NAMES.get(p, f"pipe S{p % 10}" + (f" pf{p // 10 - 1}" if p >= 20 else ""))
+    """3 old, 2 default, 100 * variant + 10 * (prefetch + 1) + stages: the pipelined kernel."""
+    if p in NAMES:
+        return NAMES[p]
+    pf = (p // 10) % 10 - 1
+    return f"v{max(1, p // 100)} S{p % 10}" + (f" pf{pf}" if pf > 0 else "")
 
 
 def check(paths):
@@ -64,7 +68,7 @@ def check(paths):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--ms", default="16,33,64")
-    ap.add_argument("--paths", default="3,2,12,13,14,24,44")
+    ap.add_argument("--paths", default="3,2,12,13,14,212,213,312,313")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "/tmp"), "dqmm_bench.json"))
     ap.add_argument("--no-check", action="store_true")
@@ -91,6 +95,13 @@ def main():
     print("variant     " + "".join(f"   M={M:<5d}" for M in ms))
     for p in paths:
         print(f"{name(p):10s}  " + "".join(f"{res[f'M{M} {name(p)} rectification_ms']:9.2f}  " for M in ms))
+    if 33 in ms:  # the fastest pipelined variant at 33 tokens, as engine switches, for the script
+        best = min((p for p in paths if p >= 10), key=lambda p: res[f"M33 {name(p)} rectification_ms"], default=None)
+        if best is not None:
+            with open(os.path.join(os.environ.get("OUT", "/tmp"), "dqmm_best.env"), "w") as f:
+                f.write(f"export PYRESA_CUDA_DQMM={max(1, best // 100)} PYRESA_CUDA_DQMM_STAGES={best % 10}"
+                        f" DQMM_BEST_PATH={best}\n")
+            print(f"fastest at M=33: {name(best)}")
     print("per shape, M=33 (us):")
     for (nm, t, rows, cols, calls) in SHAPES:
         if 33 in ms:

@@ -740,7 +740,7 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, CudaEngi
   matvec_prefetch() = env_int("PYRESA_CUDA_MATVEC_PREFETCH", 2);
   {
     const char* v = std::getenv("PYRESA_CUDA_DQMM");  // "old": dqmm_kernel for every format
-    dqmm_variant() = v && (std::string(v) == "old" || std::string(v) == "0") ? 0 : 1;
+    dqmm_variant() = !v || !*v ? kDqmmDefaultVariant : std::string(v) == "old" ? 0 : std::atoi(v);
   }
   dqmm_stages() = env_int("PYRESA_CUDA_DQMM_STAGES", 0);
   dqmm_prefetch() = env_int("PYRESA_CUDA_DQMM_PREFETCH", 0);

@@ -22,14 +22,14 @@
 //   of CTAs; a tile done by one CTA is written directly, the others' segments go to a workspace
 //   and a second kernel adds them in CTA order (deterministic).
 
-constexpr int DP_BN = 128, DP_THREADS = 256;
 constexpr int kDpQ4Row = 144;                                   // Q4_K: one block per row and slice
 constexpr int kDpQ6Ql = 160, kDpQ6Qh = 64, kDpQ6Sc = 16, kDpQ6D = 4;  // Q6_K planes (ql padded: banks)
 constexpr int kDpTokRow = 512;                                   // 256 halves of one token
 
-template <GgmlType W>
+// A CTA of WARPS warps works on 16 * WARPS rows (16 per warp).
+template <GgmlType W, int WARPS>
 __host__ __device__ constexpr int dp_w_stage_bytes() {
-  return W == GgmlType::Q4_K ? DP_BN * kDpQ4Row : DP_BN * (kDpQ6Ql + kDpQ6Qh + kDpQ6Sc + kDpQ6D);
+  return W == GgmlType::Q4_K ? 16 * WARPS * kDpQ4Row : 16 * WARPS * (kDpQ6Ql + kDpQ6Qh + kDpQ6Sc + kDpQ6D);
 }
 __host__ __device__ inline size_t dp_stage_bytes(int w_bytes, int nt) { return (size_t)w_bytes + (size_t)nt * 8 * kDpTokRow; }
 
@@ -42,20 +42,15 @@ __device__ __forceinline__ int dp_tok_chunk(int c, int m) {
   return c ^ (x | ((m & 1) << 2));
 }
 
-__device__ __forceinline__ uint4 lds128(const void* p) {
-  uint4 v;
-  asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(smem_addr(p)));
-  return v;
-}
-__device__ __forceinline__ uint2 lds64(const void* p) {
-  uint2 v;
-  asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];\n" : "=r"(v.x), "=r"(v.y) : "r"(smem_addr(p)));
-  return v;
-}
-__device__ __forceinline__ uint32_t lds32(const void* p) {
-  uint32_t v;
-  asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(v) : "r"(smem_addr(p)));
-  return v;
+// Plain loads (not asm volatile): the compiler may hoist them ahead of the mma that need them.
+__device__ __forceinline__ uint4 lds128(const void* p) { return *reinterpret_cast<const uint4*>(p); }
+__device__ __forceinline__ uint2 lds64(const void* p) { return *reinterpret_cast<const uint2*>(p); }
+__device__ __forceinline__ uint32_t lds32(const void* p) { return *reinterpret_cast<const uint32_t*>(p); }
+// mma.sync without volatile: no side effects, so it may be scheduled among the dequantization.
+__device__ __forceinline__ void dp_mma(float* d, const uint32_t* a, uint32_t b0, uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 __device__ __forceinline__ void cp_async4(void* smem, const void* gmem, int src_bytes) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_addr(smem)), "l"(gmem), "r"(src_bytes));
@@ -84,19 +79,20 @@ struct DpArgs {
   int units;       // row tiles * kc
   int stages;      // ring depth, 2..4
   int prefetch;    // > 0: bulk-prefetch into L2 the rows of the slice this many units ahead
-  float* partial;  // [2 * gridDim.x][M][DP_BN]: segments of tiles shared by CTAs
+  int bn;          // rows per tile (16 per warp)
+  float* partial;  // [2 * gridDim.x][M][bn]: segments of tiles shared by CTAs
 };
 
 __host__ __device__ inline int dp_unit_begin(int i, int units, int grid) { return (int)((int64_t)i * units / grid); }
 
 // Loads of unit u (row tile u / kc, slice u % kc) into stage buffer st: weights, then tokens.
-template <GgmlType W>
+template <GgmlType W, int WARPS>
 __device__ __forceinline__ void dp_load_w(const DpArgs& p, unsigned char* st, int u) {
   const int tile = u / p.kc, kc = u % p.kc;
-  const int64_t n0 = (int64_t)tile * DP_BN;
+  const int64_t n0 = (int64_t)tile * (16 * WARPS);
   const int64_t last = p.w.rows - 1;
   if constexpr (W == GgmlType::Q4_K) {
-    for (int i = threadIdx.x; i < DP_BN * 9; i += DP_THREADS) {
+    for (int i = threadIdx.x; i < (16 * WARPS) * 9; i += (32 * WARPS)) {
       const int r = i / 9, c = i % 9;
       const int64_t row = n0 + r < last ? n0 + r : last;  // past the end: a real row, result discarded
       cp_async16(st + r * kDpQ4Row + 16 * c, p.w.data + row * p.w.row_bytes + (int64_t)kc * kDpQ4Row + 16 * c);
@@ -105,10 +101,10 @@ __device__ __forceinline__ void dp_load_w(const DpArgs& p, unsigned char* st, in
     const int64_t nb = p.kc;
     const Q6Planes pl = q6_planes(p.w.data, p.w.rows * nb);
     unsigned char* ql = st;
-    unsigned char* qh = ql + DP_BN * kDpQ6Ql;
-    unsigned char* sc = qh + DP_BN * kDpQ6Qh;
-    unsigned char* dd = sc + DP_BN * kDpQ6Sc;
-    for (int i = threadIdx.x; i < DP_BN * 14; i += DP_THREADS) {
+    unsigned char* qh = ql + (16 * WARPS) * kDpQ6Ql;
+    unsigned char* sc = qh + (16 * WARPS) * kDpQ6Qh;
+    unsigned char* dd = sc + (16 * WARPS) * kDpQ6Sc;
+    for (int i = threadIdx.x; i < (16 * WARPS) * 14; i += (32 * WARPS)) {
       const int r = i / 14, c = i % 14;
       const int64_t row = n0 + r < last ? n0 + r : last;
       const int64_t blk = row * nb + kc;
@@ -121,23 +117,23 @@ __device__ __forceinline__ void dp_load_w(const DpArgs& p, unsigned char* st, in
   }
 }
 
-template <GgmlType W, int NT>
+template <GgmlType W, int NT, int WARPS>
 __device__ __forceinline__ void dp_load_tokens(const DpArgs& p, unsigned char* st, int u) {
-  unsigned char* tok = st + dp_w_stage_bytes<W>();
+  unsigned char* tok = st + dp_w_stage_bytes<W, WARPS>();
   const int64_t k0 = (int64_t)(u % p.kc) * 256;
-  for (int i = threadIdx.x; i < NT * 8 * 32; i += DP_THREADS) {
+  for (int i = threadIdx.x; i < NT * 8 * 32; i += (32 * WARPS)) {
     const int m = i >> 5, c = i & 31;
     const int mm = m < p.M ? m : p.M - 1;  // padding tokens: a real token, result discarded
     cp_async16(tok + m * kDpTokRow + 16 * dp_tok_chunk<W>(c, m), p.A + mm * p.lda + k0 + 8 * c);
   }
 }
 
-template <GgmlType W>
+template <GgmlType W, int WARPS>
 __device__ __forceinline__ void dp_prefetch_w(const DpArgs& p, int u) {
   const int r = threadIdx.x;
-  if (r >= DP_BN) return;
+  if (r >= (16 * WARPS)) return;
   const int tile = u / p.kc, kc = u % p.kc;
-  const int64_t row = (int64_t)tile * DP_BN + r;
+  const int64_t row = (int64_t)tile * (16 * WARPS) + r;
   if (row >= p.w.rows) return;
   if constexpr (W == GgmlType::Q4_K) {
     prefetch_l2_bulk(p.w.data + row * p.w.row_bytes + (int64_t)kc * kDpQ4Row, kDpQ4Row);
@@ -158,8 +154,8 @@ __device__ __forceinline__ void dp_mma_pair(float (&acc)[NT][4], const uint32_t 
 #pragma unroll
   for (int ni = 0; ni < NT; ++ni) {
     const uint4 b = lds128(tok + (8 * ni + g) * kDpTokRow + 16 * chunk);
-    mma_16816(acc[ni], a0, b.x, b.y);
-    mma_16816(acc[ni], a1, b.z, b.w);
+    dp_mma(acc[ni], a0, b.x, b.y);
+    dp_mma(acc[ni], a1, b.z, b.w);
   }
 }
 
@@ -177,11 +173,11 @@ __device__ __forceinline__ void dp_dequant4(uint32_t q, float bias, float d, flo
   hi = pack_half2(v[2], v[3]);
 }
 
-template <GgmlType W, int NT>
+template <GgmlType W, int NT, int WARPS>
 __device__ __forceinline__ void dp_compute(const DpArgs& p, const unsigned char* st, int u, float (&acc)[NT][4]) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
-  const unsigned char* tok = st + dp_w_stage_bytes<W>();
+  const unsigned char* tok = st + dp_w_stage_bytes<W, WARPS>();
   const int r0 = 16 * warp + g, r1 = r0 + 8;
   if constexpr (W == GgmlType::Q4_K) {
     // Thread t: quant bytes 32t..32t+31 of its rows = sub-blocks 2t (low nibbles) and 2t+1 (high).
@@ -229,9 +225,9 @@ __device__ __forceinline__ void dp_compute(const DpArgs& p, const unsigned char*
     // qh bytes 32hh + l0 (2 bits per k), scales 8hh + 2k + t % 2.
     const int hh = t >> 1, l0 = 16 * (t & 1);
     const unsigned char* ql = st;
-    const unsigned char* qh = ql + DP_BN * kDpQ6Ql;
-    const unsigned char* sc = qh + DP_BN * kDpQ6Qh;
-    const unsigned char* dd = sc + DP_BN * kDpQ6Sc;
+    const unsigned char* qh = ql + (16 * WARPS) * kDpQ6Ql;
+    const unsigned char* sc = qh + (16 * WARPS) * kDpQ6Qh;
+    const unsigned char* dd = sc + (16 * WARPS) * kDpQ6Sc;
     const int tile = u / p.kc, kc = u % p.kc;
     uint4 lo[2], hi[2], hb[2];
     float dg[2][4];
@@ -243,7 +239,7 @@ __device__ __forceinline__ void dp_compute(const DpArgs& p, const unsigned char*
       hb[i] = lds128(qh + r * kDpQ6Qh + 32 * hh + l0);
       const uint2 s8 = lds64(sc + r * kDpQ6Sc + 8 * hh);
       const uint32_t dw = lds32(dd + r * kDpQ6D);
-      int64_t row = (int64_t)tile * DP_BN + r;
+      int64_t row = (int64_t)tile * (16 * WARPS) + r;
       if (row > p.w.rows - 1) row = p.w.rows - 1;  // as loaded
       const float d = h2f((uint16_t)(((row * p.kc + kc) & 1) ? dw >> 16 : dw & 0xffff));
 #pragma unroll
@@ -277,7 +273,7 @@ __device__ __forceinline__ void dp_compute(const DpArgs& p, const unsigned char*
 }
 
 // The accumulators of one row tile's segment: to y (whole tile in this CTA) or to a partial slot.
-template <int NT>
+template <int NT, int WARPS>
 __device__ __forceinline__ void dp_store(const DpArgs& p, int tile, float (&acc)[NT][4], float* slot) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
@@ -287,12 +283,12 @@ __device__ __forceinline__ void dp_store(const DpArgs& p, int tile, float (&acc)
     for (int e = 0; e < 4; ++e) {
       const int m = 8 * ni + 2 * t + (e & 1);
       const int nl = 16 * warp + g + 8 * (e >> 1);
-      const int64_t n = (int64_t)tile * DP_BN + nl;
+      const int64_t n = (int64_t)tile * (16 * WARPS) + nl;
       float v = acc[ni][e];
       acc[ni][e] = 0.0f;
       if (m >= p.M || n >= p.w.rows) continue;
       if (slot) {
-        slot[m * DP_BN + nl] = v;
+        slot[m * (16 * WARPS) + nl] = v;
         continue;
       }
       if (p.bias) v += p.bias[n];
@@ -301,19 +297,19 @@ __device__ __forceinline__ void dp_store(const DpArgs& p, int tile, float (&acc)
     }
 }
 
-template <GgmlType W, int NT>
-__global__ void __launch_bounds__(DP_THREADS, 1) dqmm_pipe_kernel(DpArgs p) {
+template <GgmlType W, int NT, int WARPS, int MINB>
+__global__ void __launch_bounds__(32 * WARPS, MINB) dqmm_pipe_kernel(DpArgs p) {
   extern __shared__ __align__(128) unsigned char dp_smem[];
   const int S = p.stages;
-  const size_t stage_bytes = dp_stage_bytes(dp_w_stage_bytes<W>(), NT);
+  const size_t stage_bytes = dp_stage_bytes(dp_w_stage_bytes<W, WARPS>(), NT);
   const int u0 = dp_unit_begin(blockIdx.x, p.units, gridDim.x);
   const int u1 = dp_unit_begin(blockIdx.x + 1, p.units, gridDim.x);
   // Prologue: the first S-1 slices' weights before the PDL wait, then their tokens.
   for (int s = 0; s < S - 1; ++s)
-    if (u0 + s < u1) dp_load_w<W>(p, dp_smem + s * stage_bytes, u0 + s);
+    if (u0 + s < u1) dp_load_w<W, WARPS>(p, dp_smem + s * stage_bytes, u0 + s);
   pdl_wait();  // the activations may come from the kernel launched just before (PDL)
   for (int s = 0; s < S - 1; ++s) {
-    if (u0 + s < u1) dp_load_tokens<W, NT>(p, dp_smem + s * stage_bytes, u0 + s);
+    if (u0 + s < u1) dp_load_tokens<W, NT, WARPS>(p, dp_smem + s * stage_bytes, u0 + s);
     cp_async_commit();
   }
   float acc[NT][4];
@@ -327,20 +323,20 @@ __global__ void __launch_bounds__(DP_THREADS, 1) dqmm_pipe_kernel(DpArgs p) {
     const int un = u + S - 1;
     if (un < u1) {
       unsigned char* st = dp_smem + load_slot * stage_bytes;
-      dp_load_w<W>(p, st, un);
-      dp_load_tokens<W, NT>(p, st, un);
+      dp_load_w<W, WARPS>(p, st, un);
+      dp_load_tokens<W, NT, WARPS>(p, st, un);
     }
     cp_async_commit();
-    if (p.prefetch > 0 && un + p.prefetch < u1) dp_prefetch_w<W>(p, un + p.prefetch);
-    dp_compute<W, NT>(p, dp_smem + slot * stage_bytes, u, acc);
+    if (p.prefetch > 0 && un + p.prefetch < u1) dp_prefetch_w<W, WARPS>(p, un + p.prefetch);
+    dp_compute<W, NT, WARPS>(p, dp_smem + slot * stage_bytes, u, acc);
     if (++slot == S) slot = 0;
     if (++load_slot == S) load_slot = 0;
     const int tile = u / p.kc;
     if (u % p.kc == p.kc - 1 || u == u1 - 1) {  // the end of this CTA's segment of the tile
       const bool whole = seg_first % p.kc == 0 && u % p.kc == p.kc - 1;
       float* part = whole ? nullptr
-                          : p.partial + ((size_t)(2 * blockIdx.x + (seg_first == u0 ? 0 : 1)) * p.M) * DP_BN;
-      dp_store<NT>(p, tile, acc, part);
+                          : p.partial + ((size_t)(2 * blockIdx.x + (seg_first == u0 ? 0 : 1)) * p.M) * (16 * WARPS);
+      dp_store<NT, WARPS>(p, tile, acc, part);
       seg_first = u + 1;
     }
   }
@@ -354,7 +350,7 @@ __global__ void dqmm_pipe_reduce_kernel(DpArgs p, int grid) {
   for (int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += (int64_t)gridDim.x * blockDim.x) {
     const int m = (int)(idx / N);
     const int64_t n = idx % N;
-    const int tile = (int)(n / DP_BN), nl = (int)(n % DP_BN);
+    const int tile = (int)(n / p.bn), nl = (int)(n % p.bn);
     const int lo = tile * p.kc, hi = lo + p.kc;
     // CTA holding unit x: the largest i with begin(i) <= x
     const int i0 = (int)(((int64_t)(lo + 1) * grid + p.units - 1) / p.units) - 1;
@@ -363,7 +359,7 @@ __global__ void dqmm_pipe_reduce_kernel(DpArgs p, int grid) {
     float v = 0.0f;
     for (int i = i0; i <= i1; ++i) {
       const int slot = 2 * i + (dp_unit_begin(i, p.units, grid) >= lo ? 0 : 1);
-      v += p.partial[((size_t)slot * p.M + m) * DP_BN + nl];
+      v += p.partial[((size_t)slot * p.M + m) * p.bn + nl];
     }
     if (p.bias) v += p.bias[n];
     float* dst = p.y + m * p.ldy + n;

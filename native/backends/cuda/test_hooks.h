@@ -13,11 +13,12 @@ namespace pyresa::cuda_test {
 // y [n][rows] = W [rows][cols] (ggml bytes) . x [n][cols]; path 0: integer matvec (Q8 activations),
 // 1: dequantize to F16 + tiled tensor-core GEMM, 2: dequantize-and-multiply in shared memory (n <= 64).
 // -(10 * steps + rows): integer matvec with that many rows per warp and load steps (one-token K-quants).
-// 3: dequantize-and-multiply by dqmm_kernel (PYRESA_CUDA_DQMM=old); 10 * (prefetch + 1) + stages:
-// by the pipelined kernel with that ring depth and L2 prefetch distance (Q4_K, Q6_K; others: 2).
+// 3: dequantize-and-multiply by dqmm_kernel (PYRESA_CUDA_DQMM=old); 100 * variant + 10 * (prefetch
+// + 1) + stages: by the pipelined kernel, that variant (1-3, 0 = 1), ring depth (0: the most that
+// fits) and L2 prefetch distance (Q4_K, Q6_K; other formats as path 2).
 std::vector<float> matvec(int type, int64_t rows, int64_t cols, const uint8_t* w, size_t w_bytes, const float* x,
                           int n, const float* bias, int path);
-// Microseconds per dequant_matmul_small call (path as in matvec: 2, 3, 10 * (prefetch + 1) + stages)
+// Microseconds per dequant_matmul_small call (path as in matvec: 2, 3, or a pipelined variant)
 // on random finite weights of that shape, cycling through copies that together exceed the L2.
 double time_dqmm(int type, int64_t rows, int64_t cols, int M, int path, int reps);
 // Activation rows in the CPU's ggml block format (Q8_0, Q8_1, Q8_K) or raw F32/F16.

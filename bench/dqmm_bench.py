@@ -36,7 +36,7 @@ def name(p):
     if p in NAMES:
         return NAMES[p]
     pf = (p // 10) % 10 - 1
-    return f"v{max(1, p // 100)} S{p % 10}" + (f" pf{pf}" if pf > 0 else "")
+    return f"v{max(1, p // 100 % 10)} S{p % 10}" + (f" pf{pf}" if pf > 0 else "") + (" trig" if p >= 1000 else "")
 
 
 def check(paths):
@@ -68,7 +68,7 @@ def check(paths):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--ms", default="16,33,64")
-    ap.add_argument("--paths", default="3,2,12,13,14,212,213,312,313")
+    ap.add_argument("--paths", default="3,2,12,13,14,212,213,312,313,1014")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "/tmp"), "dqmm_bench.json"))
     ap.add_argument("--no-check", action="store_true")
@@ -96,10 +96,10 @@ def main():
     for p in paths:
         print(f"{name(p):10s}  " + "".join(f"{res[f'M{M} {name(p)} rectification_ms']:9.2f}  " for M in ms))
     if 33 in ms:  # the fastest pipelined variant at 33 tokens, as engine switches, for the script
-        best = min((p for p in paths if p >= 10), key=lambda p: res[f"M33 {name(p)} rectification_ms"], default=None)
+        best = min((p for p in paths if 10 <= p < 1000), key=lambda p: res[f"M33 {name(p)} rectification_ms"], default=None)
         if best is not None:
             with open(os.path.join(os.environ.get("OUT", "/tmp"), "dqmm_best.env"), "w") as f:
-                f.write(f"export PYRESA_CUDA_DQMM={max(1, best // 100)} PYRESA_CUDA_DQMM_STAGES={best % 10}"
+                f.write(f"export PYRESA_CUDA_DQMM={max(1, best // 100 % 10)} PYRESA_CUDA_DQMM_STAGES={best % 10}"
                         f" DQMM_BEST_PATH={best}\n")
             print(f"fastest at M=33: {name(best)}")
     print("per shape, M=33 (us):")

@@ -79,6 +79,7 @@ struct DpArgs {
   int units;       // row tiles * kc
   int stages;      // ring depth, 2..4
   int prefetch;    // > 0: bulk-prefetch into L2 the rows of the slice this many units ahead
+  int trigger;     // 1: early PDL trigger when a CTA starts its last unit
   int bn;          // rows per tile (16 per warp)
   float* partial;  // [2 * gridDim.x][M][bn]: segments of tiles shared by CTAs
 };
@@ -320,6 +321,7 @@ __global__ void __launch_bounds__(32 * WARPS, MINB) dqmm_pipe_kernel(DpArgs p) {
   for (int u = u0; u < u1; ++u) {
     cp_async_wait_stages(S);
     __syncthreads();  // slice u visible to all; everyone is done with the slot loaded next
+    if (p.trigger && u == u1 - 1) pdl_trigger();  // the next kernel may start its weight loads
     const int un = u + S - 1;
     if (un < u1) {
       unsigned char* st = dp_smem + load_slot * stage_bytes;

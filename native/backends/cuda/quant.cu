@@ -1063,7 +1063,8 @@ bool dqmm_pipe_launch(const DeviceWeight& w, const __half* A, int64_t lda, int M
     a.units = 0;
     a.stages = 0;
     a.bn = 0;
-    a.prefetch = dqmm_prefetch();
+    a.prefetch = dqmm_prefetch() % 100;
+    a.trigger = dqmm_prefetch() >= 100;
     a.partial = ws;
     // (a variant whose two stages do not fit falls back to variant 1)
     if (dqmm_variant() == 2 && dqmm_pipe_launch_v<W, 8, 2>(a, n_sm, ws_floats, s)) return true;

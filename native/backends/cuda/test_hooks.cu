@@ -100,9 +100,9 @@ std::vector<float> matvec(int type, int64_t rows, int64_t cols, const uint8_t* w
     const int saved_v = dqmm_variant(), saved_s = dqmm_stages(), saved_p = dqmm_prefetch();
     if (path == 3) dqmm_variant() = 0;
     if (path >= 10) {
-      dqmm_variant() = std::max(1, path / 100);
+      dqmm_variant() = std::max(1, path / 100 % 10);
       dqmm_stages() = path % 10;
-      dqmm_prefetch() = (path / 10) % 10 - 1;
+      dqmm_prefetch() = (path / 10) % 10 - 1 + (path >= 1000 ? 100 : 0);
     }
     dequant_matmul_small(dw, act.get<__half>(), rb / 2, n, y.get<float>(), rows, bias ? bb.get<float>() : nullptr,
                          false, 132, ws.get<float>(), ws.bytes() / 4, nullptr);
@@ -593,9 +593,9 @@ double time_dqmm(int type, int64_t rows, int64_t cols, int M, int path, int reps
   const int saved_v = dqmm_variant(), saved_s = dqmm_stages(), saved_p = dqmm_prefetch();
   if (path == 3) dqmm_variant() = 0;
   if (path >= 10) {
-    dqmm_variant() = std::max(1, path / 100);
+    dqmm_variant() = std::max(1, path / 100 % 10);
     dqmm_stages() = path % 10;
-    dqmm_prefetch() = (path / 10) % 10 - 1;
+    dqmm_prefetch() = (path / 10) % 10 - 1 + (path >= 1000 ? 100 : 0);
   }
   cudaStream_t s;
   PYRESA_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));

@@ -15,7 +15,7 @@ namespace pyresa::cuda_test {
 // -(10 * steps + rows): integer matvec with that many rows per warp and load steps (one-token K-quants).
 // 3: dequantize-and-multiply by dqmm_kernel (PYRESA_CUDA_DQMM=old); 100 * variant + 10 * (prefetch
 // + 1) + stages: by the pipelined kernel, that variant (1-3, 0 = 1), ring depth (0: the most that
-// fits) and L2 prefetch distance (Q4_K, Q6_K; other formats as path 2).
+// fits) and L2 prefetch distance (Q4_K, Q6_K; other formats as path 2); + 1000: early PDL trigger.
 std::vector<float> matvec(int type, int64_t rows, int64_t cols, const uint8_t* w, size_t w_bytes, const float* x,
                           int n, const float* bias, int path);
 // Microseconds per dequant_matmul_small call (path as in matvec: 2, 3, or a pipelined variant)

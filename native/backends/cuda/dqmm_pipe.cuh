@@ -5,7 +5,7 @@
 // are read once for all tokens, so the product is bound by the quantized bytes (7B: 4.4 GB per
 // rectification, 1.5 ms at 3 TB/s). dqmm_kernel (one stage: load, dequantize, multiply, in turn)
 // reached ~0.4 TB/s. This kernel keeps the memory busy:
-// - a ring of S stages in shared memory holds the raw quantized blocks of a 128-row x 256-deep
+// - a ring of S stages (default 2) in shared memory holds the raw quantized blocks of a 128-row x 256-deep
 //   slice of W plus the tokens' F16 activations for that slice, filled by cp.async S-1 slices
 //   ahead while the warps work on the current one (the weights of the first slices are requested
 //   before the PDL wait: they do not depend on the previous kernel);

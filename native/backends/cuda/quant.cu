@@ -997,7 +997,7 @@ bool dqmm_pipe_launch_nt(const DpArgs& a0, int n_sm, size_t ws_floats, cudaStrea
   const size_t stage = dp_stage_bytes(dp_w_stage_bytes<W, WARPS>(), NT);
   // MINB CTAs per SM must fit (an SM has 1 KB more than a CTA may take, less 1 KB per CTA).
   const size_t per_cta = MINB == 1 ? (size_t)optin[dev] : ((size_t)optin[dev] + 1024) / MINB - 1024;
-  int S = dqmm_stages() > 0 ? dqmm_stages() : 4;
+  int S = dqmm_stages() > 0 ? dqmm_stages() : 2;  // 2: fastest in run 10 (3 and 4 were no faster)
   S = std::min<int>(std::min(S, 4), (int)(per_cta / stage));
   if (S < 2) return false;
   if (!occ[dev][S]) {

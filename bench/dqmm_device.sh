@@ -40,3 +40,6 @@ if [ -n "$model" ] && [ $left -gt 30 ]; then
     2>&1 | tee "$OUT/engine_tests.log" | tail -6
 fi
 echo "all done at $(el) s"
+# At most 8 files come back from $OUT: the build logs and the benchmark's own files go in one archive.
+(cd "$OUT" && tar czf logs.tgz cmake.log build.log gpu.txt pytest.log pyresa_bench.json pyresa_bench.txt dqmm_best.env \
+  2>/dev/null; rm -f cmake.log build.log gpu.txt pytest.log pyresa_bench.json pyresa_bench.txt dqmm_best.env)

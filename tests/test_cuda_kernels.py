@@ -124,6 +124,48 @@ def test_matvec_ksplit_matches_cpu(t, rows, scalar_cpu):
             assert rel_err(got, ref) < 2e-6, (path, nsb, rel_err(got, ref))
 
 
+def cpu_rms_norm(x, w, eps):
+    # The CPU's RMS norm: float products summed in double, the scale in float.
+    ss = np.sum((x * x).astype(np.float64))
+    scale = np.float32(1.0) / np.sqrt(np.float32(ss / x.size) + np.float32(eps))
+    return ((x * scale).astype(np.float32) * w).astype(np.float32)
+
+
+@pytest.mark.parametrize("transform", [0, 1], ids=["plain", "rmsnorm"])
+@pytest.mark.parametrize("types", [(Q4_K,), (Q5_K,), (Q6_K,), (Q4_K, Q4_K), (Q4_K, Q4_K, Q6_K), (Q5_K, Q6_K, Q6_K)],
+                         ids=lambda ts: "+".join(NAMES[t] for t in ts))
+def test_matvec_prep_bit_identical(types, transform, scalar_cpu):
+    # One-token products that normalise and quantize their own input in each CTA's shared memory
+    # (matvec_rows_prep, mode 1), and weights of two types in one launch (mode 2): the activation
+    # bytes and every output bit-identical to prepare_activations + the default matvec (mode 0),
+    # with a persistent grid too; mode 0 against the CPU's vec_dot on the CPU's normalised row.
+    rng = np.random.default_rng()
+    for nsb, rows in ((3, (37, 12, 20)), (14, (1000, 256, 64))):
+        cols = nsb * 256
+        rs = list(rows[:len(types)])
+        ws = [random_weights(rng, t, r, cols) for t, r in zip(types, rs)]
+        wcat = np.concatenate([w.reshape(-1) for w in ws])
+        x = (rng.standard_normal(cols) * rng.uniform(0.1, 10)).astype(np.float32)
+        x[256:512] = 0.0  # an all-zero Q8_K block
+        nw = rng.standard_normal(cols).astype(np.float32) if transform else None
+        eps = 1e-6
+        bias = rng.standard_normal(sum(rs)).astype(np.float32)
+        for acc in (False, True):
+            y0, a0 = core.cuda_test.matvec_prep(list(types), rs, cols, wcat, x, nw, eps, transform, bias, acc, 0)
+            assert np.isfinite(y0).all()
+            runs = [(1, 0), (1, 1), (1, 5)] + ([(2, 0)] if len(set(types)) > 1 else [])
+            for mode, cap in runs:
+                y1, a1 = core.cuda_test.matvec_prep(list(types), rs, cols, wcat, x, nw, eps, transform, bias, acc,
+                                                    mode, cap)
+                np.testing.assert_array_equal(a1, a0, err_msg=f"activations, mode {mode} cap {cap} nsb {nsb}")
+                assert np.array_equal(y1.view(np.uint32), y0.view(np.uint32)), (mode, cap, nsb, acc)
+            if not acc:
+                xn = cpu_rms_norm(x, nw, eps) if transform else x
+                ref = np.concatenate([[core.vec_dot(t, np.ascontiguousarray(w[r]), xn) for r in range(w.shape[0])]
+                                      for t, w in zip(types, ws)]) + bias
+                assert rel_err(y0, ref) < 1e-4, rel_err(y0, ref)
+
+
 @pytest.mark.parametrize("path,n", [(1, 70), (2, 9), (2, 33), (2, 64)])
 @pytest.mark.parametrize("t", [F16, Q8_0, Q4_1, Q4_K, Q6_K, Q5_K], ids=lambda t: NAMES[t])
 def test_f16_paths_match_float64(t, path, n):

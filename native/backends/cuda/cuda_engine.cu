@@ -119,6 +119,11 @@ struct CudaEngine::Impl {
   float theta_scale = 1.0f;
   int gemm_min_tokens = 65;
   int matvec_max_tokens = 8;
+  // One-token products that quantize their own input (matvec_rows_prep, no prepare kernel), by
+  // product: PYRESA_CUDA_FUSE_NORM bits kFold* (docs/perf-cuda.md, run 10-fixed-fuse).
+  int fold_prep = 0;
+  // One-token q, k and v in one launch also when v has another type (Q4_K_M: Q6_K v).
+  bool qkv_one = true;
   bool precise_dense = true;
   bool rect_precise = true;
   // Dense attention of many rows (attention_batched.cu) variant, 0 = the general kernel:
@@ -289,15 +294,30 @@ struct CudaEngine::Impl {
   // CPU's arithmetic); up to 64 by dequantize-and-multiply in shared memory (weights read once);
   // beyond, by dequantizing slices to F16 and the tiled tensor-core GEMM.
   enum class Path { Matvec, Small, Gemm };
+  static constexpr int kFoldQkv = 1, kFoldO = 2, kFoldGateUp = 4, kFoldLmHead = 8;
   Path path_for(const DeviceWeight& w, int n) const {
     if (n <= matvec_max_tokens || w.cols % 32) return Path::Matvec;
     return n <= 64 && n < gemm_min_tokens ? Path::Small : Path::Gemm;
   }
 
+  // Several products of the same input in one launch when they can share it (decode: q, k, v;
+  // gate, up); otherwise one linear() each.
+  struct LinearOut {
+    const DeviceWeight* w;
+    float* y;
+    int64_t ldy;
+    const DeviceWeight* bias;
+    bool accumulate = false;
+  };
+
   // y[n][w.rows] (+)= W . f(src) where f is described by `prep`; src identifies the activation
   // source so consecutive products of the same input reuse one quantization.
   void linear(const DeviceWeight& w, const ActPrep& prep, const void* src_id, int n, float* y, int64_t ldy,
-              const DeviceWeight* bias, bool accumulate) {
+              const DeviceWeight* bias, bool accumulate, int fold_bit = 0) {
+    if (n == 1 && fold_bit) {
+      const LinearOut o{&w, y, ldy, bias, accumulate};
+      if (one_token(&o, 1, prep, src_id, fold_bit)) return;
+    }
     const Path path = path_for(w, n);
     const GgmlType fmt = path != Path::Matvec ? GgmlType::F16 : act_type_for(w.type);
     const size_t rb = act_row_bytes(fmt, w.cols);
@@ -331,15 +351,41 @@ struct CudaEngine::Impl {
     }
   }
 
-  // Several products of the same input in one launch when they can share it (decode: q, k, v;
-  // gate, up); otherwise one linear() each.
-  struct LinearOut {
-    const DeviceWeight* w;
-    float* y;
-    int64_t ldy;
-    const DeviceWeight* bias;
-  };
-  void linear_multi(const LinearOut* outs, int n_out, const ActPrep& prep, const void* src_id, int n) {
+  // One token through matvec_rows_prep where it applies: with the input's preparation folded
+  // into the product (fold_bit set in fold_prep), or weights of two types in one launch.
+  // Returns false (nothing done) otherwise.
+  bool one_token(const LinearOut* outs, int n_out, const ActPrep& prep, const void* src_id, int fold_bit) {
+    bool mixed = false;
+    for (int i = 1; i < n_out; ++i) mixed = mixed || outs[i].w->type != outs[0].w->type;
+    const bool fold = (fold_prep & fold_bit) != 0;
+    if (!fold && !mixed) return false;
+    DeviceWeight ws[3];
+    MatvecOut os[3];
+    for (int i = 0; i < n_out; ++i) {
+      ws[i] = *outs[i].w;
+      os[i].y = outs[i].y;
+      os[i].ldy = outs[i].ldy;
+      os[i].bias = outs[i].bias && outs[i].bias->present() ? reinterpret_cast<const float*>(outs[i].bias->data) : nullptr;
+      os[i].accumulate = outs[i].accumulate;
+    }
+    if (fold && matvec_rows_prep(ws, os, n_out, &prep, nullptr, stream)) {
+      act_src = nullptr;  // the activation buffer was not written
+      return true;
+    }
+    if (!mixed || !matvec_rows_prep(ws, os, n_out, nullptr, act.get(), stream, /*dry_run=*/true)) return false;
+    const GgmlType fmt = act_type_for(ws[0].type);
+    const size_t rb = act_row_bytes(fmt, ws[0].cols);
+    if (act_src != src_id || act_fmt != fmt || act_rows != 1) {
+      prepare_activations(prep, fmt, 1, ws[0].cols, act.get(), rb, stream);
+      act_src = src_id;
+      act_fmt = fmt;
+      act_rows = 1;
+    }
+    return matvec_rows_prep(ws, os, n_out, nullptr, act.get(), stream);
+  }
+
+  void linear_multi(const LinearOut* outs, int n_out, const ActPrep& prep, const void* src_id, int n, int fold_bit = 0) {
+    if (n == 1 && one_token(outs, n_out, prep, src_id, fold_bit)) return;
     bool same = path_for(*outs[0].w, n) == Path::Matvec;
     for (int i = 1; i < n_out; ++i)
       same = same && outs[i].w->type == outs[0].w->type && outs[i].w->cols == outs[0].w->cols;
@@ -437,11 +483,11 @@ struct CudaEngine::Impl {
       const LinearOut qkv[3] = {{&L.wq, q.get<float>(), QD, &L.bq},
                                 {&L.wk, k.get<float>(), KVD, &L.bk},
                                 {&L.wv, v.get<float>(), KVD, &L.bv}};
-      if (L.wv.type == L.wq.type) {
-        linear_multi(qkv, 3, norm1, &L.attn_norm, n);
+      if (L.wv.type == L.wq.type || (n == 1 && qkv_one && L.wk.type == L.wq.type)) {
+        linear_multi(qkv, 3, norm1, &L.attn_norm, n, kFoldQkv);
       } else {  // e.g. Q4_K_M: v in Q6_K
-        linear_multi(qkv, 2, norm1, &L.attn_norm, n);
-        linear_multi(qkv + 2, 1, norm1, &L.attn_norm, n);
+        linear_multi(qkv, 2, norm1, &L.attn_norm, n, kFoldQkv);
+        linear_multi(qkv + 2, 1, norm1, &L.attn_norm, n, kFoldQkv);
       }
       mark("qkv (norm + products)");
 
@@ -512,7 +558,7 @@ struct CudaEngine::Impl {
       ActPrep plain;
       plain.x = attn.get<float>();
       plain.ld_x = QD;
-      linear(L.wo, plain, attn.get(), n, X, E, nullptr, true);
+      linear(L.wo, plain, attn.get(), n, X, E, nullptr, true, kFoldO);
       mark("output projection");
 
       ActPrep norm2;
@@ -522,7 +568,7 @@ struct CudaEngine::Impl {
       norm2.norm_w = reinterpret_cast<const float*>(L.ffn_norm.data);
       norm2.eps = c.rms_eps;
       const LinearOut gu[2] = {{&L.w_gate, gate.get<float>(), FF, nullptr}, {&L.w_up, up.get<float>(), FF, nullptr}};
-      linear_multi(gu, 2, norm2, &L.ffn_norm, n);
+      linear_multi(gu, 2, norm2, &L.ffn_norm, n, kFoldGateUp);
       mark("gate + up");
       ActPrep glu;
       glu.transform = ActTransform::SwiGLU;
@@ -540,7 +586,7 @@ struct CudaEngine::Impl {
     fin.ld_x = E;
     fin.norm_w = reinterpret_cast<const float*>(output_norm.data);
     fin.eps = c.rms_eps;
-    linear(output, fin, &output_norm, n - first, logits, c.n_vocab, nullptr, false);
+    linear(output, fin, &output_norm, n - first, logits, c.n_vocab, nullptr, false, kFoldLmHead);
     mark("lm head");
   }
 
@@ -738,6 +784,9 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, CudaEngi
   matvec_wide() = env_int("PYRESA_CUDA_MATVEC_WIDE", 0);
   matvec_ksplit() = env_int("PYRESA_CUDA_MATVEC_KSPLIT", 0);
   matvec_prefetch() = env_int("PYRESA_CUDA_MATVEC_PREFETCH", 2);
+  m.fold_prep = env_int("PYRESA_CUDA_FUSE_NORM", 3);
+  m.qkv_one = env_int("PYRESA_CUDA_QKV_ONE", 1) != 0;
+  matvec_prep_grid_cap() = m.n_sm * std::max(0, env_int("PYRESA_CUDA_FUSE_CTAS_PER_SM", 0));
   {
     const bool early = env_int("PYRESA_CUDA_PDL_EARLY", 1) != 0;
     set_pdl_early_quant(early);

@@ -132,7 +132,8 @@ def cpu_rms_norm(x, w, eps):
 
 
 @pytest.mark.parametrize("transform", [0, 1], ids=["plain", "rmsnorm"])
-@pytest.mark.parametrize("types", [(Q4_K,), (Q5_K,), (Q6_K,), (Q4_K, Q4_K), (Q4_K, Q4_K, Q6_K), (Q5_K, Q6_K, Q6_K)],
+@pytest.mark.parametrize("types", [(Q4_K,), (Q5_K,), (Q6_K,), (Q4_K, Q4_K), (Q4_K, Q4_K, Q6_K), (Q5_K, Q6_K, Q6_K),
+                                   (Q6_K, Q4_K, Q4_K)],
                          ids=lambda ts: "+".join(NAMES[t] for t in ts))
 def test_matvec_prep_bit_identical(types, transform, scalar_cpu):
     # One-token products that normalise and quantize their own input in each CTA's shared memory
@@ -157,13 +158,34 @@ def test_matvec_prep_bit_identical(types, transform, scalar_cpu):
             for mode, cap in runs:
                 y1, a1 = core.cuda_test.matvec_prep(list(types), rs, cols, wcat, x, nw, eps, transform, bias, acc,
                                                     mode, cap)
-                np.testing.assert_array_equal(a1, a0, err_msg=f"activations, mode {mode} cap {cap} nsb {nsb}")
+                planes = cols + 36 * nsb  # quants, scales, block sums (not the row's padding to 16 bytes)
+                np.testing.assert_array_equal(a1[:planes], a0[:planes], err_msg=f"activations, mode {mode} cap {cap} nsb {nsb}")
                 assert np.array_equal(y1.view(np.uint32), y0.view(np.uint32)), (mode, cap, nsb, acc)
             if not acc:
                 xn = cpu_rms_norm(x, nw, eps) if transform else x
                 ref = np.concatenate([[core.vec_dot(t, np.ascontiguousarray(w[r]), xn) for r in range(w.shape[0])]
                                       for t, w in zip(types, ws)]) + bias
                 assert rel_err(y0, ref) < 1e-4, rel_err(y0, ref)
+
+
+@pytest.mark.parametrize("t", [Q4_K, Q5_K, Q6_K], ids=lambda t: NAMES[t])
+def test_gate_up_glu_epilogue_bit_identical(t):
+    # gate + up in one launch whose CTAs quantize silu(gate) * up block by block as each 256-row
+    # block completes (a self-resetting counter per block): gate, up and the down product's Q8_K
+    # input equal, bit for bit, two matvecs + prepare_activations(SwiGLU); repeated launches
+    # (counters back at zero) and persistent grids too.
+    rng = np.random.default_rng()
+    for rows, nsb in ((512, 3), (2048, 14)):
+        cols = nsb * 256
+        w = np.concatenate([random_weights(rng, t, rows, cols).reshape(-1) for _ in range(2)])
+        x = rng.standard_normal(cols).astype(np.float32)
+        y0, a0 = core.cuda_test.gate_up_glu(t, rows, cols, w, x, 0)
+        assert np.isfinite(y0).all()
+        planes = rows + 36 * (rows // 256)
+        for cap, repeats in ((0, 1), (0, 3), (7, 2), (200, 1)):
+            y1, a1 = core.cuda_test.gate_up_glu(t, rows, cols, w, x, 1, cap, repeats)
+            assert np.array_equal(y1.view(np.uint32), y0.view(np.uint32)), (rows, cap, repeats)
+            np.testing.assert_array_equal(a1[:planes], a0[:planes], err_msg=f"rows {rows} cap {cap} x{repeats}")
 
 
 @pytest.mark.parametrize("path,n", [(1, 70), (2, 9), (2, 33), (2, 64)])

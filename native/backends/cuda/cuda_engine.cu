@@ -96,6 +96,10 @@ struct CudaEngine::Impl {
   // activations
   int nb = 0;  // rows per forward (n_batch, at least rectify_every + 1)
   DeviceBuffer x, q, k, v, attn, gate, up, act, wdeq, logits_all, logits1, attn_work, keys, blocks, small_ws;
+  // One-token gate+up with the SwiGLU quantization in its epilogue (PYRESA_CUDA_GLU_EPILOGUE):
+  // the down product's input row and the per-block completion counters (zero between launches).
+  DeviceBuffer act_glu, glu_counters;
+  bool glu_epilogue = true;
   size_t act_rb_max = 0;
   int logits_rows = 0;  // rows logits_all holds
   DeviceBuffer ints;    // pos, n_sel, argmax out, tokens [nb]
@@ -124,6 +128,7 @@ struct CudaEngine::Impl {
   int fold_prep = 0;
   // One-token q, k and v in one launch also when v has another type (Q4_K_M: Q6_K v).
   bool qkv_one = true;
+  bool qkv_v_first = false;  // PYRESA_CUDA_QKV_ONE=3: that launch with v's CTAs first
   bool precise_dense = true;
   bool rect_precise = true;
   // Dense attention of many rows (attention_batched.cu) variant, 0 = the general kernel:
@@ -271,6 +276,11 @@ struct CudaEngine::Impl {
     logits1 = DeviceBuffer(c.n_vocab * f, "logits");
     attn_work = DeviceBuffer(kAttnWorkBytes, "attention workspace");
     small_ws = DeviceBuffer(size_t(32) << 20, "split-K workspace");
+    if (FF % QK_K == 0) {
+      act_glu = DeviceBuffer(act_row_bytes(GgmlType::Q8_K, FF), "quantized activations");
+      glu_counters = DeviceBuffer(sizeof(int) * (FF / QK_K), "gate+up block counters");
+      PYRESA_CUDA_CHECK(cudaMemset(glu_counters.get(), 0, glu_counters.bytes()));
+    }
     ints = DeviceBuffer((4 + nb) * sizeof(int32_t), "positions");
     d_pos = ints.get<int>();
     d_nsel = d_pos + 1;
@@ -413,6 +423,33 @@ struct CudaEngine::Impl {
     matvec_multi(ws, os, n_out, act.get(), rb, n, stream);
   }
 
+  // One token's FFN with the SwiGLU + quantize in gate+up's epilogue (matvec_gate_up_glu), then
+  // down on that row: no SwiGLU prepare kernel. False (nothing done) where it does not apply.
+  bool ffn_one_token(const LayerDev& L, const ActPrep& norm2, float* X) {
+    if (!glu_epilogue || !act_glu.get() || (fold_prep & kFoldGateUp)) return false;
+    const GgmlType fmt = act_type_for(L.w_gate.type);
+    if (fmt != GgmlType::Q8_K || act_type_for(L.w_down.type) != GgmlType::Q8_K || L.w_down.cols != L.w_gate.rows ||
+        !matvec_gate_up_glu(L.w_gate, L.w_up, gate.get<float>(), up.get<float>(), nullptr, nullptr, nullptr, stream,
+                            /*dry_run=*/true))
+      return false;
+    const int64_t E = c.n_embd, FF = c.n_ff;
+    const size_t rb = act_row_bytes(fmt, L.w_gate.cols);
+    if (act_src != &L.ffn_norm || act_fmt != fmt || act_rows != 1) {
+      prepare_activations(norm2, fmt, 1, L.w_gate.cols, act.get(), rb, stream);
+      act_src = &L.ffn_norm;
+      act_fmt = fmt;
+      act_rows = 1;
+    }
+    matvec_gate_up_glu(L.w_gate, L.w_up, gate.get<float>(), up.get<float>(), act.get(), glu_counters.get<int>(),
+                       act_glu.get(), stream);
+    MatvecOut o;
+    o.y = X;
+    o.ldy = E;
+    o.accumulate = true;
+    matvec(L.w_down, act_glu.get(), act_row_bytes(GgmlType::Q8_K, FF), 1, o, stream);
+    return true;
+  }
+
   int attention_splits(int n_rows_per_head, int n_tiles, bool graph) const {
     // One token (decode, dense or sparse) on the decode kernel: one wave of its CTAs.
     if (const int ds = cuda::decode_attention_splits(1, n_rows_per_head * c.n_head_kv, c.n_head_kv, c.head_dim,
@@ -483,7 +520,11 @@ struct CudaEngine::Impl {
       const LinearOut qkv[3] = {{&L.wq, q.get<float>(), QD, &L.bq},
                                 {&L.wk, k.get<float>(), KVD, &L.bk},
                                 {&L.wv, v.get<float>(), KVD, &L.bv}};
-      if (L.wv.type == L.wq.type || (n == 1 && qkv_one && L.wk.type == L.wq.type)) {
+      if (n == 1 && qkv_v_first && L.wv.type != L.wq.type && L.wk.type == L.wq.type) {
+        // v's heavier Q6_K CTAs first: the partial second wave is then light Q4_K items
+        const LinearOut vqk[3] = {qkv[2], qkv[0], qkv[1]};
+        linear_multi(vqk, 3, norm1, &L.attn_norm, n, kFoldQkv);
+      } else if (L.wv.type == L.wq.type || (n == 1 && qkv_one && L.wk.type == L.wq.type)) {
         linear_multi(qkv, 3, norm1, &L.attn_norm, n, kFoldQkv);
       } else {  // e.g. Q4_K_M: v in Q6_K
         linear_multi(qkv, 2, norm1, &L.attn_norm, n, kFoldQkv);
@@ -567,6 +608,10 @@ struct CudaEngine::Impl {
       norm2.ld_x = E;
       norm2.norm_w = reinterpret_cast<const float*>(L.ffn_norm.data);
       norm2.eps = c.rms_eps;
+      if (n == 1 && ffn_one_token(L, norm2, X)) {
+        mark("gate + up + SwiGLU quantize, down");
+        continue;
+      }
       const LinearOut gu[2] = {{&L.w_gate, gate.get<float>(), FF, nullptr}, {&L.w_up, up.get<float>(), FF, nullptr}};
       linear_multi(gu, 2, norm2, &L.ffn_norm, n, kFoldGateUp);
       mark("gate + up");
@@ -784,8 +829,12 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, CudaEngi
   matvec_wide() = env_int("PYRESA_CUDA_MATVEC_WIDE", 0);
   matvec_ksplit() = env_int("PYRESA_CUDA_MATVEC_KSPLIT", 0);
   matvec_prefetch() = env_int("PYRESA_CUDA_MATVEC_PREFETCH", 2);
-  m.fold_prep = env_int("PYRESA_CUDA_FUSE_NORM", 3);
+  // Folding the input's preparation into the products lost on the H100 (run 10-fixed-fuse): off.
+  m.fold_prep = env_int("PYRESA_CUDA_FUSE_NORM", 0);
   m.qkv_one = env_int("PYRESA_CUDA_QKV_ONE", 1) != 0;
+  matvec_prep_min_ctas() = env_int("PYRESA_CUDA_QKV_ONE", 1) == 2 ? 5 : 0;
+  m.qkv_v_first = env_int("PYRESA_CUDA_QKV_ONE", 1) == 3;
+  m.glu_epilogue = env_int("PYRESA_CUDA_GLU_EPILOGUE", 1) != 0;
   matvec_prep_grid_cap() = m.n_sm * std::max(0, env_int("PYRESA_CUDA_FUSE_CTAS_PER_SM", 0));
   {
     const bool early = env_int("PYRESA_CUDA_PDL_EARLY", 1) != 0;

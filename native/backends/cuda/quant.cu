@@ -109,11 +109,16 @@ __device__ __forceinline__ void q5k_unpack(const uint32_t qs[4], const uint32_t 
 
 // ---- activation preparation ------------------------------------------------------------------
 
+// silu(x) * u, as the CPU computes it (shared by prepare_kernel and the gate+up epilogue).
+__device__ __forceinline__ float swiglu_value(float x, float u) {
+  return __fmul_rn(__fdiv_rn(x, __fadd_rn(1.0f, expf(-x))), u);
+}
+
 template <ActTransform T>
 __device__ __forceinline__ float act_value(const ActPrep& p, const float* xr, const float* ur, int64_t i, float scale) {
   const float x = xr[i];
   if constexpr (T == ActTransform::RmsNorm) return __fmul_rn(__fmul_rn(x, scale), p.norm_w[i]);
-  if constexpr (T == ActTransform::SwiGLU) return __fmul_rn(__fdiv_rn(x, __fadd_rn(1.0f, expf(-x))), ur[i]);
+  if constexpr (T == ActTransform::SwiGLU) return swiglu_value(x, ur[i]);
   return x;
 }
 
@@ -735,10 +740,12 @@ __device__ __forceinline__ void cta_prepare_q8k(const ActPrep& p, int64_t cols, 
 }
 
 // F: 0 the activations are given (act, global), 1 plain row quantized here, 2 RMS-normed row.
-// act_dump (tests): CTA 0 copies its shared activation row there.
-template <GgmlType W0, GgmlType W1, int R, int U, int F>
-__global__ void __launch_bounds__(32 * kRowsPerCta) matvec_rows_prep_kernel(MatvecBatch batch, const uint8_t* act,
-                                                                            ActPrep prep, uint8_t* act_dump) {
+// act_dump (tests): CTA 0 copies its shared activation row there. MinB > 1: at most 65536 /
+// (128 * MinB) registers per thread, so MinB CTAs fit on an SM (the two-type kernel takes 118:
+// 4 CTAs per SM, q/k/v's 576 CTAs then need a second partial wave).
+template <GgmlType W0, GgmlType W1, int R, int U, int F, int MinB = 1>
+__global__ void __launch_bounds__(32 * kRowsPerCta, MinB) matvec_rows_prep_kernel(MatvecBatch batch, const uint8_t* act,
+                                                                                  ActPrep prep, uint8_t* act_dump) {
   extern __shared__ uint4 smem_act[];
   __shared__ double red[kPrepWarps + 1];
   __shared__ float part[1][R];
@@ -782,6 +789,51 @@ __global__ void __launch_bounds__(32 * kRowsPerCta) matvec_rows_prep_kernel(Matv
       else rows_item<W0, R, U, 1>(batch.w[wi], batch.out[wi], row0, a, part);
     }
   }
+}
+
+// ---- one token, gate + up with the SwiGLU + Q8_K quantization of the down product's input in
+// the epilogue (PYRESA_CUDA_GLU_EPILOGUE) --------------------------------------------------------
+// Q8_K block b of h = silu(gate) * up needs gate and up rows [256b, 256b + 256): 32 items of
+// gate and 32 of up (8 rows each). Each item, once its rows are stored (and fenced), counts
+// itself into block b's counter; the item that completes the count quantizes block b with one
+// warp, exactly as prepare_kernel's warp for that block would (swiglu_value, quantize_q8k_block:
+// the same bytes), and resets the counter for the next layer. The separate SwiGLU prepare kernel
+// (a launch and a latency chain per layer) goes away; blocks finish while other items still run.
+struct GluOut {
+  int* counters;   // [n_ff / 256], zero between launches
+  uint8_t* act;    // the down product's Q8_K input row (planes, act_layout(Q8_K, n_ff))
+  int64_t n_ff;
+};
+
+template <GgmlType W, int R, int U>
+__global__ void __launch_bounds__(32 * kRowsPerCta) matvec_rows_glu_kernel(MatvecBatch batch, const uint8_t* act,
+                                                                           GluOut glu) {
+  __shared__ float part[1][R];
+  __shared__ int last_block;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  constexpr int kItemsPerBlock = 2 * QK_K / (kRowsPerCta * R);  // gate's and up's
+  for_each_item<W, R, 1>(batch, [&](const DeviceWeight& w, const MatvecOut& out, int64_t row0) {
+    rows_item<W, R, U, 1>(w, out, row0, act, part);
+    if (lane == 0) __threadfence();  // this warp's stored outputs, visible before the count
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      const int b = (int)(row0 / QK_K);  // the item's 8 rows lie in one block
+      const int done = atomicAdd(&glu.counters[b], 1);
+      last_block = done == kItemsPerBlock - 1 ? b : -1;
+    }
+    __syncthreads();
+    const int b = last_block;  // (rewritten only after the next item's first barrier)
+    if (b >= 0 && warp == 0) {
+      __threadfence();
+      const float* g = batch.out[0].y + (int64_t)b * QK_K + 8 * lane;
+      const float* u = batch.out[1].y + (int64_t)b * QK_K + 8 * lane;
+      float v[8];
+#pragma unroll
+      for (int i = 0; i < 8; ++i) v[i] = swiglu_value(__ldcg(g + i), __ldcg(u + i));  // (L2: other SMs' stores)
+      quantize_q8k_block(v, lane, b, act_layout(GgmlType::Q8_K, glu.n_ff), glu.act);
+      if (lane == 0) glu.counters[b] = 0;
+    }
+  });
 }
 
 // ---- one token, Q4_K, 4 lanes per superblock ("wide", PYRESA_CUDA_MATVEC_WIDE=1) -------------
@@ -1279,7 +1331,8 @@ void launch_rows_prep(const MatvecBatch& b, int grid, int F, const uint8_t* act,
   constexpr int kT = 32 * kRowsPerCta;
   if constexpr (W0 != W1) {
     if (F == 0) {
-      launch(matvec_rows_prep_kernel<W0, W1, 2, 2, 0>, grid, kT, 0, s, b, act, p, dump);
+      if (matvec_prep_min_ctas() >= 5) launch(matvec_rows_prep_kernel<W0, W1, 2, 2, 0, 5>, grid, kT, 0, s, b, act, p, dump);
+      else launch(matvec_rows_prep_kernel<W0, W1, 2, 2, 0>, grid, kT, 0, s, b, act, p, dump);
       return;
     }
   }
@@ -1316,6 +1369,10 @@ int& matvec_prefetch() {
 int& matvec_prep_grid_cap() {
   static int c = 0;
   return c;
+}
+int& matvec_prep_min_ctas() {
+  static int m = 0;
+  return m;
 }
 void set_pdl_early_quant(bool on) { set_pdl_early_this_unit(on); }
 
@@ -1421,7 +1478,9 @@ bool matvec_rows_prep(const DeviceWeight* ws, const MatvecOut* outs, int n_w, co
     }
     if (i >= w1_from && t != t1) return false;  // W0 weights first, then W1 ones
   }
-  if (t1 != t0 && t1 != GgmlType::Q6_K) return false;  // pairs: Q4_K or Q5_K with Q6_K
+  // pairs: Q4_K or Q5_K with Q6_K, in either order
+  if (t1 != t0 && t1 != GgmlType::Q6_K && t0 != GgmlType::Q6_K) return false;
+  if (t1 != t0 && (t0 == GgmlType::Q6_K) == (t1 == GgmlType::Q6_K)) return false;
   const int64_t cols = ws[0].cols;
   if (cols % QK_K) return false;
   // Only where the plain path would run matvec_rows_kernel<W, 2, 2> (whose arithmetic it shares).
@@ -1455,9 +1514,45 @@ bool matvec_rows_prep(const DeviceWeight* ws, const MatvecOut* outs, int n_w, co
     else launch_rows_prep<GgmlType::Q6_K, GgmlType::Q6_K>(b, grid, F, a, p, act_dump, smem, s);
   } else if (t0 == GgmlType::Q4_K) {
     launch_rows_prep<GgmlType::Q4_K, GgmlType::Q6_K>(b, grid, F, a, p, act_dump, smem, s);
-  } else {
+  } else if (t0 == GgmlType::Q5_K) {
     launch_rows_prep<GgmlType::Q5_K, GgmlType::Q6_K>(b, grid, F, a, p, act_dump, smem, s);
+  } else if (t1 == GgmlType::Q4_K) {
+    launch_rows_prep<GgmlType::Q6_K, GgmlType::Q4_K>(b, grid, F, a, p, act_dump, smem, s);
+  } else {
+    launch_rows_prep<GgmlType::Q6_K, GgmlType::Q5_K>(b, grid, F, a, p, act_dump, smem, s);
   }
+  PYRESA_CUDA_LAUNCH_CHECK();
+  return true;
+}
+
+bool matvec_gate_up_glu(const DeviceWeight& gate, const DeviceWeight& up, float* y_gate, float* y_up, const void* act,
+                        int* counters, void* act_out, cudaStream_t s, bool dry_run) {
+  const GgmlType t = gate.type;
+  if (t != up.type || gate.rows != up.rows || gate.cols != up.cols || gate.rows % QK_K || gate.cols % QK_K) return false;
+  if (t != GgmlType::Q4_K && t != GgmlType::Q5_K && t != GgmlType::Q6_K) return false;
+  if (matvec_rows_per_warp() != 2 || matvec_steps() != 2) return false;  // the default kernel's arithmetic
+  if (matvec_wide() && t == GgmlType::Q4_K) return false;
+  if (matvec_ksplit() && gate.cols / QK_K >= 32) return false;
+  if (dry_run) return true;
+  MatvecBatch b;
+  b.n = 2;
+  b.w[0] = gate;
+  b.w[1] = up;
+  b.out[0].y = y_gate;
+  b.out[1].y = y_up;
+  b.out[0].ldy = b.out[1].ldy = gate.rows;
+  b.prefetch = matvec_prefetch();
+  const int per = ceil_div(gate.rows, kRowsPerCta * 2);
+  b.first[0] = 0;
+  b.first[1] = per;
+  b.n_items = 2 * per;
+  int grid = b.n_items;
+  if (matvec_grid_cap() > 0) grid = std::min(grid, matvec_grid_cap());
+  GluOut g{counters, static_cast<uint8_t*>(act_out), gate.rows};
+  const auto* a = static_cast<const uint8_t*>(act);
+  if (t == GgmlType::Q4_K) launch(matvec_rows_glu_kernel<GgmlType::Q4_K, 2, 2>, grid, 32 * kRowsPerCta, 0, s, b, a, g);
+  else if (t == GgmlType::Q5_K) launch(matvec_rows_glu_kernel<GgmlType::Q5_K, 2, 2>, grid, 32 * kRowsPerCta, 0, s, b, a, g);
+  else launch(matvec_rows_glu_kernel<GgmlType::Q6_K, 2, 2>, grid, 32 * kRowsPerCta, 0, s, b, a, g);
   PYRESA_CUDA_LAUNCH_CHECK();
   return true;
 }

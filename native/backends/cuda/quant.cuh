@@ -88,7 +88,7 @@ void matvec_multi(const DeviceWeight* w, const MatvecOut* out, int n_w, const vo
 //  - prep given (Plain or RmsNorm, row 0 of prep.x): each CTA quantizes the row to Q8_K itself,
 //    into shared memory, bit-identical to prepare_activations (no prepare kernel; act unused);
 //  - prep null: the Q8_K activations at act, as matvec_multi.
-// The weights may be of two types, W0 ones first, then Q6_K ones (Q4_K_M's q, k and v).
+// The weights may be of two types, Q4_K or Q5_K and Q6_K, grouped (Q4_K_M's q, k and v; or v, q, k).
 // Returns false, launching nothing, where it does not apply (other types or settings; then use
 // prepare_activations + matvec_multi). dry_run: only answer that. act_dump (tests): CTA 0's
 // activation row (act_row_bytes(Q8_K, cols) bytes) is copied there.
@@ -97,6 +97,17 @@ bool matvec_rows_prep(const DeviceWeight* w, const MatvecOut* out, int n_w, cons
 // Most CTAs of matvec_rows_prep's grid (0: matvec_grid_cap()); the engine sets n_sm *
 // PYRESA_CUDA_FUSE_CTAS_PER_SM (a persistent grid prepares the row once per CTA, not per item).
 int& matvec_prep_grid_cap();
+// 5: the two-type kernel without the folded preparation is compiled for 5 CTAs per SM (at most
+// 102 registers) instead of 4 (PYRESA_CUDA_QKV_ONE=2); else 0.
+int& matvec_prep_min_ctas();
+
+// One token: gate = W_gate . act, up = W_up . act (Q8_K act, no bias), and in the same launch the
+// down product's input, Q8_K(silu(gate) * up), written to act_out (act_row_bytes(Q8_K, rows))
+// bit-identical to prepare_activations(SwiGLU): each 256-row block is quantized by the CTA that
+// completes it (counters: rows / 256 ints, zero, left zero). False (nothing launched) where it
+// does not apply; dry_run: only answer. PYRESA_CUDA_GLU_EPILOGUE.
+bool matvec_gate_up_glu(const DeviceWeight& gate, const DeviceWeight& up, float* y_gate, float* y_up, const void* act,
+                        int* counters, void* act_out, cudaStream_t stream, bool dry_run = false);
 
 // y[m][n] (+)= W[n] . A[m] (+ bias[n]) for M <= 64 tokens of F16 activations (lda halves apart):
 // W is dequantized tile by tile into shared memory and multiplied on tensor cores, read once.

@@ -177,6 +177,62 @@ std::vector<float> matvec_prep(const std::vector<int>& types, const std::vector<
   return to_host<float>(y, (size_t)total_rows);
 }
 
+std::vector<float> gate_up_glu(int type, int64_t rows, int64_t cols, const uint8_t* w, size_t w_bytes, const float* x,
+                               int mode, int cap, int repeats, std::vector<uint8_t>& act_out) {
+  const size_t bytes = device_weight_bytes(static_cast<GgmlType>(type), rows, cols);
+  if (2 * bytes > w_bytes) throw std::invalid_argument("too few weight bytes (gate, then up)");
+  DeviceBuffer gb, ub;
+  const DeviceWeight g = upload(type, rows, cols, w, bytes, gb);
+  const DeviceWeight u = upload(type, rows, cols, w + bytes, bytes, ub);
+  DeviceBuffer xb = to_device(x, sizeof(float) * cols);
+  const size_t rb = act_row_bytes(GgmlType::Q8_K, cols), rb_out = act_row_bytes(GgmlType::Q8_K, rows);
+  DeviceBuffer act(rb, "test activations");
+  ActPrep p;
+  p.x = xb.get<float>();
+  p.ld_x = cols;
+  prepare_activations(p, GgmlType::Q8_K, 1, cols, act.get(), rb, nullptr);
+  DeviceBuffer y = poisoned(sizeof(float) * 2 * rows);
+  DeviceBuffer out = poisoned(rb_out);
+  DeviceBuffer counters(sizeof(int) * (rows / QK_K + 1), "test counters");
+  PYRESA_CUDA_CHECK(cudaMemset(counters.get(), 0, counters.bytes()));
+  const int saved[5] = {matvec_rows_per_warp(), matvec_steps(), matvec_grid_cap(), matvec_wide(), matvec_ksplit()};
+  matvec_rows_per_warp() = 2;
+  matvec_steps() = 2;
+  matvec_grid_cap() = cap;
+  matvec_wide() = 0;
+  matvec_ksplit() = 0;
+  bool ok = true;
+  if (mode == 0) {  // reference: two products, then prepare_activations(SwiGLU)
+    MatvecOut o;
+    o.ldy = rows;
+    o.y = y.get<float>();
+    matvec(g, act.get(), rb, 1, o, nullptr);
+    o.y = y.get<float>() + rows;
+    matvec(u, act.get(), rb, 1, o, nullptr);
+    ActPrep q;
+    q.transform = ActTransform::SwiGLU;
+    q.x = y.get<float>();
+    q.up = y.get<float>() + rows;
+    q.ld_x = rows;
+    prepare_activations(q, GgmlType::Q8_K, 1, rows, out.get(), rb_out, nullptr);
+  } else {
+    for (int r = 0; r < repeats && ok; ++r)
+      ok = matvec_gate_up_glu(g, u, y.get<float>(), y.get<float>() + rows, act.get(), counters.get<int>(), out.get(),
+                              nullptr);
+  }
+  matvec_rows_per_warp() = saved[0];
+  matvec_steps() = saved[1];
+  matvec_grid_cap() = saved[2];
+  matvec_wide() = saved[3];
+  matvec_ksplit() = saved[4];
+  if (!ok) throw std::invalid_argument("matvec_gate_up_glu does not take these weights");
+  std::vector<int> cnt = to_host<int>(counters, rows / QK_K);
+  for (int c : cnt)
+    if (c != 0) throw std::runtime_error("gate+up block counters not left at zero");
+  act_out = to_host<uint8_t>(out, rb_out);
+  return to_host<float>(y, (size_t)2 * rows);
+}
+
 std::vector<uint8_t> quantize_rows(int act_type, const float* x, int n, int64_t cols) {
   const GgmlType t = static_cast<GgmlType>(act_type);
   DeviceBuffer xb = to_device(x, sizeof(float) * n * cols);

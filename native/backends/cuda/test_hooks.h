@@ -25,6 +25,13 @@ std::vector<float> matvec_prep(const std::vector<int>& types, const std::vector<
                                const uint8_t* w, size_t w_bytes, const float* x, const float* norm_w, float eps,
                                int transform, const float* bias, bool accumulate, int mode, int cap,
                                std::vector<uint8_t>& act_out);
+// One token's gate and up products (w: gate's then up's ggml bytes, rows x cols each) on x, and
+// the down product's Q8_K input silu(gate) * up (act_out, planes). mode 0: two matvecs +
+// prepare_activations(SwiGLU); 1: matvec_gate_up_glu (its epilogue quantizes), launched
+// `repeats` times (the block counters must reset themselves; checked), cap: most CTAs.
+// Returns gate then up.
+std::vector<float> gate_up_glu(int type, int64_t rows, int64_t cols, const uint8_t* w, size_t w_bytes, const float* x,
+                               int mode, int cap, int repeats, std::vector<uint8_t>& act_out);
 // Activation rows in the CPU's ggml block format (Q8_0, Q8_1, Q8_K) or raw F32/F16.
 std::vector<uint8_t> quantize_rows(int act_type, const float* x, int n, int64_t cols);
 // [rows][cols] floats

@@ -213,8 +213,9 @@ void bind_cuda(nb::module_& m) {
                                     eps, transform, bs.empty() ? nullptr : bs.data(), accumulate, mode, cap, act);
     const size_t ny = y.size(), na = act.size();
     return nb::make_tuple(numpy_array(std::move(y), {ny}), numpy_array(std::move(act), {na}));
-  }, nb::arg("types"), nb::arg("rows"), nb::arg("cols"), nb::arg("w"), nb::arg("x"), nb::arg("norm_w"),
-     nb::arg("eps"), nb::arg("transform"), nb::arg("bias"), nb::arg("accumulate"), nb::arg("mode"), nb::arg("cap") = 0);
+  }, nb::arg("types"), nb::arg("rows"), nb::arg("cols"), nb::arg("w"), nb::arg("x"), nb::arg("norm_w").none(),
+     nb::arg("eps"), nb::arg("transform"), nb::arg("bias").none(), nb::arg("accumulate"), nb::arg("mode"),
+     nb::arg("cap") = 0);
   t.def("gate_up_glu", [](int type, int64_t rows, int64_t cols, Bytes w, F32 x, int mode, int cap, int repeats) {
     if (x.size() != (size_t)cols) throw std::invalid_argument("x must hold cols floats");
     std::vector<uint8_t> act;

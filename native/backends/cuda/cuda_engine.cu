@@ -99,7 +99,7 @@ struct CudaEngine::Impl {
   // One-token gate+up with the SwiGLU quantization in its epilogue (PYRESA_CUDA_GLU_EPILOGUE):
   // the down product's input row and the per-block completion counters (zero between launches).
   DeviceBuffer act_glu, glu_counters;
-  bool glu_epilogue = true;
+  bool glu_epilogue = false;  // slower on the H100 (run 10-fixed-fuse): off by default
   size_t act_rb_max = 0;
   int logits_rows = 0;  // rows logits_all holds
   DeviceBuffer ints;    // pos, n_sel, argmax out, tokens [nb]
@@ -124,11 +124,14 @@ struct CudaEngine::Impl {
   int gemm_min_tokens = 65;
   int matvec_max_tokens = 8;
   // One-token products that quantize their own input (matvec_rows_prep, no prepare kernel), by
-  // product: PYRESA_CUDA_FUSE_NORM bits kFold* (docs/perf-cuda.md, run 10-fixed-fuse).
+  // product: PYRESA_CUDA_FUSE_NORM bits kFold* (docs/perf-cuda.md, run 10-fixed-fuse: slower on
+  // the H100, off by default).
   int fold_prep = 0;
-  // One-token q, k and v in one launch also when v has another type (Q4_K_M: Q6_K v).
+  // One-token q, k and v in one launch also when v has another type (Q4_K_M: Q6_K v), v's CTAs
+  // first (PYRESA_CUDA_QKV_ONE: 0 off, 1 in q, k, v order, 3 v first, the default: fastest in
+  // run 10-fixed-fuse; 2, a 5-CTAs-per-SM build of the kernel, measured as 1 and was removed).
   bool qkv_one = true;
-  bool qkv_v_first = false;  // PYRESA_CUDA_QKV_ONE=3: that launch with v's CTAs first
+  bool qkv_v_first = true;
   bool precise_dense = true;
   bool rect_precise = true;
   // Dense attention of many rows (attention_batched.cu) variant, 0 = the general kernel:
@@ -829,12 +832,15 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, CudaEngi
   matvec_wide() = env_int("PYRESA_CUDA_MATVEC_WIDE", 0);
   matvec_ksplit() = env_int("PYRESA_CUDA_MATVEC_KSPLIT", 0);
   matvec_prefetch() = env_int("PYRESA_CUDA_MATVEC_PREFETCH", 2);
-  // Folding the input's preparation into the products lost on the H100 (run 10-fixed-fuse): off.
+  // Run 10-fixed-fuse (H100): folding the input's preparation into the products and the SwiGLU
+  // quantize into gate+up's epilogue both lost (off); q/k/v in one launch, v first, won.
   m.fold_prep = env_int("PYRESA_CUDA_FUSE_NORM", 0);
-  m.qkv_one = env_int("PYRESA_CUDA_QKV_ONE", 1) != 0;
-  matvec_prep_min_ctas() = env_int("PYRESA_CUDA_QKV_ONE", 1) == 2 ? 5 : 0;
-  m.qkv_v_first = env_int("PYRESA_CUDA_QKV_ONE", 1) == 3;
-  m.glu_epilogue = env_int("PYRESA_CUDA_GLU_EPILOGUE", 1) != 0;
+  {
+    const int qkv = env_int("PYRESA_CUDA_QKV_ONE", 3);
+    m.qkv_one = qkv != 0;
+    m.qkv_v_first = qkv == 3;
+  }
+  m.glu_epilogue = env_int("PYRESA_CUDA_GLU_EPILOGUE", 0) != 0;
   matvec_prep_grid_cap() = m.n_sm * std::max(0, env_int("PYRESA_CUDA_FUSE_CTAS_PER_SM", 0));
   {
     const bool early = env_int("PYRESA_CUDA_PDL_EARLY", 1) != 0;

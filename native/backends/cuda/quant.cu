@@ -691,6 +691,11 @@ __global__ void __launch_bounds__(32 * kRowsPerCta) matvec_rows_kernel(MatvecBat
 // products are bit-identical to prepare + matvec_rows_kernel<W, 2, 2>. The same kernel also takes
 // weights of two types in one launch (W0 for weights [0, w1_from), W1 after: the Q4_K q/k and the
 // Q6_K v of a Q4_K_M layer), with or without the folded preparation.
+// Measured on the H100 (docs/perf-cuda.md, run 10-fixed-fuse): the fold is slower (+0.06 to +1 ms
+// per step): every CTA reads the 14 KB float row and the 14 KB norm weights from L2 (q/k/v: 576
+// CTAs x 28 KB = 16 MB, more than the product's 9.8 MB of weights; gate+up: 133 MB) and runs the
+// norm's latency chain before its first dot product. Off by default; the two-type launch without
+// it (the q/k/v of a layer in one launch, v first) is the default.
 
 // The RMS norm's sum of squares as prepare_kernel forms it with its 256 threads (each a strided
 // partial sum in double, a butterfly per warp, then warp 0 over the 8 warp sums), played by this
@@ -740,12 +745,10 @@ __device__ __forceinline__ void cta_prepare_q8k(const ActPrep& p, int64_t cols, 
 }
 
 // F: 0 the activations are given (act, global), 1 plain row quantized here, 2 RMS-normed row.
-// act_dump (tests): CTA 0 copies its shared activation row there. MinB > 1: at most 65536 /
-// (128 * MinB) registers per thread, so MinB CTAs fit on an SM (the two-type kernel takes 118:
-// 4 CTAs per SM, q/k/v's 576 CTAs then need a second partial wave).
-template <GgmlType W0, GgmlType W1, int R, int U, int F, int MinB = 1>
-__global__ void __launch_bounds__(32 * kRowsPerCta, MinB) matvec_rows_prep_kernel(MatvecBatch batch, const uint8_t* act,
-                                                                                  ActPrep prep, uint8_t* act_dump) {
+// act_dump (tests): CTA 0 copies its shared activation row there.
+template <GgmlType W0, GgmlType W1, int R, int U, int F>
+__global__ void __launch_bounds__(32 * kRowsPerCta) matvec_rows_prep_kernel(MatvecBatch batch, const uint8_t* act,
+                                                                            ActPrep prep, uint8_t* act_dump) {
   extern __shared__ uint4 smem_act[];
   __shared__ double red[kPrepWarps + 1];
   __shared__ float part[1][R];
@@ -799,6 +802,9 @@ __global__ void __launch_bounds__(32 * kRowsPerCta, MinB) matvec_rows_prep_kerne
 // warp, exactly as prepare_kernel's warp for that block would (swiglu_value, quantize_q8k_block:
 // the same bytes), and resets the counter for the next layer. The separate SwiGLU prepare kernel
 // (a launch and a latency chain per layer) goes away; blocks finish while other items still run.
+// Measured on the H100 (run 10-fixed-fuse): +0.18 ms per step, not the −0.05 predicted: the
+// fence and the counter's atomic round trip hold each of gate+up's 4,736 CTAs (7 waves) longer
+// than the whole prepare kernel costs. Off by default.
 struct GluOut {
   int* counters;   // [n_ff / 256], zero between launches
   uint8_t* act;    // the down product's Q8_K input row (planes, act_layout(Q8_K, n_ff))
@@ -1331,8 +1337,7 @@ void launch_rows_prep(const MatvecBatch& b, int grid, int F, const uint8_t* act,
   constexpr int kT = 32 * kRowsPerCta;
   if constexpr (W0 != W1) {
     if (F == 0) {
-      if (matvec_prep_min_ctas() >= 5) launch(matvec_rows_prep_kernel<W0, W1, 2, 2, 0, 5>, grid, kT, 0, s, b, act, p, dump);
-      else launch(matvec_rows_prep_kernel<W0, W1, 2, 2, 0>, grid, kT, 0, s, b, act, p, dump);
+      launch(matvec_rows_prep_kernel<W0, W1, 2, 2, 0>, grid, kT, 0, s, b, act, p, dump);
       return;
     }
   }
@@ -1369,10 +1374,6 @@ int& matvec_prefetch() {
 int& matvec_prep_grid_cap() {
   static int c = 0;
   return c;
-}
-int& matvec_prep_min_ctas() {
-  static int m = 0;
-  return m;
 }
 void set_pdl_early_quant(bool on) { set_pdl_early_this_unit(on); }
 

@@ -97,9 +97,6 @@ bool matvec_rows_prep(const DeviceWeight* w, const MatvecOut* out, int n_w, cons
 // Most CTAs of matvec_rows_prep's grid (0: matvec_grid_cap()); the engine sets n_sm *
 // PYRESA_CUDA_FUSE_CTAS_PER_SM (a persistent grid prepares the row once per CTA, not per item).
 int& matvec_prep_grid_cap();
-// 5: the two-type kernel without the folded preparation is compiled for 5 CTAs per SM (at most
-// 102 registers) instead of 4 (PYRESA_CUDA_QKV_ONE=2); else 0.
-int& matvec_prep_min_ctas();
 
 // One token: gate = W_gate . act, up = W_up . act (Q8_K act, no bias), and in the same launch the
 // down product's input, Q8_K(silu(gate) * up), written to act_out (act_row_bytes(Q8_K, rows))

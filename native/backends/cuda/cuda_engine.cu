@@ -388,6 +388,12 @@ struct CudaEngine::Impl {
     return pow2_floor(std::max(1, s));
   }
 
+  // Splits of the last layer's one-row attention over n_keys keys in a forward of several tokens
+  // of which only the last row's logits are wanted (see `tail` in forward).
+  int tail_attention_splits(int n_keys) const {
+    return attention_splits(c.n_head / c.n_head_kv, (n_keys + 31) / 32, true);
+  }
+
   // The batched kernel's variant for a dense forward of n_tok tokens, 0 = the general kernel.
   int batched_variant(StepKind kind, int n_tok) const {
     if (n_tok * (c.n_head / c.n_head_kv) < 64) return 0;
@@ -424,6 +430,7 @@ struct CudaEngine::Impl {
     rp.min_blocks = att.min_blocks;
     rp.local_blocks = att.local_blocks;
     const float scale = 1.0f / std::sqrt((float)c.head_dim);
+    const int tail_splits = tail_attention_splits(n_past + n + pos_offset);
     for (int l = 0; l < c.n_layer; ++l) {
       const LayerDev& L = layers[l];
       __half* Kl = k_cache.get<__half>() + l * layer_stride;
@@ -471,23 +478,32 @@ struct CudaEngine::Impl {
         refresh_descriptors(desc.get<__half>(), desc_layout, l, Kl, head_stride, d_pos, pos_offset, n, stream);
       mark("rope + kv store + descriptors");
 
+      // The last layer's K/V are stored above; what follows only feeds the logits. With none
+      // wanted (a prefill chunk before the last) it is skipped, and with only the last row's
+      // wanted it runs for that row alone (as llama.cpp's output-row selection): 1/n_layer of a
+      // prefill or a rectification less work.
+      const bool tail = l == c.n_layer - 1 && n > 1 && !all_logits;
+      if (tail && !logits) break;
+      const int r0 = tail ? n - 1 : 0, nr = n - r0;
+      float* Xr = X + r0 * E;
+
       AttentionArgs a;
-      a.q = q.get<float>();
+      a.q = q.get<float>() + r0 * QD;
       a.q_stride = QD;
-      a.out = attn.get<float>();
+      a.out = attn.get<float>() + r0 * QD;
       a.out_stride = QD;
       a.K = Kl;
       a.V = Vl;
       a.head_stride = head_stride;
-      a.n_tok = n;
+      a.n_tok = nr;
       a.n_head = c.n_head;
       a.n_kv_head = c.n_head_kv;
       a.D = c.head_dim;
       a.pos_dev = d_pos;
-      a.pos_offset = pos_offset;
+      a.pos_offset = pos_offset + r0;
       a.block_size = att.block_size;
       a.scale = scale;
-      a.n_splits = splits;
+      a.n_splits = tail ? tail_splits : splits;
       a.work = attn_work.get<float>();
       // Decode steps keep the query and probabilities at ~F32 (two-term F16), as the CPU's decode
       // attention; rectification keeps the probabilities; prefill is plain F16 (compute-bound).
@@ -505,31 +521,31 @@ struct CudaEngine::Impl {
         a.n_sel_dev = d_nsel;
         mark("block selection");
       }
-      if (const int v = batched_variant(kind, n)) cuda::attention_batched(a, v, stream);
+      if (const int v = batched_variant(kind, nr)) cuda::attention_batched(a, v, stream);
       else cuda::attention(a, stream);
       mark("attention");
 
       ActPrep plain;
-      plain.x = attn.get<float>();
+      plain.x = a.out;
       plain.ld_x = QD;
-      linear(L.wo, plain, attn.get(), n, X, E, nullptr, true);
+      linear(L.wo, plain, a.out, nr, Xr, E, nullptr, true);
       mark("output projection");
 
       ActPrep norm2;
       norm2.transform = ActTransform::RmsNorm;
-      norm2.x = X;
+      norm2.x = Xr;
       norm2.ld_x = E;
       norm2.norm_w = reinterpret_cast<const float*>(L.ffn_norm.data);
       norm2.eps = c.rms_eps;
       const LinearOut gu[2] = {{&L.w_gate, gate.get<float>(), FF, nullptr}, {&L.w_up, up.get<float>(), FF, nullptr}};
-      linear_multi(gu, 2, norm2, &L.ffn_norm, n);
+      linear_multi(gu, 2, norm2, &L.ffn_norm, nr);
       mark("gate + up");
       ActPrep glu;
       glu.transform = ActTransform::SwiGLU;
       glu.x = gate.get<float>();
       glu.up = up.get<float>();
       glu.ld_x = FF;
-      linear(L.w_down, glu, gate.get(), n, X, E, nullptr, true);
+      linear(L.w_down, glu, gate.get(), nr, Xr, E, nullptr, true);
       mark("down");
     }
     if (!logits) return;
@@ -604,7 +620,9 @@ struct CudaEngine::Impl {
       advance_position(d_pos, 1, stream);
     };
     (void)want_argmax;
-    const auto key = std::make_pair((int)kind, splits);
+    // A rectification's graph also bakes in its last layer's one-row attention splits.
+    const int tail = kind == StepKind::Rectify ? tail_attention_splits(n_past + 1) : 0;
+    const auto key = std::make_pair((int)kind, splits * (kMaxDecodeSplits + 1) + tail);
     auto it = graphs.find(key);
     if (it != graphs.end()) {
       PYRESA_CUDA_CHECK(cudaGraphLaunch(it->second, stream));

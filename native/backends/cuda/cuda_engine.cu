@@ -134,6 +134,10 @@ struct CudaEngine::Impl {
   bool qkv_v_first = true;
   bool precise_dense = true;
   bool rect_precise = true;
+  // One-token steps: bytes of the next products' weights the attention pulls into L2 while it
+  // waits for its inputs, and whether its K/V reads are marked evict-first (run 10 switches).
+  size_t attn_prefetch_bytes = 0;
+  bool kv_evict_first = false;
   // Dense attention of many rows (attention_batched.cu) variant, 0 = the general kernel:
   // PYRESA_CUDA_RECT_KERNEL / PYRESA_CUDA_PREFILL_KERNEL = old | 1-3. Default 3 (two 128-row
   // CTAs per SM), the fastest on the H100 for both (docs/perf-cuda.md, run 9-rect-attn).
@@ -474,6 +478,12 @@ struct CudaEngine::Impl {
     return pow2_floor(std::max(1, s));
   }
 
+  // Splits of the last layer's one-row attention over n_keys keys in a forward of several tokens
+  // of which only the last row's logits are wanted (see `tail` in forward).
+  int tail_attention_splits(int n_keys) const {
+    return attention_splits(c.n_head / c.n_head_kv, (n_keys + 31) / 32, true);
+  }
+
   // The batched kernel's variant for a dense forward of n_tok tokens, 0 = the general kernel.
   int batched_variant(StepKind kind, int n_tok) const {
     if (n_tok * (c.n_head / c.n_head_kv) < 64) return 0;
@@ -510,6 +520,7 @@ struct CudaEngine::Impl {
     rp.min_blocks = att.min_blocks;
     rp.local_blocks = att.local_blocks;
     const float scale = 1.0f / std::sqrt((float)c.head_dim);
+    const int tail_splits = tail_attention_splits(n_past + n + pos_offset);
     for (int l = 0; l < c.n_layer; ++l) {
       const LayerDev& L = layers[l];
       __half* Kl = k_cache.get<__half>() + l * layer_stride;
@@ -561,23 +572,32 @@ struct CudaEngine::Impl {
         refresh_descriptors(desc.get<__half>(), desc_layout, l, Kl, head_stride, d_pos, pos_offset, n, stream);
       mark("rope + kv store + descriptors");
 
+      // The last layer's K/V are stored above; what follows only feeds the logits. With none
+      // wanted (a prefill chunk before the last) it is skipped, and with only the last row's
+      // wanted it runs for that row alone (as llama.cpp's output-row selection): 1/n_layer of a
+      // prefill or a rectification less work.
+      const bool tail = l == c.n_layer - 1 && n > 1 && !all_logits;
+      if (tail && !logits) break;
+      const int r0 = tail ? n - 1 : 0, nr = n - r0;
+      float* Xr = X + r0 * E;
+
       AttentionArgs a;
-      a.q = q.get<float>();
+      a.q = q.get<float>() + r0 * QD;
       a.q_stride = QD;
-      a.out = attn.get<float>();
+      a.out = attn.get<float>() + r0 * QD;
       a.out_stride = QD;
       a.K = Kl;
       a.V = Vl;
       a.head_stride = head_stride;
-      a.n_tok = n;
+      a.n_tok = nr;
       a.n_head = c.n_head;
       a.n_kv_head = c.n_head_kv;
       a.D = c.head_dim;
       a.pos_dev = d_pos;
-      a.pos_offset = pos_offset;
+      a.pos_offset = pos_offset + r0;
       a.block_size = att.block_size;
       a.scale = scale;
-      a.n_splits = splits;
+      a.n_splits = tail ? tail_splits : splits;
       a.work = attn_work.get<float>();
       // Decode steps keep the query and probabilities at ~F32 (two-term F16), as the CPU's decode
       // attention; rectification keeps the probabilities; prefill is plain F16 (compute-bound).
@@ -587,6 +607,19 @@ struct CudaEngine::Impl {
       // keeps plain F16 (compute-bound), decode and rectification keep the query at ~F32.
       a.split_query = kind == StepKind::SparseDecode || (kind == StepKind::Decode && precise_dense) ||
                       (kind == StepKind::Rectify && rect_precise);
+      if (single) {
+        a.kv_evict_first = kv_evict_first;
+        if (attn_prefetch_bytes) {  // the output projection, then the first rows of gate (and up)
+          size_t left = attn_prefetch_bytes;
+          const DeviceWeight* next[AttentionArgs::kMaxPrefetch] = {&L.wo, &L.w_gate, &L.w_up};
+          for (int i = 0; i < AttentionArgs::kMaxPrefetch && left; ++i) {
+            const size_t b = std::min(left, device_weight_bytes(next[i]->type, next[i]->rows, next[i]->cols) / 16 * 16);
+            a.prefetch[i] = next[i]->data;
+            a.prefetch_bytes[i] = b;
+            left -= b;
+          }
+        }
+      }
       if (kind == StepKind::SparseDecode) {
         select_blocks(q.get<float>(), c.n_head, desc.get<__half>(), desc_layout, l, rp, d_pos, keys.get<uint32_t>(),
                       blocks.get<int32_t>(), desc_layout.max_blocks, d_nsel, stream);
@@ -595,35 +628,35 @@ struct CudaEngine::Impl {
         a.n_sel_dev = d_nsel;
         mark("block selection");
       }
-      if (const int v = batched_variant(kind, n)) cuda::attention_batched(a, v, stream);
+      if (const int v = batched_variant(kind, nr)) cuda::attention_batched(a, v, stream);
       else cuda::attention(a, stream);
       mark("attention");
 
       ActPrep plain;
-      plain.x = attn.get<float>();
+      plain.x = a.out;
       plain.ld_x = QD;
-      linear(L.wo, plain, attn.get(), n, X, E, nullptr, true, kFoldO);
+      linear(L.wo, plain, a.out, nr, Xr, E, nullptr, true, kFoldO);
       mark("output projection");
 
       ActPrep norm2;
       norm2.transform = ActTransform::RmsNorm;
-      norm2.x = X;
+      norm2.x = Xr;
       norm2.ld_x = E;
       norm2.norm_w = reinterpret_cast<const float*>(L.ffn_norm.data);
       norm2.eps = c.rms_eps;
-      if (n == 1 && ffn_one_token(L, norm2, X)) {
+      if (nr == 1 && ffn_one_token(L, norm2, Xr)) {
         mark("gate + up + SwiGLU quantize, down");
         continue;
       }
       const LinearOut gu[2] = {{&L.w_gate, gate.get<float>(), FF, nullptr}, {&L.w_up, up.get<float>(), FF, nullptr}};
-      linear_multi(gu, 2, norm2, &L.ffn_norm, n, kFoldGateUp);
+      linear_multi(gu, 2, norm2, &L.ffn_norm, nr, kFoldGateUp);
       mark("gate + up");
       ActPrep glu;
       glu.transform = ActTransform::SwiGLU;
       glu.x = gate.get<float>();
       glu.up = up.get<float>();
       glu.ld_x = FF;
-      linear(L.w_down, glu, gate.get(), n, X, E, nullptr, true);
+      linear(L.w_down, glu, gate.get(), nr, Xr, E, nullptr, true);
       mark("down");
     }
     if (!logits) return;
@@ -698,7 +731,9 @@ struct CudaEngine::Impl {
       advance_position(d_pos, 1, stream);
     };
     (void)want_argmax;
-    const auto key = std::make_pair((int)kind, splits);
+    // A rectification's graph also bakes in its last layer's one-row attention splits.
+    const int tail = kind == StepKind::Rectify ? tail_attention_splits(n_past + 1) : 0;
+    const auto key = std::make_pair((int)kind, splits * (kMaxDecodeSplits + 1) + tail);
     auto it = graphs.find(key);
     if (it != graphs.end()) {
       PYRESA_CUDA_CHECK(cudaGraphLaunch(it->second, stream));
@@ -846,9 +881,15 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, CudaEngi
     const bool early = env_int("PYRESA_CUDA_PDL_EARLY", 1) != 0;
     set_pdl_early_quant(early);
     set_pdl_early_ops(early);
+    // Run 10: the decode attention and the combine trigger early too (own switch for A/B).
+    const bool early_attn = early && env_int("PYRESA_CUDA_PDL_EARLY_ATTN", 1) != 0;
+    set_pdl_early_attention(early_attn);
+    set_pdl_early_attention_decode(early_attn);
   }
   m.precise_dense = env_int("PYRESA_CUDA_PRECISE_DENSE", 1) != 0;
   m.rect_precise = env_int("PYRESA_CUDA_RECT_PRECISE", 1) != 0;
+  m.attn_prefetch_bytes = (size_t)std::max(0, env_int("PYRESA_CUDA_ATTN_PREFETCH_MB", 0)) << 20;
+  m.kv_evict_first = env_int("PYRESA_CUDA_KV_EVICT_FIRST", 0) != 0;
   m.rect_kernel = kernel_switch("PYRESA_CUDA_RECT_KERNEL", 3);
   m.prefill_kernel = kernel_switch("PYRESA_CUDA_PREFILL_KERNEL", 3);
   for (int* k : {&m.rect_kernel, &m.prefill_kernel})  // too little shared memory: the general kernel

@@ -384,7 +384,10 @@ def test_descriptors_match_cpu(n_tokens, block_size):
 @pytest.mark.parametrize("n_tokens,ratio,min_blocks,local", [(100, 0.1, 16, 1), (1037, 0.1, 16, 1), (5000, 0.1, 16, 1),
                                                               (5000, 0.3, 4, 2), (20000, 0.1, 16, 1), (700, 1.0, 16, 1),
                                                               (3000, 0.05, 0, 0), (262144, 0.1, 16, 1),
-                                                              (400000, 0.1, 16, 1)])
+                                                              (400000, 0.1, 16, 1),
+                                                              # one block to rank; one below all of them
+                                                              (5000, 0.001, 0, 0), (5000, 0.001, 2, 1),
+                                                              (5000, 0.9966, 16, 1), (131072, 0.999, 16, 3)])
 def test_select_blocks_matches_cpu(n_tokens, ratio, min_blocks, local, step_kernels):
     rng = np.random.default_rng()
     H, Hkv, D, bs = 28, 4, 128, 16
@@ -415,16 +418,33 @@ def test_select_blocks_many_equal_scores_match_cpu(n_tokens, step_kernels):
     np.testing.assert_array_equal(got, ref)
 
 
-def test_select_blocks_ties_go_to_lower_blocks(step_kernels):
-    H, Hkv, D, bs, n_tokens = 8, 2, 64, 16, 16 * 300
+@pytest.mark.parametrize("H,Hkv,D,n_blocks", [(8, 2, 64, 300), (28, 4, 128, 20000), (8, 4, 256, 3000)])
+def test_select_blocks_ties_go_to_lower_blocks(H, Hkv, D, n_blocks, step_kernels):
+    bs = 16
+    n_tokens = bs * n_blocks
     cap = n_tokens
     K = np.ones((Hkv, cap, D), np.float16)  # every block scores the same
     q = np.ones((H, D), np.float32)
     got = core.cuda_test.select_blocks(q.reshape(-1), H, K.view(np.uint16).reshape(-1), Hkv, cap, D, n_tokens, bs, 0.1,
                                        16, 1)
     n_sel = core.resa_select_count(n_tokens, bs, 0.1, 16, 1)
-    expect = np.concatenate([np.arange(n_sel - 1), [299]])
-    np.testing.assert_array_equal(got, np.stack([expect, expect]))
+    expect = np.concatenate([np.arange(n_sel - 1), [n_blocks - 1]])
+    np.testing.assert_array_equal(got, np.stack([expect] * Hkv))
+
+
+@pytest.mark.parametrize("D,n_tokens", [(64, 30000), (256, 20000), (128, 33)])
+def test_select_blocks_head_dims_match_cpu(D, n_tokens, step_kernels):
+    # head_dim 64 / 256 and a few blocks: the scoring loop at its other sizes (cases added in run 10).
+    rng = np.random.default_rng()
+    H, Hkv, bs = 16, 2, 16
+    cap = n_tokens + 16
+    K = rng.standard_normal((Hkv, cap, D)).astype(np.float16)
+    q = rng.standard_normal((H, D)).astype(np.float32)
+    got = core.cuda_test.select_blocks(q.reshape(-1), H, K.view(np.uint16).reshape(-1), Hkv, cap, D, n_tokens, bs, 0.1,
+                                       16, 1)
+    kmin, kmax = core.block_descriptors_from_keys(K, n_tokens, bs)
+    ref = core.select_blocks(q, kmin, kmax, n_tokens, bs, 0.1, 16, 1, Hkv)
+    np.testing.assert_array_equal(got, ref)
 
 
 @pytest.mark.parametrize("ctas", [0, 7, 132, 300])

@@ -22,7 +22,9 @@ import pyresa._core as core
 from pyresa.gguf_file import open_gguf
 
 SWITCHES = ("PYRESA_CUDA_PDL_EARLY", "PYRESA_CUDA_MATVEC_CTAS_PER_SM", "PYRESA_CUDA_MATVEC_ROWS",
-            "PYRESA_CUDA_MATVEC_STEPS", "PYRESA_CUDA_PDL", "PYRESA_CUDA_FUSE")
+            "PYRESA_CUDA_MATVEC_STEPS", "PYRESA_CUDA_PDL", "PYRESA_CUDA_FUSE", "PYRESA_CUDA_FUSE_NORM",
+            "PYRESA_CUDA_QKV_ONE", "PYRESA_CUDA_FUSE_CTAS_PER_SM", "PYRESA_CUDA_MATVEC_CTAS_PER_SM",
+            "PYRESA_CUDA_GLU_EPILOGUE")
 
 
 def parse_variant(s):
@@ -124,6 +126,7 @@ def main():
         return
     want_tl = set(filter(None, args.timeline.split(",")))
     rows = []
+    ref_logits = None
     for spec in args.variant:
         name, env = parse_variant(spec)
         for k in SWITCHES:
@@ -149,6 +152,16 @@ def main():
             eng.truncate(0)
         row = {"variant": name, "env": env, "ms_per_token": statistics.median(times), "all_ms": times,
                "tokens_head": first[:8], "load_s": load}
+        # The last logits after 16 greedy steps, bit for bit against the first variant's: variants
+        # that only move work between kernels (same arithmetic) must give the same bits.
+        eng.decode_greedy(tok, 16)
+        eng.synchronize()
+        lg = np.asarray(eng.last_logits(), np.float32)
+        eng.truncate(0)
+        if ref_logits is None:
+            ref_logits = lg
+        row["logits_identical"] = bool(np.array_equal(lg.view(np.uint32), ref_logits.view(np.uint32)))
+        row["logits_max_diff"] = float(np.max(np.abs(lg.astype(np.float64) - ref_logits)))
         print(f"{name:>14}: {row['ms_per_token']:.4f} ms/token ({1e3 / row['ms_per_token']:.1f} tok/s) "
               f"reps {' '.join(f'{x:.4f}' for x in times)}  first tokens {first[:6]}", flush=True)
         if name in want_tl:
@@ -173,10 +186,11 @@ def main():
         best = min(rows, key=lambda r: r["ms_per_token"])
         with open("/tmp/fs_best_env.txt", "w") as f:  # for fixed_step.sh's "@best"
             f.write(" ".join(f"{k}={v}" for k, v in best["env"].items()) + "\n")
-    print("\nvariant         ms/token  tok/s   vs first")
+    print("\nvariant         ms/token  tok/s   vs first  logits vs first")
     for r in rows:
         print(f"{r['variant']:>14}  {r['ms_per_token']:.4f}  {1e3 / r['ms_per_token']:6.1f}  "
-              f"{rows[0]['ms_per_token'] / r['ms_per_token']:.3f}x")
+              f"{rows[0]['ms_per_token'] / r['ms_per_token']:.3f}x  "
+              f"{'identical' if r['logits_identical'] else 'max diff %.3g' % r['logits_max_diff']}")
 
 
 if __name__ == "__main__":

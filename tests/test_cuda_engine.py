@@ -124,6 +124,19 @@ def test_prefill_logits_match_cpu(gguf, cpu_floor):
     assert top1 > min(0.95, cpu_floor["prefill_top1"] - 0.06)
 
 
+def test_last_row_only_matches_cpu(gguf, cpu_floor):
+    """Only the last row's logits wanted: the last layer runs for that row alone (the decode
+    kernel and the one-token products; chunks of 128 rows, the first two skipping the last layer
+    entirely); it must stay as close to the CPU (all rows) as the all-rows prefill does."""
+    gpu = core.CudaEngine(gguf.config, gguf.tensor_table(), 1024, 0, 128, 0)
+    ref = cpu_floor["ref"][0][-1]
+    got = gpu.eval(prompt(gguf, 300), False)
+    err = rel_err(got, ref)
+    print(f"prefill 300 tokens, last row only: rel err {err:.2e}")
+    assert np.isfinite(got).all()
+    assert err < max(3e-2, 2.5 * cpu_floor["prefill_err"])
+
+
 def test_decode_logits_match_cpu(gguf, cpu_floor):
     _, gpu = engines(gguf)
     toks = prompt(gguf, 40, seed=1)

@@ -124,6 +124,70 @@ def test_matvec_ksplit_matches_cpu(t, rows, scalar_cpu):
             assert rel_err(got, ref) < 2e-6, (path, nsb, rel_err(got, ref))
 
 
+def cpu_rms_norm(x, w, eps):
+    # The CPU's RMS norm: float products summed in double, the scale in float.
+    ss = np.sum((x * x).astype(np.float64))
+    scale = np.float32(1.0) / np.sqrt(np.float32(ss / x.size) + np.float32(eps))
+    return ((x * scale).astype(np.float32) * w).astype(np.float32)
+
+
+@pytest.mark.parametrize("transform", [0, 1], ids=["plain", "rmsnorm"])
+@pytest.mark.parametrize("types", [(Q4_K,), (Q5_K,), (Q6_K,), (Q4_K, Q4_K), (Q4_K, Q4_K, Q6_K), (Q5_K, Q6_K, Q6_K),
+                                   (Q6_K, Q4_K, Q4_K)],
+                         ids=lambda ts: "+".join(NAMES[t] for t in ts))
+def test_matvec_prep_bit_identical(types, transform, scalar_cpu):
+    # One-token products that normalise and quantize their own input in each CTA's shared memory
+    # (matvec_rows_prep, mode 1), and weights of two types in one launch (mode 2): the activation
+    # bytes and every output bit-identical to prepare_activations + the default matvec (mode 0),
+    # with a persistent grid too; mode 0 against the CPU's vec_dot on the CPU's normalised row.
+    rng = np.random.default_rng()
+    for nsb, rows in ((3, (37, 12, 20)), (14, (1000, 256, 64))):
+        cols = nsb * 256
+        rs = list(rows[:len(types)])
+        ws = [random_weights(rng, t, r, cols) for t, r in zip(types, rs)]
+        wcat = np.concatenate([w.reshape(-1) for w in ws])
+        x = (rng.standard_normal(cols) * rng.uniform(0.1, 10)).astype(np.float32)
+        x[256:512] = 0.0  # an all-zero Q8_K block
+        nw = rng.standard_normal(cols).astype(np.float32) if transform else None
+        eps = 1e-6
+        bias = rng.standard_normal(sum(rs)).astype(np.float32)
+        for acc in (False, True):
+            y0, a0 = core.cuda_test.matvec_prep(list(types), rs, cols, wcat, x, nw, eps, transform, bias, acc, 0)
+            assert np.isfinite(y0).all()
+            runs = [(1, 0), (1, 1), (1, 5)] + ([(2, 0)] if len(set(types)) > 1 else [])
+            for mode, cap in runs:
+                y1, a1 = core.cuda_test.matvec_prep(list(types), rs, cols, wcat, x, nw, eps, transform, bias, acc,
+                                                    mode, cap)
+                planes = cols + 36 * nsb  # quants, scales, block sums (not the row's padding to 16 bytes)
+                np.testing.assert_array_equal(a1[:planes], a0[:planes], err_msg=f"activations, mode {mode} cap {cap} nsb {nsb}")
+                assert np.array_equal(y1.view(np.uint32), y0.view(np.uint32)), (mode, cap, nsb, acc)
+            if not acc:
+                xn = cpu_rms_norm(x, nw, eps) if transform else x
+                ref = np.concatenate([[core.vec_dot(t, np.ascontiguousarray(w[r]), xn) for r in range(w.shape[0])]
+                                      for t, w in zip(types, ws)]) + bias
+                assert rel_err(y0, ref) < 1e-4, rel_err(y0, ref)
+
+
+@pytest.mark.parametrize("t", [Q4_K, Q5_K, Q6_K], ids=lambda t: NAMES[t])
+def test_gate_up_glu_epilogue_bit_identical(t):
+    # gate + up in one launch whose CTAs quantize silu(gate) * up block by block as each 256-row
+    # block completes (a self-resetting counter per block): gate, up and the down product's Q8_K
+    # input equal, bit for bit, two matvecs + prepare_activations(SwiGLU); repeated launches
+    # (counters back at zero) and persistent grids too.
+    rng = np.random.default_rng()
+    for rows, nsb in ((512, 3), (2048, 14)):
+        cols = nsb * 256
+        w = np.concatenate([random_weights(rng, t, rows, cols).reshape(-1) for _ in range(2)])
+        x = rng.standard_normal(cols).astype(np.float32)
+        y0, a0 = core.cuda_test.gate_up_glu(t, rows, cols, w, x, 0)
+        assert np.isfinite(y0).all()
+        planes = rows + 36 * (rows // 256)
+        for cap, repeats in ((0, 1), (0, 3), (7, 2), (200, 1)):
+            y1, a1 = core.cuda_test.gate_up_glu(t, rows, cols, w, x, 1, cap, repeats)
+            assert np.array_equal(y1.view(np.uint32), y0.view(np.uint32)), (rows, cap, repeats)
+            np.testing.assert_array_equal(a1[:planes], a0[:planes], err_msg=f"rows {rows} cap {cap} x{repeats}")
+
+
 @pytest.mark.parametrize("path,n", [(1, 70), (2, 9), (2, 33), (2, 64)])
 @pytest.mark.parametrize("t", [F16, Q8_0, Q4_1, Q4_K, Q6_K, Q5_K], ids=lambda t: NAMES[t])
 def test_f16_paths_match_float64(t, path, n):
@@ -349,7 +413,10 @@ def test_descriptors_match_cpu(n_tokens, block_size):
 @pytest.mark.parametrize("n_tokens,ratio,min_blocks,local", [(100, 0.1, 16, 1), (1037, 0.1, 16, 1), (5000, 0.1, 16, 1),
                                                               (5000, 0.3, 4, 2), (20000, 0.1, 16, 1), (700, 1.0, 16, 1),
                                                               (3000, 0.05, 0, 0), (262144, 0.1, 16, 1),
-                                                              (400000, 0.1, 16, 1)])
+                                                              (400000, 0.1, 16, 1),
+                                                              # one block to rank; one below all of them
+                                                              (5000, 0.001, 0, 0), (5000, 0.001, 2, 1),
+                                                              (5000, 0.9966, 16, 1), (131072, 0.999, 16, 3)])
 def test_select_blocks_matches_cpu(n_tokens, ratio, min_blocks, local, step_kernels):
     rng = np.random.default_rng()
     H, Hkv, D, bs = 28, 4, 128, 16
@@ -380,16 +447,33 @@ def test_select_blocks_many_equal_scores_match_cpu(n_tokens, step_kernels):
     np.testing.assert_array_equal(got, ref)
 
 
-def test_select_blocks_ties_go_to_lower_blocks(step_kernels):
-    H, Hkv, D, bs, n_tokens = 8, 2, 64, 16, 16 * 300
+@pytest.mark.parametrize("H,Hkv,D,n_blocks", [(8, 2, 64, 300), (28, 4, 128, 20000), (8, 4, 256, 3000)])
+def test_select_blocks_ties_go_to_lower_blocks(H, Hkv, D, n_blocks, step_kernels):
+    bs = 16
+    n_tokens = bs * n_blocks
     cap = n_tokens
     K = np.ones((Hkv, cap, D), np.float16)  # every block scores the same
     q = np.ones((H, D), np.float32)
     got = core.cuda_test.select_blocks(q.reshape(-1), H, K.view(np.uint16).reshape(-1), Hkv, cap, D, n_tokens, bs, 0.1,
                                        16, 1)
     n_sel = core.resa_select_count(n_tokens, bs, 0.1, 16, 1)
-    expect = np.concatenate([np.arange(n_sel - 1), [299]])
-    np.testing.assert_array_equal(got, np.stack([expect, expect]))
+    expect = np.concatenate([np.arange(n_sel - 1), [n_blocks - 1]])
+    np.testing.assert_array_equal(got, np.stack([expect] * Hkv))
+
+
+@pytest.mark.parametrize("D,n_tokens", [(64, 30000), (256, 20000), (128, 33)])
+def test_select_blocks_head_dims_match_cpu(D, n_tokens, step_kernels):
+    # head_dim 64 / 256 and a few blocks: the scoring loop at its other sizes (cases added in run 10).
+    rng = np.random.default_rng()
+    H, Hkv, bs = 16, 2, 16
+    cap = n_tokens + 16
+    K = rng.standard_normal((Hkv, cap, D)).astype(np.float16)
+    q = rng.standard_normal((H, D)).astype(np.float32)
+    got = core.cuda_test.select_blocks(q.reshape(-1), H, K.view(np.uint16).reshape(-1), Hkv, cap, D, n_tokens, bs, 0.1,
+                                       16, 1)
+    kmin, kmax = core.block_descriptors_from_keys(K, n_tokens, bs)
+    ref = core.select_blocks(q, kmin, kmax, n_tokens, bs, 0.1, 16, 1, Hkv)
+    np.testing.assert_array_equal(got, ref)
 
 
 @pytest.mark.parametrize("ctas", [0, 7, 132, 300])

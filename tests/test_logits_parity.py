@@ -83,3 +83,17 @@ def test_logits_match_across_isas(model, english_text):
     for isa, logits in out.items():
         top1, dlogp = compare(logits, base, tokens)
         assert top1 >= 0.92 and dlogp <= 0.1, (isa, top1, dlogp)
+
+
+def test_last_row_only_equals_all_rows(model, model_path, english_text):
+    """Asking only for the last token's logits skips the last layer's attention and feed-forward
+    for every other row (and all of it for chunks before the last): the last row must come out
+    as it does when every row is computed (the path checked against llama.cpp above)."""
+    from pyresa import _core
+    from pyresa.gguf_file import open_gguf
+
+    gguf = open_gguf(model_path)
+    tokens = np.asarray(model.tokenize(english_text)[:600], dtype=np.int32)  # 3 chunks of 256
+    rows = _core.Engine(gguf.config, gguf.tensor_table(), 1024, 0, 256).eval(tokens, True)
+    last = _core.Engine(gguf.config, gguf.tensor_table(), 1024, 0, 256).eval(tokens, False)
+    np.testing.assert_array_equal(last, rows[-1])

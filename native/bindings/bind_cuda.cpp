@@ -203,6 +203,29 @@ void bind_cuda(nb::module_& m) {
      nb::arg("bias") = nb::none(), nb::arg("path") = 0);
   t.def("time_dqmm", &cuda_test::time_dqmm, nb::arg("type"), nb::arg("rows"), nb::arg("cols"), nb::arg("M"),
         nb::arg("path"), nb::arg("reps") = 20);
+  t.def("matvec_prep", [](std::vector<int> types, std::vector<int64_t> rows, int64_t cols, Bytes w, F32 x,
+                          nb::object norm_w, float eps, int transform, nb::object bias, bool accumulate, int mode,
+                          int cap) {
+    std::vector<float> nw, bs;
+    if (!norm_w.is_none()) { F32 a = nb::cast<F32>(norm_w); nw.assign(a.data(), a.data() + a.size()); }
+    if (!bias.is_none()) { F32 a = nb::cast<F32>(bias); bs.assign(a.data(), a.data() + a.size()); }
+    if (x.size() != (size_t)cols) throw std::invalid_argument("x must hold cols floats");
+    std::vector<uint8_t> act;
+    auto y = cuda_test::matvec_prep(types, rows, cols, w.data(), w.size(), x.data(), nw.empty() ? nullptr : nw.data(),
+                                    eps, transform, bs.empty() ? nullptr : bs.data(), accumulate, mode, cap, act);
+    const size_t ny = y.size(), na = act.size();
+    return nb::make_tuple(numpy_array(std::move(y), {ny}), numpy_array(std::move(act), {na}));
+  }, nb::arg("types"), nb::arg("rows"), nb::arg("cols"), nb::arg("w"), nb::arg("x"), nb::arg("norm_w").none(),
+     nb::arg("eps"), nb::arg("transform"), nb::arg("bias").none(), nb::arg("accumulate"), nb::arg("mode"),
+     nb::arg("cap") = 0);
+  t.def("gate_up_glu", [](int type, int64_t rows, int64_t cols, Bytes w, F32 x, int mode, int cap, int repeats) {
+    if (x.size() != (size_t)cols) throw std::invalid_argument("x must hold cols floats");
+    std::vector<uint8_t> act;
+    auto y = cuda_test::gate_up_glu(type, rows, cols, w.data(), w.size(), x.data(), mode, cap, repeats, act);
+    const size_t ny = y.size(), na = act.size();
+    return nb::make_tuple(numpy_array(std::move(y), {ny}), numpy_array(std::move(act), {na}));
+  }, nb::arg("type"), nb::arg("rows"), nb::arg("cols"), nb::arg("w"), nb::arg("x"), nb::arg("mode"),
+     nb::arg("cap") = 0, nb::arg("repeats") = 1);
   t.def("quantize_rows", [](int act_type, F32 x, int n, int64_t cols) {
     auto r = cuda_test::quantize_rows(act_type, x.data(), n, cols);
     const size_t sz = r.size();

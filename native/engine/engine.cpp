@@ -218,11 +218,14 @@ void Engine::decode_attention(int layer, int pos, bool sparse) {
   if (layer == 0) stats_.decode_steps += 1;
   stats_.blocks_read += n_sel * c.n_head_kv;
   stats_.blocks_total += n_blocks * c.n_head_kv;
+  row_attention(layer, n_tokens, blocks, n_sel, sparse ? n_sel : 0);
+}
+
+void Engine::row_attention(int layer, int64_t n_tokens, const int32_t* blocks, int64_t n_sel, int64_t blocks_stride) {
+  const int n_head = config_.n_head;
   const cpu::SparseAttentionArgs a = attention_args(layer, q_.data(), attn_.data(), n_tokens, blocks, n_sel,
-                                                    sparse ? n_sel : 0);
-  pool_.run([&](int ith, int nth) {
-    cpu::sparse_attention_heads(a, c.n_head * ith / nth, c.n_head * (ith + 1) / nth);
-  });
+                                                    blocks_stride);
+  pool_.run([&](int ith, int nth) { cpu::sparse_attention_heads(a, n_head * ith / nth, n_head * (ith + 1) / nth); });
 }
 
 void Engine::audit_selection(int layer, int64_t n_tokens, int64_t n_sel) {
@@ -292,17 +295,32 @@ void Engine::forward_chunk(const int32_t* tokens, int n, int pos0, float* logits
         descriptors_->refresh(l, pos0, n, cache_.k(l, 0), nb1, nb2, pos0 + n);
       }
     }
-    attention_layer(l, n, pos0, sparse);
-    cpu::matmul(w.wo, attn_.data(), n, out_.data(), nullptr, pool_, matmul_scratch_);
-    parallel_rows(n, [&](int i) {
-      cpu::add_in_place(&x_[i * e], &out_[i * e], e);
-      cpu::rms_norm(&x_[i * e], static_cast<const float*>(w.ffn_norm.data), &h_[i * e], 1, e, c.rms_eps);
+    // The last layer's K/V are stored above; what follows only feeds the logits. With none wanted
+    // (a prefill chunk before the last) it is skipped, and with only the last row's wanted it runs
+    // for that row alone, as a decode step at its position (the same numbers: causal_attention.h).
+    const bool tail = l == c.n_layer - 1 && n > 1 && !all_logits;
+    if (tail && !logits) break;
+    int rows = n;
+    float* xr = x_.data();
+    if (tail) {
+      std::copy_n(&q_[(size_t)(n - 1) * qd], qd, q_.data());
+      const int64_t n_tokens = pos0 + n;
+      row_attention(l, n_tokens, all_blocks_.data(), cpu::resa_block_count(n_tokens, resa_.select.block_size), 0);
+      rows = 1;
+      xr += (int64_t)(n - 1) * e;
+    } else {
+      attention_layer(l, n, pos0, sparse);
+    }
+    cpu::matmul(w.wo, attn_.data(), rows, out_.data(), nullptr, pool_, matmul_scratch_);
+    parallel_rows(rows, [&](int i) {
+      cpu::add_in_place(&xr[i * e], &out_[i * e], e);
+      cpu::rms_norm(&xr[i * e], static_cast<const float*>(w.ffn_norm.data), &h_[i * e], 1, e, c.rms_eps);
     });
     const cpu::MatmulOutput gate_up[2] = {{&w.w_gate, gate_.data(), nullptr}, {&w.w_up, up_.data(), nullptr}};
-    cpu::matmul_multi(gate_up, 2, h_.data(), n, pool_, matmul_scratch_);
-    parallel_rows(n, [&](int i) { cpu::swiglu(&gate_[i * ff], &up_[i * ff], &gate_[i * ff], ff); });
-    cpu::matmul(w.w_down, gate_.data(), n, out_.data(), nullptr, pool_, matmul_scratch_);
-    parallel_rows(n, [&](int i) { cpu::add_in_place(&x_[i * e], &out_[i * e], e); });
+    cpu::matmul_multi(gate_up, 2, h_.data(), rows, pool_, matmul_scratch_);
+    parallel_rows(rows, [&](int i) { cpu::swiglu(&gate_[i * ff], &up_[i * ff], &gate_[i * ff], ff); });
+    cpu::matmul(w.w_down, gate_.data(), rows, out_.data(), nullptr, pool_, matmul_scratch_);
+    parallel_rows(rows, [&](int i) { cpu::add_in_place(&xr[i * e], &out_[i * e], e); });
   }
   if (!logits) return;
   // Only the rows whose logits are wanted go through the output matrix (the largest one).

@@ -96,6 +96,9 @@ class Engine {
   void describe_attention(int layer, Args& a) const;
   void attention_layer(int layer, int n, int pos0, bool sparse);
   void decode_attention(int layer, int pos, bool sparse);  // sparse: select blocks; else all of them
+  // Attention of the one query row in q_ over the first n_tokens cached tokens, reading the given
+  // blocks (all of them: blocks_stride 0), into attn_. No statistics.
+  void row_attention(int layer, int64_t n_tokens, const int32_t* blocks, int64_t n_sel, int64_t blocks_stride);
   // Audit / oracle selection for one sparse step of one layer (see BlockSelection).
   void audit_selection(int layer, int64_t n_tokens, int64_t n_sel);
   cpu::SparseAttentionArgs attention_args(int layer, const float* q, float* out, int64_t n_kv,

@@ -96,6 +96,10 @@ struct CudaEngine::Impl {
   // activations
   int nb = 0;  // rows per forward (n_batch, at least rectify_every + 1)
   DeviceBuffer x, q, k, v, attn, gate, up, act, wdeq, logits_all, logits1, attn_work, keys, blocks, small_ws;
+  // One-token gate+up with the SwiGLU quantization in its epilogue (PYRESA_CUDA_GLU_EPILOGUE):
+  // the down product's input row and the per-block completion counters (zero between launches).
+  DeviceBuffer act_glu, glu_counters;
+  bool glu_epilogue = false;  // slower on the H100 (run 10-fixed-fuse): off by default
   size_t act_rb_max = 0;
   int logits_rows = 0;  // rows logits_all holds
   DeviceBuffer ints;    // pos, n_sel, argmax out, tokens [nb]
@@ -119,8 +123,21 @@ struct CudaEngine::Impl {
   float theta_scale = 1.0f;
   int gemm_min_tokens = 65;
   int matvec_max_tokens = 8;
+  // One-token products that quantize their own input (matvec_rows_prep, no prepare kernel), by
+  // product: PYRESA_CUDA_FUSE_NORM bits kFold* (docs/perf-cuda.md, run 10-fixed-fuse: slower on
+  // the H100, off by default).
+  int fold_prep = 0;
+  // One-token q, k and v in one launch also when v has another type (Q4_K_M: Q6_K v), v's CTAs
+  // first (PYRESA_CUDA_QKV_ONE: 0 off, 1 in q, k, v order, 3 v first, the default: fastest in
+  // run 10-fixed-fuse; 2, a 5-CTAs-per-SM build of the kernel, measured as 1 and was removed).
+  bool qkv_one = true;
+  bool qkv_v_first = true;
   bool precise_dense = true;
   bool rect_precise = true;
+  // One-token steps: bytes of the next products' weights the attention pulls into L2 while it
+  // waits for its inputs, and whether its K/V reads are marked evict-first (run 10 switches).
+  size_t attn_prefetch_bytes = 0;
+  bool kv_evict_first = false;
   // Dense attention of many rows (attention_batched.cu) variant, 0 = the general kernel:
   // PYRESA_CUDA_RECT_KERNEL / PYRESA_CUDA_PREFILL_KERNEL = old | 1-3. Default 3 (two 128-row
   // CTAs per SM), the fastest on the H100 for both (docs/perf-cuda.md, run 9-rect-attn).
@@ -266,6 +283,11 @@ struct CudaEngine::Impl {
     logits1 = DeviceBuffer(c.n_vocab * f, "logits");
     attn_work = DeviceBuffer(kAttnWorkBytes, "attention workspace");
     small_ws = DeviceBuffer(size_t(32) << 20, "split-K workspace");
+    if (FF % QK_K == 0) {
+      act_glu = DeviceBuffer(act_row_bytes(GgmlType::Q8_K, FF), "quantized activations");
+      glu_counters = DeviceBuffer(sizeof(int) * (FF / QK_K), "gate+up block counters");
+      PYRESA_CUDA_CHECK(cudaMemset(glu_counters.get(), 0, glu_counters.bytes()));
+    }
     ints = DeviceBuffer((4 + nb) * sizeof(int32_t), "positions");
     d_pos = ints.get<int>();
     d_nsel = d_pos + 1;
@@ -289,15 +311,30 @@ struct CudaEngine::Impl {
   // CPU's arithmetic); up to 64 by dequantize-and-multiply in shared memory (weights read once);
   // beyond, by dequantizing slices to F16 and the tiled tensor-core GEMM.
   enum class Path { Matvec, Small, Gemm };
+  static constexpr int kFoldQkv = 1, kFoldO = 2, kFoldGateUp = 4, kFoldLmHead = 8;
   Path path_for(const DeviceWeight& w, int n) const {
     if (n <= matvec_max_tokens || w.cols % 32) return Path::Matvec;
     return n <= 64 && n < gemm_min_tokens ? Path::Small : Path::Gemm;
   }
 
+  // Several products of the same input in one launch when they can share it (decode: q, k, v;
+  // gate, up); otherwise one linear() each.
+  struct LinearOut {
+    const DeviceWeight* w;
+    float* y;
+    int64_t ldy;
+    const DeviceWeight* bias;
+    bool accumulate = false;
+  };
+
   // y[n][w.rows] (+)= W . f(src) where f is described by `prep`; src identifies the activation
   // source so consecutive products of the same input reuse one quantization.
   void linear(const DeviceWeight& w, const ActPrep& prep, const void* src_id, int n, float* y, int64_t ldy,
-              const DeviceWeight* bias, bool accumulate) {
+              const DeviceWeight* bias, bool accumulate, int fold_bit = 0) {
+    if (n == 1 && fold_bit) {
+      const LinearOut o{&w, y, ldy, bias, accumulate};
+      if (one_token(&o, 1, prep, src_id, fold_bit)) return;
+    }
     const Path path = path_for(w, n);
     const GgmlType fmt = path != Path::Matvec ? GgmlType::F16 : act_type_for(w.type);
     const size_t rb = act_row_bytes(fmt, w.cols);
@@ -331,15 +368,41 @@ struct CudaEngine::Impl {
     }
   }
 
-  // Several products of the same input in one launch when they can share it (decode: q, k, v;
-  // gate, up); otherwise one linear() each.
-  struct LinearOut {
-    const DeviceWeight* w;
-    float* y;
-    int64_t ldy;
-    const DeviceWeight* bias;
-  };
-  void linear_multi(const LinearOut* outs, int n_out, const ActPrep& prep, const void* src_id, int n) {
+  // One token through matvec_rows_prep where it applies: with the input's preparation folded
+  // into the product (fold_bit set in fold_prep), or weights of two types in one launch.
+  // Returns false (nothing done) otherwise.
+  bool one_token(const LinearOut* outs, int n_out, const ActPrep& prep, const void* src_id, int fold_bit) {
+    bool mixed = false;
+    for (int i = 1; i < n_out; ++i) mixed = mixed || outs[i].w->type != outs[0].w->type;
+    const bool fold = (fold_prep & fold_bit) != 0;
+    if (!fold && !mixed) return false;
+    DeviceWeight ws[3];
+    MatvecOut os[3];
+    for (int i = 0; i < n_out; ++i) {
+      ws[i] = *outs[i].w;
+      os[i].y = outs[i].y;
+      os[i].ldy = outs[i].ldy;
+      os[i].bias = outs[i].bias && outs[i].bias->present() ? reinterpret_cast<const float*>(outs[i].bias->data) : nullptr;
+      os[i].accumulate = outs[i].accumulate;
+    }
+    if (fold && matvec_rows_prep(ws, os, n_out, &prep, nullptr, stream)) {
+      act_src = nullptr;  // the activation buffer was not written
+      return true;
+    }
+    if (!mixed || !matvec_rows_prep(ws, os, n_out, nullptr, act.get(), stream, /*dry_run=*/true)) return false;
+    const GgmlType fmt = act_type_for(ws[0].type);
+    const size_t rb = act_row_bytes(fmt, ws[0].cols);
+    if (act_src != src_id || act_fmt != fmt || act_rows != 1) {
+      prepare_activations(prep, fmt, 1, ws[0].cols, act.get(), rb, stream);
+      act_src = src_id;
+      act_fmt = fmt;
+      act_rows = 1;
+    }
+    return matvec_rows_prep(ws, os, n_out, nullptr, act.get(), stream);
+  }
+
+  void linear_multi(const LinearOut* outs, int n_out, const ActPrep& prep, const void* src_id, int n, int fold_bit = 0) {
+    if (n == 1 && one_token(outs, n_out, prep, src_id, fold_bit)) return;
     bool same = path_for(*outs[0].w, n) == Path::Matvec;
     for (int i = 1; i < n_out; ++i)
       same = same && outs[i].w->type == outs[0].w->type && outs[i].w->cols == outs[0].w->cols;
@@ -367,6 +430,33 @@ struct CudaEngine::Impl {
     matvec_multi(ws, os, n_out, act.get(), rb, n, stream);
   }
 
+  // One token's FFN with the SwiGLU + quantize in gate+up's epilogue (matvec_gate_up_glu), then
+  // down on that row: no SwiGLU prepare kernel. False (nothing done) where it does not apply.
+  bool ffn_one_token(const LayerDev& L, const ActPrep& norm2, float* X) {
+    if (!glu_epilogue || !act_glu.get() || (fold_prep & kFoldGateUp)) return false;
+    const GgmlType fmt = act_type_for(L.w_gate.type);
+    if (fmt != GgmlType::Q8_K || act_type_for(L.w_down.type) != GgmlType::Q8_K || L.w_down.cols != L.w_gate.rows ||
+        !matvec_gate_up_glu(L.w_gate, L.w_up, gate.get<float>(), up.get<float>(), nullptr, nullptr, nullptr, stream,
+                            /*dry_run=*/true))
+      return false;
+    const int64_t E = c.n_embd, FF = c.n_ff;
+    const size_t rb = act_row_bytes(fmt, L.w_gate.cols);
+    if (act_src != &L.ffn_norm || act_fmt != fmt || act_rows != 1) {
+      prepare_activations(norm2, fmt, 1, L.w_gate.cols, act.get(), rb, stream);
+      act_src = &L.ffn_norm;
+      act_fmt = fmt;
+      act_rows = 1;
+    }
+    matvec_gate_up_glu(L.w_gate, L.w_up, gate.get<float>(), up.get<float>(), act.get(), glu_counters.get<int>(),
+                       act_glu.get(), stream);
+    MatvecOut o;
+    o.y = X;
+    o.ldy = E;
+    o.accumulate = true;
+    matvec(L.w_down, act_glu.get(), act_row_bytes(GgmlType::Q8_K, FF), 1, o, stream);
+    return true;
+  }
+
   int attention_splits(int n_rows_per_head, int n_tiles, bool graph) const {
     // One token (decode, dense or sparse) on the decode kernel: one wave of its CTAs.
     if (const int ds = cuda::decode_attention_splits(1, n_rows_per_head * c.n_head_kv, c.n_head_kv, c.head_dim,
@@ -386,6 +476,12 @@ struct CudaEngine::Impl {
     s = std::min(s, kMaxDecodeSplits);
     (void)graph;
     return pow2_floor(std::max(1, s));
+  }
+
+  // Splits of the last layer's one-row attention over n_keys keys in a forward of several tokens
+  // of which only the last row's logits are wanted (see `tail` in forward).
+  int tail_attention_splits(int n_keys) const {
+    return attention_splits(c.n_head / c.n_head_kv, (n_keys + 31) / 32, true);
   }
 
   // The batched kernel's variant for a dense forward of n_tok tokens, 0 = the general kernel.
@@ -424,6 +520,7 @@ struct CudaEngine::Impl {
     rp.min_blocks = att.min_blocks;
     rp.local_blocks = att.local_blocks;
     const float scale = 1.0f / std::sqrt((float)c.head_dim);
+    const int tail_splits = tail_attention_splits(n_past + n + pos_offset);
     for (int l = 0; l < c.n_layer; ++l) {
       const LayerDev& L = layers[l];
       __half* Kl = k_cache.get<__half>() + l * layer_stride;
@@ -437,11 +534,15 @@ struct CudaEngine::Impl {
       const LinearOut qkv[3] = {{&L.wq, q.get<float>(), QD, &L.bq},
                                 {&L.wk, k.get<float>(), KVD, &L.bk},
                                 {&L.wv, v.get<float>(), KVD, &L.bv}};
-      if (L.wv.type == L.wq.type) {
-        linear_multi(qkv, 3, norm1, &L.attn_norm, n);
+      if (n == 1 && qkv_v_first && L.wv.type != L.wq.type && L.wk.type == L.wq.type) {
+        // v's heavier Q6_K CTAs first: the partial second wave is then light Q4_K items
+        const LinearOut vqk[3] = {qkv[2], qkv[0], qkv[1]};
+        linear_multi(vqk, 3, norm1, &L.attn_norm, n, kFoldQkv);
+      } else if (L.wv.type == L.wq.type || (n == 1 && qkv_one && L.wk.type == L.wq.type)) {
+        linear_multi(qkv, 3, norm1, &L.attn_norm, n, kFoldQkv);
       } else {  // e.g. Q4_K_M: v in Q6_K
-        linear_multi(qkv, 2, norm1, &L.attn_norm, n);
-        linear_multi(qkv + 2, 1, norm1, &L.attn_norm, n);
+        linear_multi(qkv, 2, norm1, &L.attn_norm, n, kFoldQkv);
+        linear_multi(qkv + 2, 1, norm1, &L.attn_norm, n, kFoldQkv);
       }
       mark("qkv (norm + products)");
 
@@ -471,23 +572,32 @@ struct CudaEngine::Impl {
         refresh_descriptors(desc.get<__half>(), desc_layout, l, Kl, head_stride, d_pos, pos_offset, n, stream);
       mark("rope + kv store + descriptors");
 
+      // The last layer's K/V are stored above; what follows only feeds the logits. With none
+      // wanted (a prefill chunk before the last) it is skipped, and with only the last row's
+      // wanted it runs for that row alone (as llama.cpp's output-row selection): 1/n_layer of a
+      // prefill or a rectification less work.
+      const bool tail = l == c.n_layer - 1 && n > 1 && !all_logits;
+      if (tail && !logits) break;
+      const int r0 = tail ? n - 1 : 0, nr = n - r0;
+      float* Xr = X + r0 * E;
+
       AttentionArgs a;
-      a.q = q.get<float>();
+      a.q = q.get<float>() + r0 * QD;
       a.q_stride = QD;
-      a.out = attn.get<float>();
+      a.out = attn.get<float>() + r0 * QD;
       a.out_stride = QD;
       a.K = Kl;
       a.V = Vl;
       a.head_stride = head_stride;
-      a.n_tok = n;
+      a.n_tok = nr;
       a.n_head = c.n_head;
       a.n_kv_head = c.n_head_kv;
       a.D = c.head_dim;
       a.pos_dev = d_pos;
-      a.pos_offset = pos_offset;
+      a.pos_offset = pos_offset + r0;
       a.block_size = att.block_size;
       a.scale = scale;
-      a.n_splits = splits;
+      a.n_splits = tail ? tail_splits : splits;
       a.work = attn_work.get<float>();
       // Decode steps keep the query and probabilities at ~F32 (two-term F16), as the CPU's decode
       // attention; rectification keeps the probabilities; prefill is plain F16 (compute-bound).
@@ -497,6 +607,19 @@ struct CudaEngine::Impl {
       // keeps plain F16 (compute-bound), decode and rectification keep the query at ~F32.
       a.split_query = kind == StepKind::SparseDecode || (kind == StepKind::Decode && precise_dense) ||
                       (kind == StepKind::Rectify && rect_precise);
+      if (single) {
+        a.kv_evict_first = kv_evict_first;
+        if (attn_prefetch_bytes) {  // the output projection, then the first rows of gate (and up)
+          size_t left = attn_prefetch_bytes;
+          const DeviceWeight* next[AttentionArgs::kMaxPrefetch] = {&L.wo, &L.w_gate, &L.w_up};
+          for (int i = 0; i < AttentionArgs::kMaxPrefetch && left; ++i) {
+            const size_t b = std::min(left, device_weight_bytes(next[i]->type, next[i]->rows, next[i]->cols) / 16 * 16);
+            a.prefetch[i] = next[i]->data;
+            a.prefetch_bytes[i] = b;
+            left -= b;
+          }
+        }
+      }
       if (kind == StepKind::SparseDecode) {
         select_blocks(q.get<float>(), c.n_head, desc.get<__half>(), desc_layout, l, rp, d_pos, keys.get<uint32_t>(),
                       blocks.get<int32_t>(), desc_layout.max_blocks, d_nsel, stream);
@@ -505,31 +628,35 @@ struct CudaEngine::Impl {
         a.n_sel_dev = d_nsel;
         mark("block selection");
       }
-      if (const int v = batched_variant(kind, n)) cuda::attention_batched(a, v, stream);
+      if (const int v = batched_variant(kind, nr)) cuda::attention_batched(a, v, stream);
       else cuda::attention(a, stream);
       mark("attention");
 
       ActPrep plain;
-      plain.x = attn.get<float>();
+      plain.x = a.out;
       plain.ld_x = QD;
-      linear(L.wo, plain, attn.get(), n, X, E, nullptr, true);
+      linear(L.wo, plain, a.out, nr, Xr, E, nullptr, true, kFoldO);
       mark("output projection");
 
       ActPrep norm2;
       norm2.transform = ActTransform::RmsNorm;
-      norm2.x = X;
+      norm2.x = Xr;
       norm2.ld_x = E;
       norm2.norm_w = reinterpret_cast<const float*>(L.ffn_norm.data);
       norm2.eps = c.rms_eps;
+      if (nr == 1 && ffn_one_token(L, norm2, Xr)) {
+        mark("gate + up + SwiGLU quantize, down");
+        continue;
+      }
       const LinearOut gu[2] = {{&L.w_gate, gate.get<float>(), FF, nullptr}, {&L.w_up, up.get<float>(), FF, nullptr}};
-      linear_multi(gu, 2, norm2, &L.ffn_norm, n);
+      linear_multi(gu, 2, norm2, &L.ffn_norm, nr, kFoldGateUp);
       mark("gate + up");
       ActPrep glu;
       glu.transform = ActTransform::SwiGLU;
       glu.x = gate.get<float>();
       glu.up = up.get<float>();
       glu.ld_x = FF;
-      linear(L.w_down, glu, gate.get(), n, X, E, nullptr, true);
+      linear(L.w_down, glu, gate.get(), nr, Xr, E, nullptr, true);
       mark("down");
     }
     if (!logits) return;
@@ -540,7 +667,7 @@ struct CudaEngine::Impl {
     fin.ld_x = E;
     fin.norm_w = reinterpret_cast<const float*>(output_norm.data);
     fin.eps = c.rms_eps;
-    linear(output, fin, &output_norm, n - first, logits, c.n_vocab, nullptr, false);
+    linear(output, fin, &output_norm, n - first, logits, c.n_vocab, nullptr, false, kFoldLmHead);
     mark("lm head");
   }
 
@@ -604,7 +731,9 @@ struct CudaEngine::Impl {
       advance_position(d_pos, 1, stream);
     };
     (void)want_argmax;
-    const auto key = std::make_pair((int)kind, splits);
+    // A rectification's graph also bakes in its last layer's one-row attention splits.
+    const int tail = kind == StepKind::Rectify ? tail_attention_splits(n_past + 1) : 0;
+    const auto key = std::make_pair((int)kind, splits * (kMaxDecodeSplits + 1) + tail);
     auto it = graphs.find(key);
     if (it != graphs.end()) {
       PYRESA_CUDA_CHECK(cudaGraphLaunch(it->second, stream));
@@ -738,6 +867,16 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, CudaEngi
   matvec_wide() = env_int("PYRESA_CUDA_MATVEC_WIDE", 0);
   matvec_ksplit() = env_int("PYRESA_CUDA_MATVEC_KSPLIT", 0);
   matvec_prefetch() = env_int("PYRESA_CUDA_MATVEC_PREFETCH", 2);
+  // Run 10-fixed-fuse (H100): folding the input's preparation into the products and the SwiGLU
+  // quantize into gate+up's epilogue both lost (off); q/k/v in one launch, v first, won.
+  m.fold_prep = env_int("PYRESA_CUDA_FUSE_NORM", 0);
+  {
+    const int qkv = env_int("PYRESA_CUDA_QKV_ONE", 3);
+    m.qkv_one = qkv != 0;
+    m.qkv_v_first = qkv == 3;
+  }
+  m.glu_epilogue = env_int("PYRESA_CUDA_GLU_EPILOGUE", 0) != 0;
+  matvec_prep_grid_cap() = m.n_sm * std::max(0, env_int("PYRESA_CUDA_FUSE_CTAS_PER_SM", 0));
   {
     const char* v = std::getenv("PYRESA_CUDA_DQMM");  // "old": dqmm_kernel for every format
     dqmm_variant() = !v || !*v ? kDqmmDefaultVariant : std::string(v) == "old" ? 0 : std::atoi(v);
@@ -748,9 +887,15 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, CudaEngi
     const bool early = env_int("PYRESA_CUDA_PDL_EARLY", 1) != 0;
     set_pdl_early_quant(early);
     set_pdl_early_ops(early);
+    // Run 10: the decode attention and the combine trigger early too (own switch for A/B).
+    const bool early_attn = early && env_int("PYRESA_CUDA_PDL_EARLY_ATTN", 1) != 0;
+    set_pdl_early_attention(early_attn);
+    set_pdl_early_attention_decode(early_attn);
   }
   m.precise_dense = env_int("PYRESA_CUDA_PRECISE_DENSE", 1) != 0;
   m.rect_precise = env_int("PYRESA_CUDA_RECT_PRECISE", 1) != 0;
+  m.attn_prefetch_bytes = (size_t)std::max(0, env_int("PYRESA_CUDA_ATTN_PREFETCH_MB", 0)) << 20;
+  m.kv_evict_first = env_int("PYRESA_CUDA_KV_EVICT_FIRST", 0) != 0;
   m.rect_kernel = kernel_switch("PYRESA_CUDA_RECT_KERNEL", 3);
   m.prefill_kernel = kernel_switch("PYRESA_CUDA_PREFILL_KERNEL", 3);
   for (int* k : {&m.rect_kernel, &m.prefill_kernel})  // too little shared memory: the general kernel

@@ -55,6 +55,9 @@ __host__ __device__ inline ActLayout act_layout(GgmlType t, int64_t cols) {
   return l;
 }
 
+// Bytes of a Q8_K activation row (act_row_bytes(Q8_K, cols), usable on the device).
+__host__ __device__ inline size_t act_row_bytes_q8k_dev(int64_t cols) { return align16(cols + 36 * (cols / QK_K)); }
+
 // ---- small device helpers -------------------------------------------------------------------
 
 __device__ __forceinline__ uint32_t ld_u32_a2(const uint8_t* p) {  // 2-byte aligned 32-bit load
@@ -106,12 +109,55 @@ __device__ __forceinline__ void q5k_unpack(const uint32_t qs[4], const uint32_t 
 
 // ---- activation preparation ------------------------------------------------------------------
 
+// silu(x) * u, as the CPU computes it (shared by prepare_kernel and the gate+up epilogue).
+__device__ __forceinline__ float swiglu_value(float x, float u) {
+  return __fmul_rn(__fdiv_rn(x, __fadd_rn(1.0f, expf(-x))), u);
+}
+
 template <ActTransform T>
 __device__ __forceinline__ float act_value(const ActPrep& p, const float* xr, const float* ur, int64_t i, float scale) {
   const float x = xr[i];
   if constexpr (T == ActTransform::RmsNorm) return __fmul_rn(__fmul_rn(x, scale), p.norm_w[i]);
-  if constexpr (T == ActTransform::SwiGLU) return __fmul_rn(__fdiv_rn(x, __fadd_rn(1.0f, expf(-x))), ur[i]);
+  if constexpr (T == ActTransform::SwiGLU) return swiglu_value(x, ur[i]);
   return x;
+}
+
+// One 256-element Q8_K block b of a row (o: the row's planes), one warp, lane holding elements
+// 8*lane .. 8*lane+7 in v: the CPU's quantize_row_q8_K (amax by absolute value, the first such
+// element's signed value sets the scale). Shared by prepare_kernel and the products that
+// quantize their own activations (matvec_rows_prep_kernel), so both write the same bytes.
+__device__ __forceinline__ void quantize_q8k_block(const float v[8], int lane, int64_t b, const ActLayout& l,
+                                                   uint8_t* o) {
+  int amax_bits = 0;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) amax_bits = max(amax_bits, (int)(__float_as_uint(v[i]) & 0x7fffffffu));
+  amax_bits = __reduce_max_sync(0xffffffffu, (unsigned)amax_bits);
+  int first = 256;
+  float first_v = 0.0f;
+#pragma unroll
+  for (int i = 7; i >= 0; --i)
+    if ((int)(__float_as_uint(v[i]) & 0x7fffffffu) == amax_bits) { first = 8 * lane + i; first_v = v[i]; }
+  const int first_all = __reduce_min_sync(0xffffffffu, (unsigned)first);
+  float vmax = __shfl_sync(0xffffffffu, first_v, (first_all & 255) >> 3);
+  if (amax_bits == 0) vmax = 0.0f;
+  const float iscale = vmax == 0.0f ? 0.0f : -127.0f / vmax;
+  int qsum = 0;
+  uint32_t packed[2] = {0, 0};
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const int q = __float2int_rn(iscale * v[i]);
+    qsum += q;
+    packed[i >> 2] |= (uint32_t)(q & 0xff) << (8 * (i & 3));
+  }
+  reinterpret_cast<uint2*>(o)[(b * QK_K) / 8 + lane] = make_uint2(packed[0], packed[1]);
+  qsum += __shfl_xor_sync(0xffffffffu, qsum, 1);  // groups of 16 = lane pairs
+  if ((lane & 1) == 0) reinterpret_cast<int16_t*>(o + l.bsum_off)[b * 16 + lane / 2] = (int16_t)qsum;
+  if (lane == 0) reinterpret_cast<float*>(o + l.d_off)[b] = vmax == 0.0f ? 0.0f : 1.0f / iscale;
+}
+
+// RMS-norm scale from the row's sum of squares (float products summed in double, as the CPU).
+__device__ __forceinline__ float rms_scale(double sum_sq, int64_t cols, float eps) {
+  return 1.0f / sqrtf((float)(sum_sq / (double)cols) + eps);
 }
 
 constexpr int kPrepWarps = 8;  // blocks per CTA (one per warp); a row spreads over gridDim.y CTAs
@@ -140,7 +186,7 @@ __global__ void __launch_bounds__(32 * kPrepWarps) prepare_kernel(ActPrep p, int
       if (lane == 0) partial[0] = s;
     }
     __syncthreads();
-    scale = 1.0f / sqrtf((float)(partial[0] / (double)cols) + p.eps);
+    scale = rms_scale(partial[0], cols, p.eps);
   }
   const int64_t b = (int64_t)blockIdx.y * n_warps + warp;  // this warp's block
   if constexpr (A == GgmlType::F32 || A == GgmlType::F16) {
@@ -170,34 +216,9 @@ __global__ void __launch_bounds__(32 * kPrepWarps) prepare_kernel(ActPrep p, int
     const ActLayout l = act_layout(A, cols);
     if (b < l.nb) {
       float v[8];
-      int amax_bits = 0;
 #pragma unroll
-      for (int i = 0; i < 8; ++i) {
-        v[i] = act_value<T>(p, xr, ur, b * QK_K + 8 * lane + i, scale);
-        amax_bits = max(amax_bits, (int)(__float_as_uint(v[i]) & 0x7fffffffu));
-      }
-      amax_bits = __reduce_max_sync(0xffffffffu, (unsigned)amax_bits);
-      int first = 256;
-      float first_v = 0.0f;
-#pragma unroll
-      for (int i = 7; i >= 0; --i)
-        if ((int)(__float_as_uint(v[i]) & 0x7fffffffu) == amax_bits) { first = 8 * lane + i; first_v = v[i]; }
-      const int first_all = __reduce_min_sync(0xffffffffu, (unsigned)first);
-      float vmax = __shfl_sync(0xffffffffu, first_v, (first_all & 255) >> 3);
-      if (amax_bits == 0) vmax = 0.0f;
-      const float iscale = vmax == 0.0f ? 0.0f : -127.0f / vmax;
-      int qsum = 0;
-      uint32_t packed[2] = {0, 0};
-#pragma unroll
-      for (int i = 0; i < 8; ++i) {
-        const int q = __float2int_rn(iscale * v[i]);
-        qsum += q;
-        packed[i >> 2] |= (uint32_t)(q & 0xff) << (8 * (i & 3));
-      }
-      reinterpret_cast<uint2*>(o)[(b * QK_K) / 8 + lane] = make_uint2(packed[0], packed[1]);
-      qsum += __shfl_xor_sync(0xffffffffu, qsum, 1);  // groups of 16 = lane pairs
-      if ((lane & 1) == 0) reinterpret_cast<int16_t*>(o + l.bsum_off)[b * 16 + lane / 2] = (int16_t)qsum;
-      if (lane == 0) reinterpret_cast<float*>(o + l.d_off)[b] = vmax == 0.0f ? 0.0f : 1.0f / iscale;
+      for (int i = 0; i < 8; ++i) v[i] = act_value<T>(p, xr, ur, b * QK_K + 8 * lane + i, scale);
+      quantize_q8k_block(v, lane, b, l, o);
     }
   }
 }
@@ -236,6 +257,7 @@ struct MatvecBatch {
   int n = 1;
   int n_items = 0;  // matvec_rows_kernel: CTA items in all (its grid may be smaller)
   int prefetch = 2;  // L2 prefetch of the rows (matvec_prefetch()): 0 none, 1 not Q6_K, 2 all
+  int w1_from = 3;   // matvec_rows_prep_kernel<W0, W1>: weights [w1_from, n) are of type W1
 };
 
 template <GgmlType W, int NT>
@@ -496,13 +518,15 @@ __device__ __forceinline__ void for_each_item(const MatvecBatch& batch, Body&& b
   }
 }
 
-template <GgmlType W, int R, int U, int S = 1>
-__global__ void __launch_bounds__(32 * kRowsPerCta) matvec_rows_kernel(MatvecBatch batch, const uint8_t* act) {
+// One item's rows [row0, row0 + R) of one warp (or, S > 1, of the CTA's S warps, partial sums
+// in part[S][R]); act: the Q8_K activation row's planes, in global or shared memory.
+template <GgmlType W, int R, int U, int S>
+__device__ __forceinline__ void rows_item(const DeviceWeight& w, const MatvecOut& out, int64_t row0,
+                                          const uint8_t* act, float (*part)[R]) {
   static_assert(W == GgmlType::Q4_K || W == GgmlType::Q5_K || W == GgmlType::Q6_K, "K-quants only");
   static_assert(S == 1 || S == kRowsPerCta, "K split: the whole CTA on one row group");
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  __shared__ float part[S > 1 ? S : 1][R];
-  for_each_item<W, R, S>(batch, [&](const DeviceWeight& w, const MatvecOut& out, int64_t row0) {
+  {
     int64_t rows[R];
 #pragma unroll
     for (int r = 0; r < R; ++r) rows[r] = row0 + r < w.rows ? row0 + r : w.rows - 1;  // past the end: recompute the last row, discard
@@ -645,9 +669,178 @@ __global__ void __launch_bounds__(32 * kRowsPerCta) matvec_rows_kernel(MatvecBat
         }
       }
     }
+  }
+}
+
+template <GgmlType W, int R, int U, int S = 1>
+__global__ void __launch_bounds__(32 * kRowsPerCta) matvec_rows_kernel(MatvecBatch batch, const uint8_t* act) {
+  __shared__ float part[S > 1 ? S : 1][R];
+  for_each_item<W, R, S>(batch, [&](const DeviceWeight& w, const MatvecOut& out, int64_t row0) {
+    rows_item<W, R, U, S>(w, out, row0, act, part);
   });
 }
 
+
+// ---- one token, activations prepared by the product's own CTAs (PYRESA_CUDA_FUSE_NORM) ------
+// The decode step used to run prepare_kernel (RMS norm or plain copy + Q8_K quantization of one
+// 3584-float row, 2 CTAs) before each product: a kernel boundary and a latency chain of ~5 us
+// each, 3 per layer. Here every CTA of the product, once the previous kernel is done (its rows
+// already on their way into L2), reads the float row from L2, normalises and quantizes it into
+// shared memory with exactly prepare_kernel's arithmetic (same double-sum order, same block
+// quantizer), and its dot products read the activations from there: the same bytes, so the
+// products are bit-identical to prepare + matvec_rows_kernel<W, 2, 2>. The same kernel also takes
+// weights of two types in one launch (W0 for weights [0, w1_from), W1 after: the Q4_K q/k and the
+// Q6_K v of a Q4_K_M layer), with or without the folded preparation.
+// Measured on the H100 (docs/perf-cuda.md, run 10-fixed-fuse): the fold is slower (+0.06 to +1 ms
+// per step): every CTA reads the 14 KB float row and the 14 KB norm weights from L2 (q/k/v: 576
+// CTAs x 28 KB = 16 MB, more than the product's 9.8 MB of weights; gate+up: 133 MB) and runs the
+// norm's latency chain before its first dot product. Off by default; the two-type launch without
+// it (the q/k/v of a layer in one launch, v first) is the default.
+
+// The RMS norm's sum of squares as prepare_kernel forms it with its 256 threads (each a strided
+// partial sum in double, a butterfly per warp, then warp 0 over the 8 warp sums), played by this
+// CTA's 128 threads: thread t is prepare_kernel's threads t and t + 128, so every double addition
+// happens in the same order and the scale is bit-identical. red: 9 doubles of shared memory.
+__device__ __forceinline__ float cta_rms_scale(const float* xr, int64_t cols, float eps, double* red) {
+  constexpr int kV = 32 * kPrepWarps, kT = 32 * kRowsPerCta;
+  static_assert(kV == 2 * kT, "two of prepare_kernel's threads per thread");
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  double s0 = 0.0, s1 = 0.0;
+  for (int64_t i = threadIdx.x; i < cols; i += kV) s0 += (double)(xr[i] * xr[i]);
+  for (int64_t i = threadIdx.x + kT; i < cols; i += kV) s1 += (double)(xr[i] * xr[i]);
+  for (int off = 16; off > 0; off >>= 1) {
+    s0 += __shfl_xor_sync(0xffffffffu, s0, off);
+    s1 += __shfl_xor_sync(0xffffffffu, s1, off);
+  }
+  if (lane == 0) {
+    red[warp] = s0;
+    red[warp + kRowsPerCta] = s1;
+  }
+  __syncthreads();
+  if (warp == 0) {
+    double s = lane < kPrepWarps ? red[lane] : 0.0;
+    for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+    if (lane == 0) red[kPrepWarps] = s;
+  }
+  __syncthreads();
+  return rms_scale(red[kPrepWarps], cols, eps);
+}
+
+// Row 0 of p (transform T) as a Q8_K activation row into shared memory o (act_layout planes):
+// warp w quantizes blocks w, w + 4, ... as prepare_kernel's warps do, one block each.
+template <ActTransform T>
+__device__ __forceinline__ void cta_prepare_q8k(const ActPrep& p, int64_t cols, uint8_t* o, double* red) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const float* xr = p.x;
+  float scale = 1.0f;
+  if constexpr (T == ActTransform::RmsNorm) scale = cta_rms_scale(xr, cols, p.eps, red);
+  const ActLayout l = act_layout(GgmlType::Q8_K, cols);
+  for (int64_t b = warp; b < l.nb; b += kRowsPerCta) {
+    float v[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) v[i] = act_value<T>(p, xr, nullptr, b * QK_K + 8 * lane + i, scale);
+    quantize_q8k_block(v, lane, b, l, o);
+  }
+  __syncthreads();
+}
+
+// F: 0 the activations are given (act, global), 1 plain row quantized here, 2 RMS-normed row.
+// act_dump (tests): CTA 0 copies its shared activation row there.
+template <GgmlType W0, GgmlType W1, int R, int U, int F>
+__global__ void __launch_bounds__(32 * kRowsPerCta) matvec_rows_prep_kernel(MatvecBatch batch, const uint8_t* act,
+                                                                            ActPrep prep, uint8_t* act_dump) {
+  extern __shared__ uint4 smem_act[];
+  __shared__ double red[kPrepWarps + 1];
+  __shared__ float part[1][R];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int n_items = batch.n_items;
+  auto item_row0 = [&](int it, int wi) { return ((int64_t)(it - batch.first[wi]) * kRowsPerCta + warp) * R; };
+  auto prefetch = [&](int it) {
+    const int wi = batch_weight(batch, it);
+    if (wi >= batch.w1_from) prefetch_rows<W1, R>(batch.w[wi], item_row0(it, wi), batch.prefetch);
+    else prefetch_rows<W0, R>(batch.w[wi], item_row0(it, wi), batch.prefetch);
+  };
+  // The weights do not depend on the previous kernel: pull this CTA's first rows into L2 while it
+  // finishes, then wait for the activations (as for_each_item).
+  if (lane == 0 && (int)blockIdx.x < n_items) prefetch(blockIdx.x);
+  if ((int)(blockIdx.x + gridDim.x) >= n_items) pdl_trigger();
+  pdl_wait();
+  const uint8_t* a = act;
+  if constexpr (F != 0) {
+    uint8_t* sa = reinterpret_cast<uint8_t*>(smem_act);
+    const int64_t cols = batch.w[0].cols;
+    cta_prepare_q8k<F == 1 ? ActTransform::Plain : ActTransform::RmsNorm>(prep, cols, sa, red);
+    if (act_dump && blockIdx.x == 0) {
+      const int n16 = (int)(act_row_bytes_q8k_dev(cols) / 16);
+      for (int i = threadIdx.x; i < n16; i += blockDim.x) reinterpret_cast<uint4*>(act_dump)[i] = smem_act[i];
+    }
+    a = sa;
+  }
+  for (int item = blockIdx.x; item < n_items; item += gridDim.x) {
+    const int next = item + gridDim.x;
+    if (next < n_items) {
+      if (lane == 0) prefetch(next);
+      if (next + (int)gridDim.x >= n_items) pdl_trigger();  // the next item is this CTA's last
+    }
+    const int wi = batch_weight(batch, item);
+    const int64_t row0 = item_row0(item, wi);
+    if (row0 >= batch.w[wi].rows) continue;
+    if constexpr (W0 == W1) {
+      rows_item<W0, R, U, 1>(batch.w[wi], batch.out[wi], row0, a, part);
+    } else {
+      if (wi >= batch.w1_from) rows_item<W1, R, U, 1>(batch.w[wi], batch.out[wi], row0, a, part);
+      else rows_item<W0, R, U, 1>(batch.w[wi], batch.out[wi], row0, a, part);
+    }
+  }
+}
+
+// ---- one token, gate + up with the SwiGLU + Q8_K quantization of the down product's input in
+// the epilogue (PYRESA_CUDA_GLU_EPILOGUE) --------------------------------------------------------
+// Q8_K block b of h = silu(gate) * up needs gate and up rows [256b, 256b + 256): 32 items of
+// gate and 32 of up (8 rows each). Each item, once its rows are stored (and fenced), counts
+// itself into block b's counter; the item that completes the count quantizes block b with one
+// warp, exactly as prepare_kernel's warp for that block would (swiglu_value, quantize_q8k_block:
+// the same bytes), and resets the counter for the next layer. The separate SwiGLU prepare kernel
+// (a launch and a latency chain per layer) goes away; blocks finish while other items still run.
+// Measured on the H100 (run 10-fixed-fuse): +0.18 ms per step, not the −0.05 predicted: the
+// fence and the counter's atomic round trip hold each of gate+up's 4,736 CTAs (7 waves) longer
+// than the whole prepare kernel costs. Off by default.
+struct GluOut {
+  int* counters;   // [n_ff / 256], zero between launches
+  uint8_t* act;    // the down product's Q8_K input row (planes, act_layout(Q8_K, n_ff))
+  int64_t n_ff;
+};
+
+template <GgmlType W, int R, int U>
+__global__ void __launch_bounds__(32 * kRowsPerCta) matvec_rows_glu_kernel(MatvecBatch batch, const uint8_t* act,
+                                                                           GluOut glu) {
+  __shared__ float part[1][R];
+  __shared__ int last_block;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  constexpr int kItemsPerBlock = 2 * QK_K / (kRowsPerCta * R);  // gate's and up's
+  for_each_item<W, R, 1>(batch, [&](const DeviceWeight& w, const MatvecOut& out, int64_t row0) {
+    rows_item<W, R, U, 1>(w, out, row0, act, part);
+    if (lane == 0) __threadfence();  // this warp's stored outputs, visible before the count
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      const int b = (int)(row0 / QK_K);  // the item's 8 rows lie in one block
+      const int done = atomicAdd(&glu.counters[b], 1);
+      last_block = done == kItemsPerBlock - 1 ? b : -1;
+    }
+    __syncthreads();
+    const int b = last_block;  // (rewritten only after the next item's first barrier)
+    if (b >= 0 && warp == 0) {
+      __threadfence();
+      const float* g = batch.out[0].y + (int64_t)b * QK_K + 8 * lane;
+      const float* u = batch.out[1].y + (int64_t)b * QK_K + 8 * lane;
+      float v[8];
+#pragma unroll
+      for (int i = 0; i < 8; ++i) v[i] = swiglu_value(__ldcg(g + i), __ldcg(u + i));  // (L2: other SMs' stores)
+      quantize_q8k_block(v, lane, b, act_layout(GgmlType::Q8_K, glu.n_ff), glu.act);
+      if (lane == 0) glu.counters[b] = 0;
+    }
+  });
+}
 
 // ---- one token, Q4_K, 4 lanes per superblock ("wide", PYRESA_CUDA_MATVEC_WIDE=1) -------------
 // Nsight Compute on the 7B gate/up product (run 9): ALU pipe 66% busy, issue slots 58% busy at
@@ -1230,6 +1423,22 @@ struct DequantF16Launch {
   }
 };
 
+// The folded-preparation / two-type one-token kernel (R = 2 rows per warp, U = 2 steps: the
+// default matvec_rows_kernel's arithmetic) for the weight types W0, W1 and preparation F.
+template <GgmlType W0, GgmlType W1>
+void launch_rows_prep(const MatvecBatch& b, int grid, int F, const uint8_t* act, const ActPrep& p, uint8_t* dump,
+                      size_t smem, cudaStream_t s) {
+  constexpr int kT = 32 * kRowsPerCta;
+  if constexpr (W0 != W1) {
+    if (F == 0) {
+      launch(matvec_rows_prep_kernel<W0, W1, 2, 2, 0>, grid, kT, 0, s, b, act, p, dump);
+      return;
+    }
+  }
+  if (F == 1) launch(matvec_rows_prep_kernel<W0, W1, 2, 2, 1>, grid, kT, smem, s, b, act, p, dump);
+  else launch(matvec_rows_prep_kernel<W0, W1, 2, 2, 2>, grid, kT, smem, s, b, act, p, dump);
+}
+
 }  // namespace
 
 int& matvec_rows_per_warp() {
@@ -1267,6 +1476,10 @@ int& dqmm_stages() {
 int& dqmm_prefetch() {
   static int v = 0;
   return v;
+}
+int& matvec_prep_grid_cap() {
+  static int c = 0;
+  return c;
 }
 void set_pdl_early_quant(bool on) { set_pdl_early_this_unit(on); }
 
@@ -1355,6 +1568,100 @@ void matvec_multi(const DeviceWeight* ws, const MatvecOut* outs, int n_w, const 
     b.out[i] = outs[i];
   }
   dispatch_type<MatvecLaunch>(ws[0].type, b, static_cast<const uint8_t*>(act), arb, n_tokens, s);
+}
+
+bool matvec_rows_prep(const DeviceWeight* ws, const MatvecOut* outs, int n_w, const ActPrep* prep, const void* act,
+                      cudaStream_t s, bool dry_run, uint8_t* act_dump) {
+  if (n_w < 1 || n_w > 3) return false;
+  const GgmlType t0 = ws[0].type;
+  GgmlType t1 = t0;
+  int w1_from = n_w;
+  for (int i = 0; i < n_w; ++i) {
+    const GgmlType t = ws[i].type;
+    if ((t != GgmlType::Q4_K && t != GgmlType::Q5_K && t != GgmlType::Q6_K) || ws[i].cols != ws[0].cols) return false;
+    if (w1_from == n_w && t != t0) {
+      w1_from = i;
+      t1 = t;
+    }
+    if (i >= w1_from && t != t1) return false;  // W0 weights first, then W1 ones
+  }
+  // pairs: Q4_K or Q5_K with Q6_K, in either order
+  if (t1 != t0 && t1 != GgmlType::Q6_K && t0 != GgmlType::Q6_K) return false;
+  if (t1 != t0 && (t0 == GgmlType::Q6_K) == (t1 == GgmlType::Q6_K)) return false;
+  const int64_t cols = ws[0].cols;
+  if (cols % QK_K) return false;
+  // Only where the plain path would run matvec_rows_kernel<W, 2, 2> (whose arithmetic it shares).
+  if (matvec_rows_per_warp() != 2 || matvec_steps() != 2) return false;
+  if (matvec_wide() && (t0 == GgmlType::Q4_K || t1 == GgmlType::Q4_K)) return false;
+  if (matvec_ksplit() && cols / QK_K >= 32) return false;
+  const int F = !prep ? 0 : prep->transform == ActTransform::Plain ? 1 : prep->transform == ActTransform::RmsNorm ? 2 : -1;
+  if (F < 0 || (F == 0 && (t0 == t1 || !act))) return false;
+  const size_t smem = F ? act_row_bytes(GgmlType::Q8_K, cols) : 0;
+  if (smem > 40 * 1024) return false;  // beyond the default 48 KB with room for the rest
+  if (dry_run) return true;
+  MatvecBatch b;
+  b.n = n_w;
+  b.w1_from = w1_from;
+  b.prefetch = matvec_prefetch();
+  int grid = 0;
+  for (int i = 0; i < n_w; ++i) {
+    b.w[i] = ws[i];
+    b.out[i] = outs[i];
+    b.first[i] = grid;
+    grid += ceil_div(ws[i].rows, kRowsPerCta * 2);
+  }
+  b.n_items = grid;
+  const int cap = matvec_prep_grid_cap() > 0 ? matvec_prep_grid_cap() : matvec_grid_cap();
+  if (cap > 0) grid = std::min(grid, cap);
+  const ActPrep p = prep ? *prep : ActPrep{};
+  const auto* a = static_cast<const uint8_t*>(act);
+  if (t0 == t1) {
+    if (t0 == GgmlType::Q4_K) launch_rows_prep<GgmlType::Q4_K, GgmlType::Q4_K>(b, grid, F, a, p, act_dump, smem, s);
+    else if (t0 == GgmlType::Q5_K) launch_rows_prep<GgmlType::Q5_K, GgmlType::Q5_K>(b, grid, F, a, p, act_dump, smem, s);
+    else launch_rows_prep<GgmlType::Q6_K, GgmlType::Q6_K>(b, grid, F, a, p, act_dump, smem, s);
+  } else if (t0 == GgmlType::Q4_K) {
+    launch_rows_prep<GgmlType::Q4_K, GgmlType::Q6_K>(b, grid, F, a, p, act_dump, smem, s);
+  } else if (t0 == GgmlType::Q5_K) {
+    launch_rows_prep<GgmlType::Q5_K, GgmlType::Q6_K>(b, grid, F, a, p, act_dump, smem, s);
+  } else if (t1 == GgmlType::Q4_K) {
+    launch_rows_prep<GgmlType::Q6_K, GgmlType::Q4_K>(b, grid, F, a, p, act_dump, smem, s);
+  } else {
+    launch_rows_prep<GgmlType::Q6_K, GgmlType::Q5_K>(b, grid, F, a, p, act_dump, smem, s);
+  }
+  PYRESA_CUDA_LAUNCH_CHECK();
+  return true;
+}
+
+bool matvec_gate_up_glu(const DeviceWeight& gate, const DeviceWeight& up, float* y_gate, float* y_up, const void* act,
+                        int* counters, void* act_out, cudaStream_t s, bool dry_run) {
+  const GgmlType t = gate.type;
+  if (t != up.type || gate.rows != up.rows || gate.cols != up.cols || gate.rows % QK_K || gate.cols % QK_K) return false;
+  if (t != GgmlType::Q4_K && t != GgmlType::Q5_K && t != GgmlType::Q6_K) return false;
+  if (matvec_rows_per_warp() != 2 || matvec_steps() != 2) return false;  // the default kernel's arithmetic
+  if (matvec_wide() && t == GgmlType::Q4_K) return false;
+  if (matvec_ksplit() && gate.cols / QK_K >= 32) return false;
+  if (dry_run) return true;
+  MatvecBatch b;
+  b.n = 2;
+  b.w[0] = gate;
+  b.w[1] = up;
+  b.out[0].y = y_gate;
+  b.out[1].y = y_up;
+  b.out[0].ldy = b.out[1].ldy = gate.rows;
+  b.prefetch = matvec_prefetch();
+  const int per = ceil_div(gate.rows, kRowsPerCta * 2);
+  b.first[0] = 0;
+  b.first[1] = per;
+  b.n_items = 2 * per;
+  int grid = b.n_items;
+  if (matvec_grid_cap() > 0) grid = std::min(grid, matvec_grid_cap());
+  GluOut g{counters, static_cast<uint8_t*>(act_out), gate.rows};
+  const auto* a = static_cast<const uint8_t*>(act);
+  if (t == GgmlType::Q4_K) launch(matvec_rows_glu_kernel<GgmlType::Q4_K, 2, 2>, grid, 32 * kRowsPerCta, 0, s, b, a, g);
+  else if (t == GgmlType::Q5_K) launch(matvec_rows_glu_kernel<GgmlType::Q5_K, 2, 2>, grid, 32 * kRowsPerCta, 0, s, b, a, g);
+  else launch(matvec_rows_glu_kernel<GgmlType::Q6_K, 2, 2>, grid, 32 * kRowsPerCta, 0, s, b, a, g);
+  PYRESA_CUDA_LAUNCH_CHECK();
+  return true;
 }
 
 void dequant_matmul_small(const DeviceWeight& w, const __half* A, int64_t lda, int M, float* y, int64_t ldy,

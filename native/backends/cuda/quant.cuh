@@ -83,6 +83,29 @@ int& matvec_prefetch();
 void matvec_multi(const DeviceWeight* w, const MatvecOut* out, int n_w, const void* act, size_t act_row_bytes,
                   int n_tokens, cudaStream_t stream);
 
+// One token, up to 3 K-quant weights of one row length on the same input, one launch
+// (matvec_rows_prep_kernel, the arithmetic of the default 2-rows x 2-steps kernel):
+//  - prep given (Plain or RmsNorm, row 0 of prep.x): each CTA quantizes the row to Q8_K itself,
+//    into shared memory, bit-identical to prepare_activations (no prepare kernel; act unused);
+//  - prep null: the Q8_K activations at act, as matvec_multi.
+// The weights may be of two types, Q4_K or Q5_K and Q6_K, grouped (Q4_K_M's q, k and v; or v, q, k).
+// Returns false, launching nothing, where it does not apply (other types or settings; then use
+// prepare_activations + matvec_multi). dry_run: only answer that. act_dump (tests): CTA 0's
+// activation row (act_row_bytes(Q8_K, cols) bytes) is copied there.
+bool matvec_rows_prep(const DeviceWeight* w, const MatvecOut* out, int n_w, const ActPrep* prep, const void* act,
+                      cudaStream_t stream, bool dry_run = false, uint8_t* act_dump = nullptr);
+// Most CTAs of matvec_rows_prep's grid (0: matvec_grid_cap()); the engine sets n_sm *
+// PYRESA_CUDA_FUSE_CTAS_PER_SM (a persistent grid prepares the row once per CTA, not per item).
+int& matvec_prep_grid_cap();
+
+// One token: gate = W_gate . act, up = W_up . act (Q8_K act, no bias), and in the same launch the
+// down product's input, Q8_K(silu(gate) * up), written to act_out (act_row_bytes(Q8_K, rows))
+// bit-identical to prepare_activations(SwiGLU): each 256-row block is quantized by the CTA that
+// completes it (counters: rows / 256 ints, zero, left zero). False (nothing launched) where it
+// does not apply; dry_run: only answer. PYRESA_CUDA_GLU_EPILOGUE.
+bool matvec_gate_up_glu(const DeviceWeight& gate, const DeviceWeight& up, float* y_gate, float* y_up, const void* act,
+                        int* counters, void* act_out, cudaStream_t stream, bool dry_run = false);
+
 // y[m][n] (+)= W[n] . A[m] (+ bias[n]) for M <= 64 tokens of F16 activations (lda halves apart):
 // W is dequantized tile by tile into shared memory and multiplied on tensor cores, read once.
 // ws: workspace for K-split partial sums (ws_floats floats; null: no split).

@@ -118,6 +118,131 @@ std::vector<float> matvec(int type, int64_t rows, int64_t cols, const uint8_t* w
   return to_host<float>(y, (size_t)n * rows);
 }
 
+std::vector<float> matvec_prep(const std::vector<int>& types, const std::vector<int64_t>& rows, int64_t cols,
+                               const uint8_t* w, size_t w_bytes, const float* x, const float* norm_w, float eps,
+                               int transform, const float* bias, bool accumulate, int mode, int cap,
+                               std::vector<uint8_t>& act_out) {
+  const int n_w = (int)types.size();
+  if (n_w < 1 || n_w > 3 || rows.size() != types.size()) throw std::invalid_argument("1-3 weights, a row count each");
+  DeviceBuffer wb[3];
+  DeviceWeight dw[3];
+  size_t off = 0;
+  int64_t total_rows = 0;
+  for (int i = 0; i < n_w; ++i) {
+    const size_t bytes = device_weight_bytes(static_cast<GgmlType>(types[i]), rows[i], cols);
+    if (off + bytes > w_bytes) throw std::invalid_argument("too few weight bytes");
+    dw[i] = upload(types[i], rows[i], cols, w + off, bytes, wb[i]);
+    off += bytes;
+    total_rows += rows[i];
+  }
+  DeviceBuffer xb = to_device(x, sizeof(float) * cols);
+  DeviceBuffer nw = norm_w ? to_device(norm_w, sizeof(float) * cols) : DeviceBuffer();
+  DeviceBuffer bb = bias ? to_device(bias, sizeof(float) * total_rows) : DeviceBuffer();
+  std::vector<float> y0(total_rows);
+  for (int64_t i = 0; i < total_rows; ++i) y0[i] = 0.25f * (float)(i % 7) - 0.5f;
+  DeviceBuffer y = accumulate ? to_device(y0.data(), sizeof(float) * total_rows) : poisoned(sizeof(float) * total_rows);
+  ActPrep p;
+  p.transform = static_cast<ActTransform>(transform);
+  p.x = xb.get<float>();
+  p.ld_x = cols;
+  p.norm_w = norm_w ? nw.get<float>() : nullptr;
+  p.eps = eps;
+  MatvecOut os[3];
+  int64_t r0 = 0;
+  for (int i = 0; i < n_w; ++i) {
+    os[i].y = y.get<float>() + r0;
+    os[i].ldy = rows[i];
+    os[i].bias = bias ? bb.get<float>() + r0 : nullptr;
+    os[i].accumulate = accumulate;
+    r0 += rows[i];
+  }
+  const size_t rb = act_row_bytes(GgmlType::Q8_K, cols);
+  DeviceBuffer act = poisoned(rb);
+  const int saved[6] = {matvec_rows_per_warp(), matvec_steps(), matvec_grid_cap(), matvec_wide(), matvec_ksplit(),
+                        matvec_prep_grid_cap()};
+  matvec_rows_per_warp() = 2;  // the default kernel, whose arithmetic matvec_rows_prep shares
+  matvec_steps() = 2;
+  matvec_grid_cap() = 0;
+  matvec_wide() = 0;
+  matvec_ksplit() = 0;
+  matvec_prep_grid_cap() = cap;
+  bool ok = true;
+  if (mode == 0) {  // reference: prepare_activations, then one matvec per weight
+    prepare_activations(p, GgmlType::Q8_K, 1, cols, act.get(), rb, nullptr);
+    for (int i = 0; i < n_w; ++i) matvec(dw[i], act.get(), rb, 1, os[i], nullptr);
+  } else if (mode == 1) {  // the product prepares its own input
+    ok = matvec_rows_prep(dw, os, n_w, &p, nullptr, nullptr, false, act.get<uint8_t>());
+  } else {  // prepared input, all weights in one launch
+    prepare_activations(p, GgmlType::Q8_K, 1, cols, act.get(), rb, nullptr);
+    ok = matvec_rows_prep(dw, os, n_w, nullptr, act.get(), nullptr);
+  }
+  matvec_rows_per_warp() = saved[0];
+  matvec_steps() = saved[1];
+  matvec_grid_cap() = saved[2];
+  matvec_wide() = saved[3];
+  matvec_ksplit() = saved[4];
+  matvec_prep_grid_cap() = saved[5];
+  if (!ok) throw std::invalid_argument("matvec_rows_prep does not take these weights");
+  act_out = to_host<uint8_t>(act, rb);
+  return to_host<float>(y, (size_t)total_rows);
+}
+
+std::vector<float> gate_up_glu(int type, int64_t rows, int64_t cols, const uint8_t* w, size_t w_bytes, const float* x,
+                               int mode, int cap, int repeats, std::vector<uint8_t>& act_out) {
+  const size_t bytes = device_weight_bytes(static_cast<GgmlType>(type), rows, cols);
+  if (2 * bytes > w_bytes) throw std::invalid_argument("too few weight bytes (gate, then up)");
+  DeviceBuffer gb, ub;
+  const DeviceWeight g = upload(type, rows, cols, w, bytes, gb);
+  const DeviceWeight u = upload(type, rows, cols, w + bytes, bytes, ub);
+  DeviceBuffer xb = to_device(x, sizeof(float) * cols);
+  const size_t rb = act_row_bytes(GgmlType::Q8_K, cols), rb_out = act_row_bytes(GgmlType::Q8_K, rows);
+  DeviceBuffer act(rb, "test activations");
+  ActPrep p;
+  p.x = xb.get<float>();
+  p.ld_x = cols;
+  prepare_activations(p, GgmlType::Q8_K, 1, cols, act.get(), rb, nullptr);
+  DeviceBuffer y = poisoned(sizeof(float) * 2 * rows);
+  DeviceBuffer out = poisoned(rb_out);
+  DeviceBuffer counters(sizeof(int) * (rows / QK_K + 1), "test counters");
+  PYRESA_CUDA_CHECK(cudaMemset(counters.get(), 0, counters.bytes()));
+  const int saved[5] = {matvec_rows_per_warp(), matvec_steps(), matvec_grid_cap(), matvec_wide(), matvec_ksplit()};
+  matvec_rows_per_warp() = 2;
+  matvec_steps() = 2;
+  matvec_grid_cap() = cap;
+  matvec_wide() = 0;
+  matvec_ksplit() = 0;
+  bool ok = true;
+  if (mode == 0) {  // reference: two products, then prepare_activations(SwiGLU)
+    MatvecOut o;
+    o.ldy = rows;
+    o.y = y.get<float>();
+    matvec(g, act.get(), rb, 1, o, nullptr);
+    o.y = y.get<float>() + rows;
+    matvec(u, act.get(), rb, 1, o, nullptr);
+    ActPrep q;
+    q.transform = ActTransform::SwiGLU;
+    q.x = y.get<float>();
+    q.up = y.get<float>() + rows;
+    q.ld_x = rows;
+    prepare_activations(q, GgmlType::Q8_K, 1, rows, out.get(), rb_out, nullptr);
+  } else {
+    for (int r = 0; r < repeats && ok; ++r)
+      ok = matvec_gate_up_glu(g, u, y.get<float>(), y.get<float>() + rows, act.get(), counters.get<int>(), out.get(),
+                              nullptr);
+  }
+  matvec_rows_per_warp() = saved[0];
+  matvec_steps() = saved[1];
+  matvec_grid_cap() = saved[2];
+  matvec_wide() = saved[3];
+  matvec_ksplit() = saved[4];
+  if (!ok) throw std::invalid_argument("matvec_gate_up_glu does not take these weights");
+  std::vector<int> cnt = to_host<int>(counters, rows / QK_K);
+  for (int c : cnt)
+    if (c != 0) throw std::runtime_error("gate+up block counters not left at zero");
+  act_out = to_host<uint8_t>(out, rb_out);
+  return to_host<float>(y, (size_t)2 * rows);
+}
+
 std::vector<uint8_t> quantize_rows(int act_type, const float* x, int n, int64_t cols) {
   const GgmlType t = static_cast<GgmlType>(act_type);
   DeviceBuffer xb = to_device(x, sizeof(float) * n * cols);

@@ -21,6 +21,23 @@ std::vector<float> matvec(int type, int64_t rows, int64_t cols, const uint8_t* w
 // Microseconds per dequant_matmul_small call (path as in matvec: 2, 3, or a pipelined variant)
 // on random finite weights of that shape, cycling through copies that together exceed the L2.
 double time_dqmm(int type, int64_t rows, int64_t cols, int M, int path, int reps);
+// One-token products of 1-3 K-quant weights (types, rows; w: their ggml bytes one after the
+// other) on the row x (transform 0 plain, 1 RMS norm with norm_w, eps), with the default 2-rows x
+// 2-steps kernel's arithmetic. mode 0: prepare_activations + one matvec per weight (reference);
+// 1: matvec_rows_prep with the preparation folded in (cap: its most CTAs, 0 none); 2: prepared
+// input, one matvec_rows_prep launch. bias: all rows' (or null); accumulate: y starts at a
+// pattern. act_out: the Q8_K activation planes (modes 0 and 2: prepare's; 1: CTA 0's shared copy).
+std::vector<float> matvec_prep(const std::vector<int>& types, const std::vector<int64_t>& rows, int64_t cols,
+                               const uint8_t* w, size_t w_bytes, const float* x, const float* norm_w, float eps,
+                               int transform, const float* bias, bool accumulate, int mode, int cap,
+                               std::vector<uint8_t>& act_out);
+// One token's gate and up products (w: gate's then up's ggml bytes, rows x cols each) on x, and
+// the down product's Q8_K input silu(gate) * up (act_out, planes). mode 0: two matvecs +
+// prepare_activations(SwiGLU); 1: matvec_gate_up_glu (its epilogue quantizes), launched
+// `repeats` times (the block counters must reset themselves; checked), cap: most CTAs.
+// Returns gate then up.
+std::vector<float> gate_up_glu(int type, int64_t rows, int64_t cols, const uint8_t* w, size_t w_bytes, const float* x,
+                               int mode, int cap, int repeats, std::vector<uint8_t>& act_out);
 // Activation rows in the CPU's ggml block format (Q8_0, Q8_1, Q8_K) or raw F32/F16.
 std::vector<uint8_t> quantize_rows(int act_type, const float* x, int n, int64_t cols);
 // [rows][cols] floats

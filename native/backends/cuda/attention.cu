@@ -245,7 +245,6 @@ constexpr int kMaxCombineSplits = 1024;
 
 template <int D>
 __global__ void __launch_bounds__(D) combine_kernel(AttentionArgs a, int R, int G) {
-  pdl_trigger();  // the next kernel may be scheduled; it waits for this grid
   pdl_wait();  // inputs may come from the kernel launched just before (PDL)
   __shared__ float cs[kMaxCombineSplits];
   __shared__ float red[D / 32];
@@ -293,7 +292,6 @@ __global__ void __launch_bounds__(D) combine_kernel(AttentionArgs a, int R, int 
 // splits, for ~0.4 MB).
 template <int D, int CS>
 __global__ void __launch_bounds__(D * CS) combine_parallel_kernel(AttentionArgs a, int R, int G) {
-  pdl_trigger();  // the next kernel may be scheduled; it waits for this grid
   pdl_wait();  // inputs may come from the kernel launched just before (PDL)
   constexpr int NT = D * CS, NWARP = NT / 32;
   __shared__ float cs[kMaxCombineSplits];
@@ -407,8 +405,6 @@ void attention_combine(const AttentionArgs& a, cudaStream_t stream) {
     default: throw UnsupportedError("CUDA backend: head_dim must be 64 or 128, got " + std::to_string(a.D));
   }
 }
-
-void set_pdl_early_attention(bool on) { set_pdl_early_this_unit(on); }
 
 void attention(const AttentionArgs& a, cudaStream_t stream) {
   if (a.n_tok <= 0) return;

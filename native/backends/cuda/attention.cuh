@@ -38,14 +38,6 @@ struct AttentionArgs {
   int n_splits = 1;
   // Workspace for n_splits > 1: n_kv_head * n_splits * rows * (D + 2) floats.
   float* work = nullptr;
-  // Decode kernel only: weights the kernels after it read (the output projection, the first
-  // rows of the feed-forward), pulled into L2 (kept there: evict-last) by its CTAs before they
-  // wait on the block selection, when DRAM is otherwise idle; and the K/V reads marked
-  // evict-first so their stream does not push those weights out. Contents are not changed.
-  static constexpr int kMaxPrefetch = 3;
-  const void* prefetch[kMaxPrefetch] = {};
-  size_t prefetch_bytes[kMaxPrefetch] = {};
-  bool kv_evict_first = false;
 };
 
 // Split count for a decode step on the decode kernel (attention_decode.cu): one wave of CTAs;

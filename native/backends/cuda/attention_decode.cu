@@ -52,32 +52,8 @@ __device__ __forceinline__ int decode_span_start(const AttentionArgs& a, int h, 
   return a.blocks[h * a.blocks_stride + e / spb] * a.block_size + (e % spb) * 16;
 }
 
-// This CTA's share of a.prefetch (the ranges laid end to end, cut evenly over the grid) into L2,
-// in pieces of at most 64 KB, by lane 0. Weights only: safe before pdl_wait.
-__device__ __forceinline__ void prefetch_next_weights(const AttentionArgs& a) {
-  size_t total = 0;
-#pragma unroll
-  for (int i = 0; i < AttentionArgs::kMaxPrefetch; ++i) total += a.prefetch_bytes[i] / 16;
-  if (total == 0 || threadIdx.x != 0) return;
-  const size_t n_cta = (size_t)gridDim.x * gridDim.y, cta = (size_t)blockIdx.y * gridDim.x + blockIdx.x;
-  size_t lo = total * cta / n_cta, hi = total * (cta + 1) / n_cta;  // in 16-byte units
-  const uint64_t keep = l2_policy_evict_last();
-  size_t base = 0;
-#pragma unroll
-  for (int i = 0; i < AttentionArgs::kMaxPrefetch; ++i) {
-    const size_t n = a.prefetch_bytes[i] / 16;
-    const size_t b = lo > base ? lo - base : 0, e = hi - base < n ? hi - base : n;
-    for (size_t u = b; u < e && hi > base; u += 4096)
-      prefetch_l2_bulk_hint(static_cast<const char*>(a.prefetch[i]) + 16 * u, (uint32_t)(16 * (e - u < 4096 ? e - u : 4096)),
-                            keep);
-    base += n;
-  }
-}
-
 template <int D, int kStages>
 __global__ void __launch_bounds__(32) decode_attention_kernel(AttentionArgs a) {
-  pdl_trigger();  // the combine's CTAs may take their places now; they wait for this grid
-  prefetch_next_weights(a);
   pdl_wait();  // inputs may come from the kernel launched just before (PDL)
   using S = DecodeSmem<D, kStages>;
   constexpr int LD = S::LD;
@@ -123,7 +99,6 @@ __global__ void __launch_bounds__(32) decode_attention_kernel(AttentionArgs a) {
     for (int j = lane; j < n_e; j += 32) spans[j] = decode_span_start(a, h, e0 + j, n_spans, spb);
   __syncthreads();
 
-  const uint64_t kv_policy = l2_policy_evict_first();
   const __half* Kh = a.K + h * a.head_stride;
   const __half* Vh = a.V + h * a.head_stride;
   auto load_tile = [&](int stage, int t) {
@@ -135,13 +110,8 @@ __global__ void __launch_bounds__(32) decode_attention_kernel(AttentionArgs a) {
       const int st = tt < 16 ? st0 : st1;
       const int tok = st < 0 ? 0 : st + (tt & 15);
       const int bytes = st < 0 ? 0 : 16;
-      if (a.kv_evict_first) {
-        cp_async16_hint(Ks + (stage * kTT + tt) * LD + col, Kh + (int64_t)tok * D + col, bytes, kv_policy);
-        cp_async16_hint(Vs + (stage * kTT + tt) * LD + col, Vh + (int64_t)tok * D + col, bytes, kv_policy);
-      } else {
-        cp_async16(Ks + (stage * kTT + tt) * LD + col, Kh + (int64_t)tok * D + col, bytes);
-        cp_async16(Vs + (stage * kTT + tt) * LD + col, Vh + (int64_t)tok * D + col, bytes);
-      }
+      cp_async16(Ks + (stage * kTT + tt) * LD + col, Kh + (int64_t)tok * D + col, bytes);
+      cp_async16(Vs + (stage * kTT + tt) * LD + col, Vh + (int64_t)tok * D + col, bytes);
     }
     const int st = lane < 16 ? st0 : st1;  // kTT == 32 lanes
     tokpos[stage * kTT + lane] = st < 0 ? INT_MAX : st + (lane & 15);
@@ -360,8 +330,6 @@ void launch_decode_d(const AttentionArgs& a, cudaStream_t stream) {
 }
 
 }  // namespace
-
-void set_pdl_early_attention_decode(bool on) { set_pdl_early_this_unit(on); }
 
 bool& decode_attention_enabled() {
   static bool on = true;

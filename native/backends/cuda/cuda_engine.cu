@@ -134,10 +134,6 @@ struct CudaEngine::Impl {
   bool qkv_v_first = true;
   bool precise_dense = true;
   bool rect_precise = true;
-  // One-token steps: bytes of the next products' weights the attention pulls into L2 while it
-  // waits for its inputs, and whether its K/V reads are marked evict-first (run 10 switches).
-  size_t attn_prefetch_bytes = 0;
-  bool kv_evict_first = false;
   // Dense attention of many rows (attention_batched.cu) variant, 0 = the general kernel:
   // PYRESA_CUDA_RECT_KERNEL / PYRESA_CUDA_PREFILL_KERNEL = old | 1-3. Default 3 (two 128-row
   // CTAs per SM), the fastest on the H100 for both (docs/perf-cuda.md, run 9-rect-attn).
@@ -607,19 +603,6 @@ struct CudaEngine::Impl {
       // keeps plain F16 (compute-bound), decode and rectification keep the query at ~F32.
       a.split_query = kind == StepKind::SparseDecode || (kind == StepKind::Decode && precise_dense) ||
                       (kind == StepKind::Rectify && rect_precise);
-      if (single) {
-        a.kv_evict_first = kv_evict_first;
-        if (attn_prefetch_bytes) {  // the output projection, then the first rows of gate (and up)
-          size_t left = attn_prefetch_bytes;
-          const DeviceWeight* next[AttentionArgs::kMaxPrefetch] = {&L.wo, &L.w_gate, &L.w_up};
-          for (int i = 0; i < AttentionArgs::kMaxPrefetch && left; ++i) {
-            const size_t b = std::min(left, device_weight_bytes(next[i]->type, next[i]->rows, next[i]->cols) / 16 * 16);
-            a.prefetch[i] = next[i]->data;
-            a.prefetch_bytes[i] = b;
-            left -= b;
-          }
-        }
-      }
       if (kind == StepKind::SparseDecode) {
         select_blocks(q.get<float>(), c.n_head, desc.get<__half>(), desc_layout, l, rp, d_pos, keys.get<uint32_t>(),
                       blocks.get<int32_t>(), desc_layout.max_blocks, d_nsel, stream);
@@ -887,15 +870,9 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, CudaEngi
     const bool early = env_int("PYRESA_CUDA_PDL_EARLY", 1) != 0;
     set_pdl_early_quant(early);
     set_pdl_early_ops(early);
-    // Run 10: the decode attention and the combine trigger early too (own switch for A/B).
-    const bool early_attn = early && env_int("PYRESA_CUDA_PDL_EARLY_ATTN", 1) != 0;
-    set_pdl_early_attention(early_attn);
-    set_pdl_early_attention_decode(early_attn);
   }
   m.precise_dense = env_int("PYRESA_CUDA_PRECISE_DENSE", 1) != 0;
   m.rect_precise = env_int("PYRESA_CUDA_RECT_PRECISE", 1) != 0;
-  m.attn_prefetch_bytes = (size_t)std::max(0, env_int("PYRESA_CUDA_ATTN_PREFETCH_MB", 0)) << 20;
-  m.kv_evict_first = env_int("PYRESA_CUDA_KV_EVICT_FIRST", 0) != 0;
   m.rect_kernel = kernel_switch("PYRESA_CUDA_RECT_KERNEL", 3);
   m.prefill_kernel = kernel_switch("PYRESA_CUDA_PREFILL_KERNEL", 3);
   for (int* k : {&m.rect_kernel, &m.prefill_kernel})  // too little shared memory: the general kernel

@@ -40,12 +40,9 @@ static inline void set_pdl_early_this_unit(bool on) {
   const int v = on ? 1 : 0;
   PYRESA_CUDA_CHECK(cudaMemcpyToSymbol(pdl_early_flag, &v, sizeof v));
 }
-// The setters of the units that trigger early (quant.cu, ops.cu, attention.cu's combine,
-// attention_decode.cu).
+// The setters of the units that trigger early (quant.cu, ops.cu).
 void set_pdl_early_quant(bool on);
 void set_pdl_early_ops(bool on);
-void set_pdl_early_attention(bool on);
-void set_pdl_early_attention_decode(bool on);
 
 // Bulk prefetch of [p, p + bytes) into L2 (one instruction, sm_90): p and bytes multiples of 16.
 __device__ __forceinline__ void prefetch_l2_bulk(const void* p, uint32_t bytes) {
@@ -53,33 +50,6 @@ __device__ __forceinline__ void prefetch_l2_bulk(const void* p, uint32_t bytes) 
   asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
 #else
   for (uint32_t off = 0; off < bytes; off += 128) prefetch_l2(static_cast<const char*>(p) + off);
-#endif
-}
-
-// L2 cache policies (sm_80+): lines to keep (weights a later kernel reads) and lines to drop first
-// (a stream read once, e.g. the KV cache).
-__device__ __forceinline__ uint64_t l2_policy_evict_last() {
-  uint64_t p = 0;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;\n" : "=l"(p));
-#endif
-  return p;
-}
-__device__ __forceinline__ uint64_t l2_policy_evict_first() {
-  uint64_t p = 0;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(p));
-#endif
-  return p;
-}
-// prefetch_l2_bulk with a cache policy (sm_90; elsewhere a plain prefetch).
-__device__ __forceinline__ void prefetch_l2_bulk_hint(const void* p, uint32_t bytes, uint64_t policy) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("cp.async.bulk.prefetch.L2.global.L2::cache_hint [%0], %1, %2;\n" ::"l"(p), "r"(bytes), "l"(policy)
-               : "memory");
-#else
-  (void)policy;
-  prefetch_l2_bulk(p, bytes);
 #endif
 }
 

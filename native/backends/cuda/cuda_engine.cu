@@ -364,6 +364,17 @@ struct CudaEngine::Impl {
     }
   }
 
+  // The products' weights and outputs as the matvec kernels take them (at most 3).
+  static void to_matvec(const LinearOut* outs, int n_out, DeviceWeight* ws, MatvecOut* os) {
+    for (int i = 0; i < n_out; ++i) {
+      ws[i] = *outs[i].w;
+      os[i].y = outs[i].y;
+      os[i].ldy = outs[i].ldy;
+      os[i].bias = outs[i].bias && outs[i].bias->present() ? reinterpret_cast<const float*>(outs[i].bias->data) : nullptr;
+      os[i].accumulate = outs[i].accumulate;
+    }
+  }
+
   // One token through matvec_rows_prep where it applies: with the input's preparation folded
   // into the product (fold_bit set in fold_prep), or weights of two types in one launch.
   // Returns false (nothing done) otherwise.
@@ -374,13 +385,7 @@ struct CudaEngine::Impl {
     if (!fold && !mixed) return false;
     DeviceWeight ws[3];
     MatvecOut os[3];
-    for (int i = 0; i < n_out; ++i) {
-      ws[i] = *outs[i].w;
-      os[i].y = outs[i].y;
-      os[i].ldy = outs[i].ldy;
-      os[i].bias = outs[i].bias && outs[i].bias->present() ? reinterpret_cast<const float*>(outs[i].bias->data) : nullptr;
-      os[i].accumulate = outs[i].accumulate;
-    }
+    to_matvec(outs, n_out, ws, os);
     if (fold && matvec_rows_prep(ws, os, n_out, &prep, nullptr, stream)) {
       act_src = nullptr;  // the activation buffer was not written
       return true;
@@ -417,12 +422,7 @@ struct CudaEngine::Impl {
     }
     DeviceWeight ws[3];
     MatvecOut os[3];
-    for (int i = 0; i < n_out; ++i) {
-      ws[i] = *outs[i].w;
-      os[i].y = outs[i].y;
-      os[i].ldy = outs[i].ldy;
-      os[i].bias = outs[i].bias && outs[i].bias->present() ? reinterpret_cast<const float*>(outs[i].bias->data) : nullptr;
-    }
+    to_matvec(outs, n_out, ws, os);
     matvec_multi(ws, os, n_out, act.get(), rb, n, stream);
   }
 

@@ -273,99 +273,6 @@ __device__ __forceinline__ void dp_compute(const DpArgs& p, const unsigned char*
   }
 }
 
-// dp_compute with a rolled loop (variant 4, run 10's untested follow-up): the same weights, the
-// same fragments and the same order of mma, but one quant-word pair (Q4_K) or one group k (Q6_K)
-// per iteration, re-read from shared memory, so the loop body is ~1/4 of the unrolled one (the
-// unrolled kernel's ~22 KB loop body may overflow the instruction cache: run 10's reading of why
-// 8 or 16 warps per SM ran at the same speed).
-template <GgmlType W, int NT, int WARPS>
-__device__ __forceinline__ void dp_compute_rolled(const DpArgs& p, const unsigned char* st, int u, float (&acc)[NT][4]) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int g = lane >> 2, t = lane & 3;
-  const unsigned char* tok = st + dp_w_stage_bytes<W, WARPS>();
-  const int r0 = 16 * warp + g, r1 = r0 + 8;
-  if constexpr (W == GgmlType::Q4_K) {
-    float dl[2], ml[2], dh[2], mh[2];
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      const uint4 hdr = lds128(st + (i ? r1 : r0) * kDpQ4Row);
-      int sc, m;
-      const float d = h2f((uint16_t)(hdr.x & 0xffff)), dmin = h2f((uint16_t)(hdr.x >> 16));
-      q4k_scale_min(hdr.y, hdr.z, hdr.w, 2 * t, sc, m);
-      dl[i] = __fmul_rn(d, (float)sc);
-      ml[i] = __fmul_rn(dmin, (float)m);
-      q4k_scale_min(hdr.y, hdr.z, hdr.w, 2 * t + 1, sc, m);
-      dh[i] = __fmul_rn(d, (float)sc);
-      mh[i] = __fmul_rn(dmin, (float)m);
-    }
-#pragma unroll 1
-    for (int qp = 0; qp < 4; ++qp) {
-      uint2 wq[2];  // quant words 2qp, 2qp + 1 of rows g, g + 8
-#pragma unroll
-      for (int i = 0; i < 2; ++i) wq[i] = lds64(st + (i ? r1 : r0) * kDpQ4Row + 16 + 32 * t + 8 * qp);
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        uint32_t a0[4], a1[4];
-#pragma unroll
-        for (int i = 0; i < 2; ++i) {
-          const uint32_t n0 = h ? (wq[i].x >> 4) & 0x0f0f0f0fu : wq[i].x & 0x0f0f0f0fu;
-          const uint32_t n1 = h ? (wq[i].y >> 4) & 0x0f0f0f0fu : wq[i].y & 0x0f0f0f0fu;
-          const float d = h ? dh[i] : dl[i], m = h ? mh[i] : ml[i];
-          dp_dequant4<true>(n0, 8388608.0f, d, m, a0[i], a0[2 + i]);
-          dp_dequant4<true>(n1, 8388608.0f, d, m, a1[i], a1[2 + i]);
-        }
-        dp_mma_pair<NT>(acc, a0, a1, tok, g, dp_tok_chunk<W>(8 * t + 4 * h + qp, g));
-      }
-    }
-  } else {
-    const int hh = t >> 1, l0 = 16 * (t & 1);
-    const unsigned char* ql = st;
-    const unsigned char* qh = ql + (16 * WARPS) * kDpQ6Ql;
-    const unsigned char* sc = qh + (16 * WARPS) * kDpQ6Qh;
-    const unsigned char* dd = sc + (16 * WARPS) * kDpQ6Sc;
-    const int tile = u / p.kc, kc = u % p.kc;
-    float d[2];
-    uint2 s8[2];
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      const int r = i ? r1 : r0;
-      s8[i] = lds64(sc + r * kDpQ6Sc + 8 * hh);
-      const uint32_t dw = lds32(dd + r * kDpQ6D);
-      int64_t row = (int64_t)tile * (16 * WARPS) + r;
-      if (row > p.w.rows - 1) row = p.w.rows - 1;  // as loaded
-      d[i] = h2f((uint16_t)(((row * p.kc + kc) & 1) ? dw >> 16 : dw & 0xffff));
-    }
-#pragma unroll 1
-    for (int k = 0; k < 4; ++k) {
-      uint4 L[2], H[2];
-      float dg[2];
-#pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        const int r = i ? r1 : r0;
-        L[i] = lds128(ql + r * kDpQ6Ql + 64 * hh + 32 * (k & 1) + l0);
-        H[i] = lds128(qh + r * kDpQ6Qh + 32 * hh + l0);
-        const uint32_t word = k < 2 ? s8[i].x : s8[i].y;
-        dg[i] = __fmul_rn(d[i], (float)(int8_t)((word >> (8 * (2 * (k & 1) + (t & 1)))) & 0xff));
-      }
-      const int ls = k < 2 ? 0 : 4;
-#pragma unroll
-      for (int jp = 0; jp < 2; ++jp) {
-        uint32_t a0[4], a1[4];
-#pragma unroll
-        for (int i = 0; i < 2; ++i) {
-          const uint32_t l_0 = jp ? L[i].z : L[i].x, l_1 = jp ? L[i].w : L[i].y;
-          const uint32_t h_0 = jp ? H[i].z : H[i].x, h_1 = jp ? H[i].w : H[i].y;
-          const uint32_t q0 = ((l_0 >> ls) & 0x0f0f0f0fu) | (((h_0 >> (2 * k)) & 0x03030303u) << 4);
-          const uint32_t q1 = ((l_1 >> ls) & 0x0f0f0f0fu) | (((h_1 >> (2 * k)) & 0x03030303u) << 4);
-          dp_dequant4<false>(q0, 8388640.0f, dg[i], 0.0f, a0[i], a0[2 + i]);
-          dp_dequant4<false>(q1, 8388640.0f, dg[i], 0.0f, a1[i], a1[2 + i]);
-        }
-        dp_mma_pair<NT>(acc, a0, a1, tok, g, dp_tok_chunk<W>(16 * hh + 4 * k + 2 * (t & 1) + jp, g));
-      }
-    }
-  }
-}
-
 // The accumulators of one row tile's segment: to y (whole tile in this CTA) or to a partial slot.
 template <int NT, int WARPS>
 __device__ __forceinline__ void dp_store(const DpArgs& p, int tile, float (&acc)[NT][4], float* slot) {
@@ -391,7 +298,7 @@ __device__ __forceinline__ void dp_store(const DpArgs& p, int tile, float (&acc)
     }
 }
 
-template <GgmlType W, int NT, int WARPS, int MINB, bool ROLLED = false>
+template <GgmlType W, int NT, int WARPS, int MINB>
 __global__ void __launch_bounds__(32 * WARPS, MINB) dqmm_pipe_kernel(DpArgs p) {
   extern __shared__ __align__(128) unsigned char dp_smem[];
   const int S = p.stages;
@@ -423,8 +330,7 @@ __global__ void __launch_bounds__(32 * WARPS, MINB) dqmm_pipe_kernel(DpArgs p) {
     }
     cp_async_commit();
     if (p.prefetch > 0 && un + p.prefetch < u1) dp_prefetch_w<W, WARPS>(p, un + p.prefetch);
-    if constexpr (ROLLED) dp_compute_rolled<W, NT, WARPS>(p, dp_smem + slot * stage_bytes, u, acc);
-    else dp_compute<W, NT, WARPS>(p, dp_smem + slot * stage_bytes, u, acc);
+    dp_compute<W, NT, WARPS>(p, dp_smem + slot * stage_bytes, u, acc);
     if (++slot == S) slot = 0;
     if (++load_slot == S) load_slot = 0;
     const int tile = u / p.kc;

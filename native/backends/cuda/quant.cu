@@ -1176,7 +1176,7 @@ __global__ void dqmm_reduce_kernel(const float* partial, int splits, int M, int6
 
 #include "backends/cuda/dqmm_pipe.cuh"
 
-template <GgmlType W, int NT, int WARPS, int MINB, bool ROLLED = false>
+template <GgmlType W, int NT, int WARPS, int MINB>
 bool dqmm_pipe_launch_nt(const DpArgs& a0, int n_sm, size_t ws_floats, cudaStream_t s) {
   static int optin[64] = {}, occ[64][5] = {};
   int dev = 0;
@@ -1184,7 +1184,7 @@ bool dqmm_pipe_launch_nt(const DpArgs& a0, int n_sm, size_t ws_floats, cudaStrea
   dev &= 63;
   if (!optin[dev]) {
     PYRESA_CUDA_CHECK(cudaDeviceGetAttribute(&optin[dev], cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-    PYRESA_CUDA_CHECK(cudaFuncSetAttribute(dqmm_pipe_kernel<W, NT, WARPS, MINB, ROLLED>,
+    PYRESA_CUDA_CHECK(cudaFuncSetAttribute(dqmm_pipe_kernel<W, NT, WARPS, MINB>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, optin[dev]));
   }
   const size_t stage = dp_stage_bytes(dp_w_stage_bytes<W, WARPS>(), NT);
@@ -1194,7 +1194,7 @@ bool dqmm_pipe_launch_nt(const DpArgs& a0, int n_sm, size_t ws_floats, cudaStrea
   S = std::min<int>(std::min(S, 4), (int)(per_cta / stage));
   if (S < 2) return false;
   if (!occ[dev][S]) {
-    PYRESA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ[dev][S], dqmm_pipe_kernel<W, NT, WARPS, MINB, ROLLED>,
+    PYRESA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ[dev][S], dqmm_pipe_kernel<W, NT, WARPS, MINB>,
                                                                     32 * WARPS, S * stage));
     occ[dev][S] = std::max(1, occ[dev][S]);
   }
@@ -1204,7 +1204,7 @@ bool dqmm_pipe_launch_nt(const DpArgs& a0, int n_sm, size_t ws_floats, cudaStrea
   a.units = ceil_div(a.w.rows, a.bn) * a.kc;
   const int grid = std::min(a.units, n_sm * occ[dev][S]);
   if ((size_t)2 * grid * a.M * a.bn > ws_floats) return false;
-  launch(dqmm_pipe_kernel<W, NT, WARPS, MINB, ROLLED>, grid, 32 * WARPS, S * stage, s, a);
+  launch(dqmm_pipe_kernel<W, NT, WARPS, MINB>, grid, 32 * WARPS, S * stage, s, a);
   PYRESA_CUDA_LAUNCH_CHECK();
   bool shared_tile = false;  // does any CTA's range start inside a tile?
   for (int i = 1; i < grid && !shared_tile; ++i) shared_tile = dp_unit_begin(i, a.units, grid) % a.kc != 0;
@@ -1216,24 +1216,25 @@ bool dqmm_pipe_launch_nt(const DpArgs& a0, int n_sm, size_t ws_floats, cudaStrea
   return true;
 }
 
-template <GgmlType W, int WARPS, int MINB, bool ROLLED = false>
+template <GgmlType W, int WARPS, int MINB>
 bool dqmm_pipe_launch_v(const DpArgs& a, int n_sm, size_t ws_floats, cudaStream_t s) {
   switch ((a.M + 7) / 8) {
-    case 1: return dqmm_pipe_launch_nt<W, 1, WARPS, MINB, ROLLED>(a, n_sm, ws_floats, s);
-    case 2: return dqmm_pipe_launch_nt<W, 2, WARPS, MINB, ROLLED>(a, n_sm, ws_floats, s);
-    case 3: return dqmm_pipe_launch_nt<W, 3, WARPS, MINB, ROLLED>(a, n_sm, ws_floats, s);
-    case 4: return dqmm_pipe_launch_nt<W, 4, WARPS, MINB, ROLLED>(a, n_sm, ws_floats, s);
-    case 5: return dqmm_pipe_launch_nt<W, 5, WARPS, MINB, ROLLED>(a, n_sm, ws_floats, s);
-    case 6: return dqmm_pipe_launch_nt<W, 6, WARPS, MINB, ROLLED>(a, n_sm, ws_floats, s);
-    case 7: return dqmm_pipe_launch_nt<W, 7, WARPS, MINB, ROLLED>(a, n_sm, ws_floats, s);
-    default: return dqmm_pipe_launch_nt<W, 8, WARPS, MINB, ROLLED>(a, n_sm, ws_floats, s);
+    case 1: return dqmm_pipe_launch_nt<W, 1, WARPS, MINB>(a, n_sm, ws_floats, s);
+    case 2: return dqmm_pipe_launch_nt<W, 2, WARPS, MINB>(a, n_sm, ws_floats, s);
+    case 3: return dqmm_pipe_launch_nt<W, 3, WARPS, MINB>(a, n_sm, ws_floats, s);
+    case 4: return dqmm_pipe_launch_nt<W, 4, WARPS, MINB>(a, n_sm, ws_floats, s);
+    case 5: return dqmm_pipe_launch_nt<W, 5, WARPS, MINB>(a, n_sm, ws_floats, s);
+    case 6: return dqmm_pipe_launch_nt<W, 6, WARPS, MINB>(a, n_sm, ws_floats, s);
+    case 7: return dqmm_pipe_launch_nt<W, 7, WARPS, MINB>(a, n_sm, ws_floats, s);
+    default: return dqmm_pipe_launch_nt<W, 8, WARPS, MINB>(a, n_sm, ws_floats, s);
   }
 }
 
 // The pipelined kernel where it applies (Q4_K, Q6_K; 16-byte aligned activation rows; a
 // workspace): false to take dqmm_kernel. Variants (dqmm_variant()): 1 = 8 warps, one CTA per SM
 // (deep ring); 2 = 8 warps, two CTAs per SM (at most 128 registers, shallower ring); 3 = 16 warps
-// (256-row tiles, at most 128 registers); 4 = 1 with a rolled inner loop (not yet measured).
+// (256-row tiles, at most 128 registers). (A 4th, 1 with a rolled inner loop, measured no faster
+// in run 10: removed.)
 template <GgmlType W>
 bool dqmm_pipe_launch(const DeviceWeight& w, const __half* A, int64_t lda, int M, float* y, int64_t ldy,
                       const float* bias, bool accumulate, int n_sm, float* ws, size_t ws_floats, cudaStream_t s) {
@@ -1262,7 +1263,6 @@ bool dqmm_pipe_launch(const DeviceWeight& w, const __half* A, int64_t lda, int M
     // (a variant whose two stages do not fit falls back to variant 1)
     if (dqmm_variant() == 2 && dqmm_pipe_launch_v<W, 8, 2>(a, n_sm, ws_floats, s)) return true;
     if (dqmm_variant() == 3 && dqmm_pipe_launch_v<W, 16, 1>(a, n_sm, ws_floats, s)) return true;
-    if (dqmm_variant() == 4 && dqmm_pipe_launch_v<W, 8, 1, true>(a, n_sm, ws_floats, s)) return true;
     return dqmm_pipe_launch_v<W, 8, 1>(a, n_sm, ws_floats, s);
   }
 }

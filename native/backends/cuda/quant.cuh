@@ -115,8 +115,7 @@ void dequant_matmul_small(const DeviceWeight& w, const __half* A, int64_t lda, i
 
 // Which kernel dequant_matmul_small takes for Q4_K / Q6_K: 0 dqmm_kernel (one stage, the only one
 // before run 10; every other format), 1-3 dqmm_pipe_kernel (cp.async ring, stream-K; 1: 8 warps,
-// one CTA per SM; 2: 8 warps, two CTAs per SM; 3: 16 warps; 4: 1 with a rolled inner loop, not
-// yet measured on the GPU). PYRESA_CUDA_DQMM ("old" = 0).
+// one CTA per SM; 2: 8 warps, two CTAs per SM; 3: 16 warps; others: 1). PYRESA_CUDA_DQMM ("old" = 0).
 // Its ring depth (0: 2, the fastest measured; at most 4 and what fits; PYRESA_CUDA_DQMM_STAGES)
 // and L2 prefetch distance in slices (0 off; PYRESA_CUDA_DQMM_PREFETCH; + 100: also trigger the
 // next kernel's launch (PDL) when a CTA starts its last slice).

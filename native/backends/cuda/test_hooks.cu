@@ -24,6 +24,26 @@ using namespace pyresa::cuda;
 
 namespace {
 
+// The dequantize-and-multiply kernel a test path code selects (3: dqmm_kernel; >= 10: the
+// pipelined kernel, 100 * variant + 10 * (prefetch + 1) + stages, + 1000: early trigger), for
+// the object's lifetime; the engine's settings come back after.
+struct DqmmPathScope {
+  int v = dqmm_variant(), st = dqmm_stages(), pf = dqmm_prefetch();
+  explicit DqmmPathScope(int path) {
+    if (path == 3) dqmm_variant() = 0;
+    if (path >= 10) {
+      dqmm_variant() = std::max(1, path / 100 % 10);
+      dqmm_stages() = path % 10;
+      dqmm_prefetch() = (path / 10) % 10 - 1 + (path >= 1000 ? 100 : 0);
+    }
+  }
+  ~DqmmPathScope() {
+    dqmm_variant() = v;
+    dqmm_stages() = st;
+    dqmm_prefetch() = pf;
+  }
+};
+
 DeviceBuffer to_device(const void* src, size_t bytes, const char* what = "test input") {
   DeviceBuffer b(bytes ? bytes : 16, what);
   if (bytes) PYRESA_CUDA_CHECK(cudaMemcpy(b.get(), src, bytes, cudaMemcpyHostToDevice));
@@ -97,18 +117,9 @@ std::vector<float> matvec(int type, int64_t rows, int64_t cols, const uint8_t* w
     matvec_ksplit() = saved_ksplit;
   } else if (path == 2 || path == 3 || path >= 10) {
     DeviceBuffer ws(size_t(32) << 20, "test workspace");
-    const int saved_v = dqmm_variant(), saved_s = dqmm_stages(), saved_p = dqmm_prefetch();
-    if (path == 3) dqmm_variant() = 0;
-    if (path >= 10) {
-      dqmm_variant() = std::max(1, path / 100 % 10);
-      dqmm_stages() = path % 10;
-      dqmm_prefetch() = (path / 10) % 10 - 1 + (path >= 1000 ? 100 : 0);
-    }
+    const DqmmPathScope kernel(path);
     dequant_matmul_small(dw, act.get<__half>(), rb / 2, n, y.get<float>(), rows, bias ? bb.get<float>() : nullptr,
                          false, 132, ws.get<float>(), ws.bytes() / 4, nullptr);
-    dqmm_variant() = saved_v;
-    dqmm_stages() = saved_s;
-    dqmm_prefetch() = saved_p;
   } else {
     DeviceBuffer wd(sizeof(__half) * rows * cols, "test dequantized weights");
     dequantize_rows_f16(dw, 0, rows, wd.get<__half>(), nullptr);
@@ -715,13 +726,7 @@ double time_dqmm(int type, int64_t rows, int64_t cols, int M, int path, int reps
     w.data = wb.get<uint8_t>() + c * wbytes;
     w.row_bytes = row_size(t, cols);
   }
-  const int saved_v = dqmm_variant(), saved_s = dqmm_stages(), saved_p = dqmm_prefetch();
-  if (path == 3) dqmm_variant() = 0;
-  if (path >= 10) {
-    dqmm_variant() = std::max(1, path / 100 % 10);
-    dqmm_stages() = path % 10;
-    dqmm_prefetch() = (path / 10) % 10 - 1 + (path >= 1000 ? 100 : 0);
-  }
+  const DqmmPathScope kernel(path);
   cudaStream_t s;
   PYRESA_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
   auto call = [&](int i) {
@@ -741,9 +746,6 @@ double time_dqmm(int type, int64_t rows, int64_t cols, int M, int path, int reps
   cudaEventDestroy(e0);
   cudaEventDestroy(e1);
   cudaStreamDestroy(s);
-  dqmm_variant() = saved_v;
-  dqmm_stages() = saved_s;
-  dqmm_prefetch() = saved_p;
   return 1000.0 * ms / reps;
 }
 

@@ -294,6 +294,18 @@ def step_kernels(request):
     core.cuda_test.set_sparse_step_kernels(True, 4)
 
 
+@pytest.fixture(params=[(0, 0, False), (1, 0, False), (1, 1, False), (1, 4, False), (1, 16, False), (1, 0, True)],
+                ids=["topn_old", "topn_cluster", "topn_cluster_1", "topn_cluster_4", "topn_cluster_16",
+                     "topn_cluster_trigger"])
+def select_kernels(request):
+    """The block selection's top-n (the engine's PYRESA_CUDA_TOPN, _TOPN_CTAS, _SCORE_TRIGGER): the
+    one-CTA kernel, or the cluster kernel with its size from the cache (or forced; raised where a
+    CTA would hold too many keys), the scoring triggering its launch early or not."""
+    core.cuda_test.set_select_kernels(*request.param)
+    yield request.param
+    core.cuda_test.set_select_kernels(1, 0, False)
+
+
 def attention_ref(q, K, V, pos0, scale, blocks=None, block_size=16):
     """float64 softmax attention; query i sees keys <= pos0 + i (and only selected blocks)."""
     n_tok, H, D = q.shape
@@ -417,7 +429,7 @@ def test_descriptors_match_cpu(n_tokens, block_size):
                                                               # one block to rank; one below all of them
                                                               (5000, 0.001, 0, 0), (5000, 0.001, 2, 1),
                                                               (5000, 0.9966, 16, 1), (131072, 0.999, 16, 3)])
-def test_select_blocks_matches_cpu(n_tokens, ratio, min_blocks, local, step_kernels):
+def test_select_blocks_matches_cpu(n_tokens, ratio, min_blocks, local, select_kernels):
     rng = np.random.default_rng()
     H, Hkv, D, bs = 28, 4, 128, 16
     cap = n_tokens + 16
@@ -431,7 +443,7 @@ def test_select_blocks_matches_cpu(n_tokens, ratio, min_blocks, local, step_kern
 
 
 @pytest.mark.parametrize("n_tokens", [5000, 65536, 262144])
-def test_select_blocks_many_equal_scores_match_cpu(n_tokens, step_kernels):
+def test_select_blocks_many_equal_scores_match_cpu(n_tokens, select_kernels):
     # Keys in {-1, 0, 1} and a small-integer query: few distinct scores, so the n_sel boundary
     # falls inside a run of equal scores (taken from the lowest blocks) and the radix passes see
     # heavily shared digits.
@@ -448,7 +460,7 @@ def test_select_blocks_many_equal_scores_match_cpu(n_tokens, step_kernels):
 
 
 @pytest.mark.parametrize("H,Hkv,D,n_blocks", [(8, 2, 64, 300), (28, 4, 128, 20000), (8, 4, 256, 3000)])
-def test_select_blocks_ties_go_to_lower_blocks(H, Hkv, D, n_blocks, step_kernels):
+def test_select_blocks_ties_go_to_lower_blocks(H, Hkv, D, n_blocks, select_kernels):
     bs = 16
     n_tokens = bs * n_blocks
     cap = n_tokens
@@ -462,7 +474,7 @@ def test_select_blocks_ties_go_to_lower_blocks(H, Hkv, D, n_blocks, step_kernels
 
 
 @pytest.mark.parametrize("D,n_tokens", [(64, 30000), (256, 20000), (128, 33)])
-def test_select_blocks_head_dims_match_cpu(D, n_tokens, step_kernels):
+def test_select_blocks_head_dims_match_cpu(D, n_tokens, select_kernels):
     # head_dim 64 / 256 and a few blocks: the scoring loop at its other sizes (cases added in run 10).
     rng = np.random.default_rng()
     H, Hkv, bs = 16, 2, 16
@@ -474,6 +486,25 @@ def test_select_blocks_head_dims_match_cpu(D, n_tokens, step_kernels):
     kmin, kmax = core.block_descriptors_from_keys(K, n_tokens, bs)
     ref = core.select_blocks(q, kmin, kmax, n_tokens, bs, 0.1, 16, 1, Hkv)
     np.testing.assert_array_equal(got, ref)
+
+
+@pytest.mark.parametrize("depths", [(20000, 5000, 40000, 300, 20000, 40000), (262144, 16, 100, 262144)])
+def test_select_blocks_steps_on_one_scratch(depths, select_kernels):
+    # The engine's layers and steps share one selection scratch: keys, the scoring warps' key
+    # ranges and the block list of a deeper or different step are left in it and must not count.
+    # One step has a zero query (every score +-0: few distinct keys, the boundary inside a tie).
+    rng = np.random.default_rng()
+    H, Hkv, D, bs = 28, 4, 128, 16
+    cap = max(depths) + 16
+    K = rng.standard_normal((Hkv, cap, D)).astype(np.float16)
+    q = (rng.standard_normal((len(depths), H, D)) * rng.uniform(0.1, 10, (len(depths), 1, 1))).astype(np.float32)
+    q[min(3, len(depths) - 1)] = 0.0
+    got = core.cuda_test.select_blocks_steps(q.reshape(-1), H, K.view(np.uint16).reshape(-1), Hkv,
+                                             cap, D, np.array(depths, np.int32), bs, 0.1, 16, 1)
+    for s, n in enumerate(depths):
+        kmin, kmax = core.block_descriptors_from_keys(K, n, bs)
+        ref = core.select_blocks(q[s], kmin, kmax, n, bs, 0.1, 16, 1, Hkv)
+        np.testing.assert_array_equal(got[s], ref, err_msg=f"step {s}, {n} tokens")
 
 
 @pytest.mark.parametrize("ctas", [0, 7, 132, 300])

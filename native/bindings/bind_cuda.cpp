@@ -293,6 +293,21 @@ void bind_cuda(nb::module_& m) {
                                       min_blocks, local_blocks, n_sel);
     return numpy_array(std::move(r), {(size_t)n_kv_head, (size_t)n_sel});
   });
+  t.def("select_blocks_steps", [](F32 q, int n_head, U16 K, int n_kv_head, int cap, int D, I32 n_tokens, int block_size,
+                                  double ratio, int min_blocks, int local_blocks) {
+    const int n_steps = (int)n_tokens.size();
+    if (q.size() != (size_t)n_steps * n_head * D) throw std::invalid_argument("select_blocks_steps: q must be [steps][n_head][D]");
+    auto r = cuda_test::select_blocks_steps(q.data(), n_steps, n_head, K.data(), n_kv_head, cap, D, n_tokens.data(),
+                                            block_size, ratio, min_blocks, local_blocks);
+    nb::list out;
+    for (auto& v : r) {
+      const size_t n_sel = v.size() / n_kv_head;
+      out.append(numpy_array(std::move(v), {(size_t)n_kv_head, n_sel}));
+    }
+    return out;
+  });
+  t.def("set_select_kernels", &cuda_test::set_select_kernels, nb::arg("topn"), nb::arg("ctas") = 0,
+        nb::arg("score_trigger") = false, nb::arg("stop") = 0);
   t.def("argmax", [](F32 x, int ctas) { return cuda_test::argmax(x.data(), (int)x.size(), ctas); }, nb::arg("x"),
         nb::arg("ctas") = 0);
   t.def("top_candidates", [](F32 x, int k, I32 penalized, float penalty, bool want_sum) {
@@ -305,13 +320,13 @@ void bind_cuda(nb::module_& m) {
   });
   t.def("set_sparse_step_kernels", &cuda_test::set_sparse_step_kernels, nb::arg("decode_attention"),
         nb::arg("decode_stages"));
-  t.def("time_sparse_step", [](int n_tokens, int reps, int copies, int n_head, int n_kv_head, int D) {
+  t.def("time_sparse_step", [](int n_tokens, int reps, int copies, int n_head, int n_kv_head, int D, bool select_only) {
     nb::dict d;
-    for (auto& kv : cuda_test::time_sparse_step(n_tokens, reps, copies, n_head, n_kv_head, D))
+    for (auto& kv : cuda_test::time_sparse_step(n_tokens, reps, copies, n_head, n_kv_head, D, select_only))
       d[kv.first.c_str()] = kv.second;
     return d;
   }, nb::arg("n_tokens"), nb::arg("reps") = 200, nb::arg("copies") = 4, nb::arg("n_head") = 28, nb::arg("n_kv_head") = 4,
-     nb::arg("D") = 128);
+     nb::arg("D") = 128, nb::arg("select_only") = false);
 }
 
 #endif

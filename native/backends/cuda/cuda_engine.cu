@@ -230,7 +230,8 @@ struct CudaEngine::Impl {
     desc_layout.max_blocks = ((cap + att.block_size - 1) / att.block_size + 31) / 32 * 32;
     desc = DeviceBuffer(desc_layout.elems() * sizeof(__half), "ReSA block descriptors");
     PYRESA_CUDA_CHECK(cudaMemset(desc.get(), 0, desc.bytes()));
-    keys = DeviceBuffer((size_t)c.n_head_kv * desc_layout.max_blocks * 4, "block selection keys");
+    keys = DeviceBuffer(select_scratch_bytes(desc_layout), "block selection keys");
+    select_cluster_size(desc_layout);  // device queries, outside any graph capture
     blocks = DeviceBuffer((size_t)c.n_head_kv * desc_layout.max_blocks * 4, "selected blocks");
   }
 
@@ -882,6 +883,15 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, CudaEngi
   // stages (4, 6, 12).
   cuda::decode_attention_enabled() = env_int("PYRESA_CUDA_SPARSE_STEP", 1) != 0;
   cuda::decode_attention_stages() = env_int("PYRESA_CUDA_DECODE_STAGES", 4);
+  // Block selection's top-n (run 11): the cluster kernel, or "old" (one CTA per KV head); the
+  // cluster size (0: from the cache size); the scoring triggering the top-n's launch early.
+  {
+    const char* v = std::getenv("PYRESA_CUDA_TOPN");
+    cuda::select_config().topn = v && std::string(v) == "old" ? 0 : 1;
+    cuda::select_config().topn_ctas = env_int("PYRESA_CUDA_TOPN_CTAS", 0);
+    cuda::select_config().score_trigger = env_int("PYRESA_CUDA_SCORE_TRIGGER", 0) != 0;
+    cuda::select_config().topn_stop = 0;
+  }
   m.upload(weights);
   m.check_types();
   m.opt.n_batch = std::max(options.n_batch, m.att.rectify_every + 1);

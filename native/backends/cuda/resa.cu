@@ -4,6 +4,7 @@
 #include "backends/cuda/common.cuh"
 #include "backends/cuda/launch.cuh"
 #include "backends/cuda/resa.cuh"
+#include "backends/cuda/select_counts.cuh"
 
 namespace pyresa::cuda {
 
@@ -42,16 +43,6 @@ __global__ void refresh_kernel(__half* desc, DescLayout L, int layer, const __ha
   }
 }
 
-__device__ __forceinline__ void select_counts(int n_tokens, const ResaParams& p, int& n_blocks, int& n_local,
-                                              int& n_sel) {
-  n_blocks = n_tokens <= 0 ? 0 : (n_tokens + p.block_size - 1) / p.block_size;
-  const double by_ratio = ceil(p.ratio * (double)n_blocks);
-  n_sel = by_ratio >= (double)n_blocks ? n_blocks : (int)by_ratio;
-  n_sel = max(n_sel, min(n_blocks, p.min_blocks));
-  n_sel = max(n_sel, min(n_blocks, p.local_blocks));
-  n_local = min(p.local_blocks, n_blocks);
-}
-
 __device__ __forceinline__ uint32_t score_key(float s) {
   if (isnan(s)) s = -INFINITY;
   const uint32_t b = __float_as_uint(s);
@@ -60,9 +51,16 @@ __device__ __forceinline__ uint32_t score_key(float s) {
 
 constexpr int kScoreThreads = 256;
 
+// Also writes each warp's (min, max) key into `ranges` (select_scratch_bytes), which the cluster
+// top-n reads instead of reducing the keys itself. trigger: let the top-n launch now (its CTAs
+// then wait in griddepcontrol.wait, resident, for this grid to complete).
 __global__ void __launch_bounds__(kScoreThreads) score_kernel(const float* q, int n_head, const __half* desc,
                                                              DescLayout L, int layer, ResaParams p,
-                                                             const int* pos_dev, uint32_t* keys) {
+                                                             const int* pos_dev, uint32_t* keys, uint2* ranges,
+                                                             bool trigger) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (trigger) asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
   pdl_wait();  // inputs may come from the kernel launched just before (PDL)
   __shared__ float qp[256];
   const int h = blockIdx.y, D = L.D, G = n_head / L.n_kv_head;
@@ -79,28 +77,37 @@ __global__ void __launch_bounds__(kScoreThreads) score_kernel(const float* q, in
   }
   __syncthreads();
   const int b = b0 + threadIdx.x;
-  if (b >= n_scored) return;
-  const uint4* base = reinterpret_cast<const uint4*>(desc + L.index(layer, h, b, 0, 0));  // chunk 0 of block b
-  const uint4* maxb = reinterpret_cast<const uint4*>(desc + L.index(layer, h, b, 1, 0));
-  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  // Unrolled so that each thread has several 16-byte loads in flight (the kernel is a stream
-  // over the descriptors: 34 MB per layer at 256K).
+  uint32_t key_lo = 0xffffffffu, key_hi = 0;  // this thread's key, or nothing past the last block
+  if (b < n_scored) {
+    const uint4* base = reinterpret_cast<const uint4*>(desc + L.index(layer, h, b, 0, 0));  // chunk 0 of block b
+    const uint4* maxb = reinterpret_cast<const uint4*>(desc + L.index(layer, h, b, 1, 0));
+    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    // Unrolled so that each thread has several 16-byte loads in flight (the kernel is a stream
+    // over the descriptors: 34 MB per layer at 256K).
 #pragma unroll 4
-  for (int c = 0; c < D / 8; ++c) {
-    const uint4 mn = base[c * 32], mx = maxb[c * 32];  // next chunk: 32 blocks x 8 halves further
-    const __half* hn = reinterpret_cast<const __half*>(&mn);
-    const __half* hx = reinterpret_cast<const __half*>(&mx);
+    for (int c = 0; c < D / 8; ++c) {
+      const uint4 mn = base[c * 32], mx = maxb[c * 32];  // next chunk: 32 blocks x 8 halves further
+      const __half* hn = reinterpret_cast<const __half*>(&mn);
+      const __half* hx = reinterpret_cast<const __half*>(&mx);
 #pragma unroll
-    for (int l = 0; l < 8; ++l) {
-      const float x = qp[8 * c + l];
-      const float a = __fmul_rn(x, __half2float(hx[l]));
-      const float bb = __fmul_rn(x, __half2float(hn[l]));
-      acc[l] = __fadd_rn(acc[l], a > bb ? a : bb);
+      for (int l = 0; l < 8; ++l) {
+        const float x = qp[8 * c + l];
+        const float a = __fmul_rn(x, __half2float(hx[l]));
+        const float bb = __fmul_rn(x, __half2float(hn[l]));
+        acc[l] = __fadd_rn(acc[l], a > bb ? a : bb);
+      }
     }
+    const float s = __fadd_rn(__fadd_rn(__fadd_rn(acc[0], acc[4]), __fadd_rn(acc[1], acc[5])),
+                              __fadd_rn(__fadd_rn(acc[2], acc[6]), __fadd_rn(acc[3], acc[7])));
+    const uint32_t key = score_key(s);
+    keys[(int64_t)h * L.max_blocks + b] = key;
+    key_lo = key_hi = key;
   }
-  const float s = __fadd_rn(__fadd_rn(__fadd_rn(acc[0], acc[4]), __fadd_rn(acc[1], acc[5])),
-                            __fadd_rn(__fadd_rn(acc[2], acc[6]), __fadd_rn(acc[3], acc[7])));
-  keys[(int64_t)h * L.max_blocks + b] = score_key(s);
+  // Every lane of a warp reaches here (the warps past the last block too: they write nothing).
+  key_lo = __reduce_min_sync(0xffffffffu, key_lo);
+  key_hi = __reduce_max_sync(0xffffffffu, key_hi);
+  if ((threadIdx.x & 31) == 0 && b < n_scored)
+    ranges[(int64_t)h * select_range_stride(L) + b / 32] = make_uint2(key_lo, key_hi);
 }
 
 constexpr int kSelThreads = 1024;
@@ -257,6 +264,11 @@ __global__ void __launch_bounds__(kSelThreads) select_kernel(DescLayout L, ResaP
 
 }  // namespace
 
+SelectConfig& select_config() {
+  static SelectConfig c;
+  return c;
+}
+
 void refresh_descriptors(__half* desc, const DescLayout& L, int layer, const __half* K, int64_t head_stride,
                          const int* pos_dev, int pos_offset, int n_tokens, cudaStream_t stream) {
   if (n_tokens <= 0) return;
@@ -277,13 +289,17 @@ void score_blocks(const float* q, int n_head, const __half* desc, const DescLayo
                   const int* pos_dev, uint32_t* keys, cudaStream_t stream) {
   if (p.block_size != L.block_size) throw std::invalid_argument("select_blocks: block size differs from the descriptors'");
   if (L.D > 256 || L.D % 8) throw UnsupportedError("CUDA block selection: head_dim must be a multiple of 8, <= 256");
+  uint2* ranges = reinterpret_cast<uint2*>(keys + (size_t)L.n_kv_head * L.max_blocks);
   launch(score_kernel, dim3(ceil_div(L.max_blocks, kScoreThreads), L.n_kv_head), kScoreThreads, 0, stream, q, n_head,
-         desc, L, layer, p, pos_dev, keys);
+         desc, L, layer, p, pos_dev, keys, ranges, select_config().score_trigger);
   PYRESA_CUDA_LAUNCH_CHECK();
 }
 
 void select_top_blocks(const DescLayout& L, const ResaParams& p, const int* pos_dev, const uint32_t* keys,
                        int32_t* blocks, int64_t blocks_stride, int* n_sel_out, cudaStream_t stream) {
+  if (select_config().topn == 1 &&
+      select_top_blocks_cluster(L, p, pos_dev, keys, blocks, blocks_stride, n_sel_out, stream))
+    return;
   const size_t smem = (size_t)L.max_blocks * sizeof(uint32_t);
   const bool in_smem = smem <= 200 * 1024;
   static int configured_smem[64] = {};

@@ -39,13 +39,45 @@ struct ResaParams {
   int local_blocks = 1;
 };
 
+// The selection's scratch (the `keys` argument below): the blocks' keys [n_kv_head][max_blocks]
+// uint32, then each scoring warp's (min, max) key [n_kv_head][select_range_stride(L)] uint2 (warp w
+// covers the keys of blocks 32w .. 32w + 31), which the cluster top-n reads instead of reducing
+// the keys itself. Nothing in it needs initialising.
+__host__ __device__ inline int select_range_stride(const DescLayout& L) { return (L.max_blocks / 32 + 1) & ~1; }
+inline size_t select_scratch_bytes(const DescLayout& L) {
+  return (size_t)L.n_kv_head * L.max_blocks * 4 + (size_t)L.n_kv_head * select_range_stride(L) * 8;
+}
+
+// Which top-n runs (environment switches of the engine, set by the test hooks too):
+//   topn: 0 = select_kernel (one 1024-thread CTA per KV head, PYRESA_CUDA_TOPN=old),
+//         1 = the cluster kernel of select_cluster.cu (default where it applies: sm_90, <= 65,536 blocks)
+//   topn_ctas: cluster size forced (PYRESA_CUDA_TOPN_CTAS, 1-16; 0 = from max_blocks)
+//   score_trigger: the scoring triggers its dependents at its start (PYRESA_CUDA_SCORE_TRIGGER=1)
+//   topn_stop: bench only, the cluster kernel stops after phase 1 (loads and key range), 2 (first
+//              radix pass) or 3 (every pass), writing no block list: its phases timed apart
+struct SelectConfig {
+  int topn = 1;
+  int topn_ctas = 0;
+  bool score_trigger = false;
+  int topn_stop = 0;
+};
+SelectConfig& select_config();
+
+// The cluster top-n's size for this layout and the current device and settings, 0 where it does
+// not apply (before sm_90, more than 65,536 blocks). Its first call queries the device: make it
+// before a graph capture (the engine does at allocation).
+int select_cluster_size(const DescLayout& L);
+// The cluster top-n (select_cluster.cu); returns false, launching nothing, where it does not apply.
+bool select_top_blocks_cluster(const DescLayout& L, const ResaParams& p, const int* pos_dev, const uint32_t* scratch,
+                               int32_t* blocks, int64_t blocks_stride, int* n_sel_out, cudaStream_t stream);
+
 // Recompute the descriptors of every block touched by tokens [first, first + n_tokens), first =
 // *pos_dev + pos_offset, from the cache keys; tokens at or past first + n_tokens do not count.
 void refresh_descriptors(__half* desc, const DescLayout& L, int layer, const __half* K, int64_t head_stride,
                          const int* pos_dev, int pos_offset, int n_tokens, cudaStream_t stream);
 
 // Selection for one layer and decode step with the context n_tokens = *pos_dev + 1.
-//   q: [n_head][D] F32; keys: scratch [n_kv_head][max_blocks] uint32
+//   q: [n_head][D] F32; keys: scratch of select_scratch_bytes(L)
 //   blocks: out [n_kv_head][blocks_stride]; n_sel_out: n_sel (one int)
 void select_blocks(const float* q, int n_head, const __half* desc, const DescLayout& L, int layer, const ResaParams& p,
                    const int* pos_dev, uint32_t* keys, int32_t* blocks, int64_t blocks_stride, int* n_sel_out,

@@ -508,7 +508,7 @@ std::vector<int32_t> select_blocks(const float* q, int n_head, const uint16_t* K
   DeviceBuffer p0 = pos_buffer(0), pl = pos_buffer(n_tokens - 1);
   refresh_descriptors(db.get<__half>(), L, 0, kb.get<__half>(), (int64_t)cap * D, p0.get<int>(), 0, n_tokens, nullptr);
   DeviceBuffer qb = to_device(q, sizeof(float) * n_head * D);
-  DeviceBuffer keys = poisoned(4 * (size_t)n_kv_head * L.max_blocks);
+  DeviceBuffer keys = poisoned(select_scratch_bytes(L));
   DeviceBuffer bl = poisoned(4 * (size_t)n_kv_head * L.max_blocks);
   DeviceBuffer ns = poisoned(4);
   ResaParams p;
@@ -524,6 +524,51 @@ std::vector<int32_t> select_blocks(const float* q, int n_head, const uint16_t* K
   for (int h = 0; h < n_kv_head; ++h)
     std::memcpy(&res[(size_t)h * n_sel_out], &all[(size_t)h * L.max_blocks], 4 * (size_t)n_sel_out);
   return res;
+}
+
+std::vector<std::vector<int32_t>> select_blocks_steps(const float* q, int n_steps, int n_head, const uint16_t* K,
+                                                      int n_kv_head, int cap, int D, const int* n_tokens,
+                                                      int block_size, double ratio, int min_blocks, int local_blocks) {
+  const DescLayout L = test_layout(n_kv_head, cap, D, block_size);
+  DeviceBuffer kb = to_device(K, 2 * (size_t)n_kv_head * cap * D);
+  DeviceBuffer db(L.elems() * 2, "test descriptors");
+  PYRESA_CUDA_CHECK(cudaMemset(db.get(), 0, db.bytes()));
+  DeviceBuffer p0 = pos_buffer(0), pl = pos_buffer(0);
+  DeviceBuffer qb(sizeof(float) * n_head * D, "test query");
+  // One scratch for every step, as the engine's: what a step leaves in it must not matter.
+  DeviceBuffer keys = poisoned(select_scratch_bytes(L));
+  DeviceBuffer bl = poisoned(4 * (size_t)n_kv_head * L.max_blocks);
+  DeviceBuffer ns = poisoned(4);
+  ResaParams p;
+  p.block_size = block_size;
+  p.ratio = ratio;
+  p.min_blocks = min_blocks;
+  p.local_blocks = local_blocks;
+  std::vector<std::vector<int32_t>> res;
+  for (int s = 0; s < n_steps; ++s) {
+    const int n = n_tokens[s], last = n - 1;
+    refresh_descriptors(db.get<__half>(), L, 0, kb.get<__half>(), (int64_t)cap * D, p0.get<int>(), 0, n, nullptr);
+    PYRESA_CUDA_CHECK(cudaMemcpy(pl.get(), &last, sizeof(int), cudaMemcpyHostToDevice));
+    PYRESA_CUDA_CHECK(cudaMemcpy(qb.get(), q + (size_t)s * n_head * D, sizeof(float) * n_head * D,
+                                 cudaMemcpyHostToDevice));
+    PYRESA_CUDA_CHECK(cudaMemset(bl.get(), 0xFF, bl.bytes()));  // a stale list must not pass for a written one
+    cuda::select_blocks(qb.get<float>(), n_head, db.get<__half>(), L, 0, p, pl.get<int>(), keys.get<uint32_t>(),
+                        bl.get<int32_t>(), L.max_blocks, ns.get<int>(), nullptr);
+    const int n_sel = to_host<int>(ns, 1)[0];
+    const std::vector<int32_t> all = to_host<int32_t>(bl, (size_t)n_kv_head * L.max_blocks);
+    std::vector<int32_t> r((size_t)n_kv_head * n_sel);
+    for (int h = 0; h < n_kv_head; ++h)
+      std::memcpy(&r[(size_t)h * n_sel], &all[(size_t)h * L.max_blocks], 4 * (size_t)n_sel);
+    res.push_back(std::move(r));
+  }
+  return res;
+}
+
+void set_select_kernels(int topn, int ctas, bool score_trigger, int stop) {
+  cuda::select_config().topn = topn;
+  cuda::select_config().topn_ctas = ctas;
+  cuda::select_config().score_trigger = score_trigger;
+  cuda::select_config().topn_stop = stop;
 }
 
 int argmax(const float* x, int n, int ctas) {
@@ -590,7 +635,7 @@ int old_decode_splits(int n_tiles, int n_kv_head, int rows, int D, int n_sm) {
 }  // namespace
 
 std::vector<std::pair<std::string, double>> time_sparse_step(int n_tokens, int reps, int copies, int n_head,
-                                                             int n_kv_head, int D) {
+                                                             int n_kv_head, int D, bool select_only) {
   int dev = 0;
   PYRESA_CUDA_CHECK(cudaGetDevice(&dev));
   cudaDeviceProp prop;
@@ -617,7 +662,7 @@ std::vector<std::pair<std::string, double>> time_sparse_step(int n_tokens, int r
     v = ((float)(st >> 8) / 8388608.0f - 1.0f);
   }
   DeviceBuffer qb = to_device(qh.data(), sizeof(float) * qh.size());
-  DeviceBuffer keys(4 * (size_t)n_kv_head * L.max_blocks, "bench keys");
+  DeviceBuffer keys(select_scratch_bytes(L), "bench keys");
   DeviceBuffer bl(4 * (size_t)n_kv_head * L.max_blocks * copies, "bench blocks");
   DeviceBuffer ns(4 * 64, "bench n_sel");
   DeviceBuffer out(sizeof(float) * n_head * D, "bench out");
@@ -686,6 +731,12 @@ std::vector<std::pair<std::string, double>> time_sparse_step(int n_tokens, int r
                                      bl.get<int32_t>() + (size_t)l * n_kv_head * L.max_blocks, L.max_blocks,
                                      ns.get<int>(), nullptr);
                  }));
+  if (select_only) {
+    r.emplace_back("n_sel", n_sel);
+    PYRESA_CUDA_CHECK(cudaEventDestroy(e0));
+    PYRESA_CUDA_CHECK(cudaEventDestroy(e1));
+    return r;
+  }
   r.emplace_back("sparse_attention_us", time_us([&](int l) { attend(l, true); }));
   r.emplace_back("sparse_step_us", time_us([&](int l) {
                    select(l);

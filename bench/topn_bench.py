@@ -6,11 +6,13 @@ the L2 does not hold them), in microseconds per layer at 7B shapes (28 query / 4
 head_dim 128, 16-token blocks, ratio 0.1). Variants (docs/perf-cuda.md "Run 11-topn"):
   old       select_kernel, one 1024-thread CTA per KV head (PYRESA_CUDA_TOPN=old)
   cl        the cluster kernel, cluster size from the cache size (the default)
-  clN       the cluster kernel with N CTAs per KV head (PYRESA_CUDA_TOPN_CTAS=N)
-  cl+trig   cluster kernel, the scoring triggering its launch early (PYRESA_CUDA_SCORE_TRIGGER=1)
-  old+trig  the old kernel with the early trigger
-  stop1/2/3 the cluster kernel cut after its loads and key range / its first radix pass / every
-            pass (no block list written): where its time goes
+  clN       the cluster kernel with N CTAs per KV head (PYRESA_CUDA_TOPN_CTAS=N; raised where a CTA
+            would hold more than 8,192 keys)
+  cl-fin    without the exact finish of the last <= 32 candidates (PYRESA_CUDA_TOPN_FINISH=0)
+  cl+eq     the scoring reading the query before the position (PYRESA_CUDA_SCORE_EARLY_Q=1); old+eq
+  cl+trig   the scoring triggering the top-n's launch early (PYRESA_CUDA_SCORE_TRIGGER=1)
+  stop1-4   the cluster kernel cut after the launch and griddepcontrol.wait / its loads and key
+            range / its first radix pass / every pass and the finish (no block list written)
 Run on the GPU machine after a CUDA build:  python3 bench/topn_bench.py [--depths ...] [--json F]
 """
 import argparse
@@ -26,10 +28,15 @@ ap.add_argument("--rounds", type=int, default=2, help="every variant this many t
 ap.add_argument("--json", default=None)
 args = ap.parse_args()
 
-# name: (topn, ctas, score_trigger, stop)
-VARIANTS = {"old": (0, 0, False, 0), "cl": (1, 0, False, 0), "cl4": (1, 4, False, 0), "cl8": (1, 8, False, 0),
-            "cl16": (1, 16, False, 0), "cl+trig": (1, 0, True, 0), "old+trig": (0, 0, True, 0),
-            "stop1": (1, 0, False, 1), "stop2": (1, 0, False, 2), "stop3": (1, 0, False, 3)}
+# name: (topn, ctas, score_trigger, stop, finish, score_early_q)
+VARIANTS = {"old": (0, 0, False, 0, True, False), "cl": (1, 0, False, 0, True, False),
+            "cl1": (1, 1, False, 0, True, False), "cl2": (1, 2, False, 0, True, False),
+            "cl4": (1, 4, False, 0, True, False), "cl8": (1, 8, False, 0, True, False),
+            "cl16": (1, 16, False, 0, True, False), "cl-fin": (1, 0, False, 0, False, False),
+            "cl+eq": (1, 0, False, 0, True, True), "old+eq": (0, 0, False, 0, True, True),
+            "cl+trig": (1, 0, True, 0, True, False),
+            "stop1": (1, 0, False, 1, True, False), "stop2": (1, 0, False, 2, True, False),
+            "stop3": (1, 0, False, 3, True, False), "stop4": (1, 0, False, 4, True, False)}
 rows = []
 for d in [int(x) for x in args.depths.split(",") if x]:
     for rnd in range(args.rounds):
@@ -38,7 +45,16 @@ for d in [int(x) for x in args.depths.split(",") if x]:
             r = dict(core.cuda_test.time_sparse_step(d, args.reps, args.copies, select_only=True))
             r.update(depth=d, variant=name, round=rnd)
             rows.append(r)
-core.cuda_test.set_select_kernels(1, 0, False, 0)
+# A shallow context in a cache made for 256K (as the engine at 32K / 128K with n_ctx 262,400): the
+# cluster size follows the cache, the CTAs a launch uses follow the context.
+for d in [int(x) for x in args.depths.split(",") if x and int(x) < 262144]:
+    for rnd in range(args.rounds):
+        for name in ("old", "cl", "cl4"):
+            core.cuda_test.set_select_kernels(*VARIANTS[name])
+            r = dict(core.cuda_test.time_sparse_step(d, args.reps, args.copies, select_only=True, cap_tokens=262400))
+            r.update(depth=d, variant=name + "/c256K", round=rnd)
+            rows.append(r)
+core.cuda_test.set_select_kernels(1, 0, False, 0, True, False)
 if args.json:
     with open(args.json, "w") as f:
         json.dump(rows, f, indent=1)
@@ -46,7 +62,9 @@ if args.json:
 print("\nus per layer: min over rounds (max - min in brackets)")
 print(f"{'depth':>7} {'variant':>9} {'select':>13} {'score':>13} {'top-n':>13}")
 for d in sorted({r["depth"] for r in rows}):
-    for name in VARIANTS:
+    for name in dict.fromkeys(r["variant"] for r in rows):
         rr = [r for r in rows if r["depth"] == d and r["variant"] == name]
+        if not rr:
+            continue
         cell = lambda k: f"{min(r[k] for r in rr):6.2f} ({max(r[k] for r in rr) - min(r[k] for r in rr):4.2f})"
         print(f"{d:>7} {name:>9} {cell('select_us'):>13} {cell('score_us'):>13} {cell('topn_us'):>13}")

@@ -29,13 +29,13 @@ if [ -z "${NO_ENGINE:-}" ]; then
   # As bench/gpu_ab.py (one process per variant, interleaved rounds), each run's line kept as it
   # comes so that a cut-off call still reports the runs it finished.
   for _ in $(seq 1 40); do grep -q "synth rc" "$OUT/synth.log" 2>/dev/null && break; sleep 3; done
-  eval "set -- ${AB_VARIANTS:-old:PYRESA_CUDA_TOPN=old cluster: cluster_trig:PYRESA_CUDA_SCORE_TRIGGER=1}"
+  eval "set -- ${AB_VARIANTS:-old:PYRESA_CUDA_TOPN=old cluster: cluster_early_q:PYRESA_CUDA_SCORE_EARLY_Q=1}"
   for rnd in $(seq 1 "${AB_ROUNDS:-2}"); do
     for v in "$@"; do
       [ $(left) -lt 40 ] && break 2
       name=${v%%:*}; assigns=${v#*:}
       line=$(env ${assigns//,/ } timeout $(( $(left) - 5 )) python3 bench/gpu_bench.py --model $W/syn7b.gguf \
-        --depths "${AB_DEPTHS:-262144}" --modes resa --prefill 0 --sampling 0 2>&1 | grep -E "tok/s|Error" | tail -2)
+        --depths "${AB_DEPTHS:-262144}" --modes resa --prefill 0 --sampling 0 2>&1 | grep -E "tok/s|Error" | tail -3 | tr "\n" " ")
       echo "round $rnd $name [$assigns] $line" | tee -a "$OUT/engine.txt"
     done
   done

@@ -307,7 +307,8 @@ void bind_cuda(nb::module_& m) {
     return out;
   });
   t.def("set_select_kernels", &cuda_test::set_select_kernels, nb::arg("topn"), nb::arg("ctas") = 0,
-        nb::arg("score_trigger") = false, nb::arg("stop") = 0);
+        nb::arg("score_trigger") = false, nb::arg("stop") = 0, nb::arg("finish") = true,
+        nb::arg("score_early_q") = false);
   t.def("argmax", [](F32 x, int ctas) { return cuda_test::argmax(x.data(), (int)x.size(), ctas); }, nb::arg("x"),
         nb::arg("ctas") = 0);
   t.def("top_candidates", [](F32 x, int k, I32 penalized, float penalty, bool want_sum) {
@@ -320,13 +321,14 @@ void bind_cuda(nb::module_& m) {
   });
   t.def("set_sparse_step_kernels", &cuda_test::set_sparse_step_kernels, nb::arg("decode_attention"),
         nb::arg("decode_stages"));
-  t.def("time_sparse_step", [](int n_tokens, int reps, int copies, int n_head, int n_kv_head, int D, bool select_only) {
+  t.def("time_sparse_step", [](int n_tokens, int reps, int copies, int n_head, int n_kv_head, int D, bool select_only,
+                               int cap_tokens) {
     nb::dict d;
-    for (auto& kv : cuda_test::time_sparse_step(n_tokens, reps, copies, n_head, n_kv_head, D, select_only))
+    for (auto& kv : cuda_test::time_sparse_step(n_tokens, reps, copies, n_head, n_kv_head, D, select_only, cap_tokens))
       d[kv.first.c_str()] = kv.second;
     return d;
   }, nb::arg("n_tokens"), nb::arg("reps") = 200, nb::arg("copies") = 4, nb::arg("n_head") = 28, nb::arg("n_kv_head") = 4,
-     nb::arg("D") = 128, nb::arg("select_only") = false);
+     nb::arg("D") = 128, nb::arg("select_only") = false, nb::arg("cap_tokens") = 0);
 }
 
 #endif

@@ -53,28 +53,34 @@ constexpr int kScoreThreads = 256;
 
 // Also writes each warp's (min, max) key into `ranges` (select_scratch_bytes), which the cluster
 // top-n reads instead of reducing the keys itself. trigger: let the top-n launch now (its CTAs
-// then wait in griddepcontrol.wait, resident, for this grid to complete).
+// then wait in griddepcontrol.wait, resident, for this grid to complete). early_q: build the pooled
+// query before reading the position, so that their loads overlap (one dependent round trip less
+// before the descriptors' loads).
 __global__ void __launch_bounds__(kScoreThreads) score_kernel(const float* q, int n_head, const __half* desc,
                                                              DescLayout L, int layer, ResaParams p,
                                                              const int* pos_dev, uint32_t* keys, uint2* ranges,
-                                                             bool trigger) {
+                                                             bool trigger, bool early_q) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   if (trigger) asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 #endif
   pdl_wait();  // inputs may come from the kernel launched just before (PDL)
   __shared__ float qp[256];
   const int h = blockIdx.y, D = L.D, G = n_head / L.n_kv_head;
+  auto pool_query = [&] {
+    for (int j = threadIdx.x; j < D; j += blockDim.x) {
+      float s = 0.0f;
+      for (int g = 0; g < G; ++g) s += q[(int64_t)(h * G + g) * D + j];
+      qp[j] = s / (float)G;
+    }
+  };
+  if (early_q) pool_query();
   int n_blocks, n_local, n_sel;
   select_counts(*pos_dev + 1, p, n_blocks, n_local, n_sel);
   const int n_scored = n_blocks - n_local, n_pick = n_sel - n_local;
-  if (n_pick <= 0 || n_pick >= n_scored) return;  // nothing to rank
+  if (n_pick <= 0 || n_pick >= n_scored) return;  // nothing to rank (uniform over the CTA)
   const int b0 = blockIdx.x * kScoreThreads;
   if (b0 >= n_scored) return;
-  for (int j = threadIdx.x; j < D; j += blockDim.x) {
-    float s = 0.0f;
-    for (int g = 0; g < G; ++g) s += q[(int64_t)(h * G + g) * D + j];
-    qp[j] = s / (float)G;
-  }
+  if (!early_q) pool_query();
   __syncthreads();
   const int b = b0 + threadIdx.x;
   uint32_t key_lo = 0xffffffffu, key_hi = 0;  // this thread's key, or nothing past the last block
@@ -291,7 +297,7 @@ void score_blocks(const float* q, int n_head, const __half* desc, const DescLayo
   if (L.D > 256 || L.D % 8) throw UnsupportedError("CUDA block selection: head_dim must be a multiple of 8, <= 256");
   uint2* ranges = reinterpret_cast<uint2*>(keys + (size_t)L.n_kv_head * L.max_blocks);
   launch(score_kernel, dim3(ceil_div(L.max_blocks, kScoreThreads), L.n_kv_head), kScoreThreads, 0, stream, q, n_head,
-         desc, L, layer, p, pos_dev, keys, ranges, select_config().score_trigger);
+         desc, L, layer, p, pos_dev, keys, ranges, select_config().score_trigger, select_config().score_early_q);
   PYRESA_CUDA_LAUNCH_CHECK();
 }
 

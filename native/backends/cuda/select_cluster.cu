@@ -2,8 +2,8 @@
 //
 // select_kernel (resa.cu) runs the whole top-n of a KV head in one 1024-thread CTA: one SM walks
 // its 16K keys five times and passes ~20 block-wide barriers (11.7 us per layer at 256K, run 10).
-// Here C CTAs of 256 threads (C = 16 at 16K blocks: at most 1,024 keys per CTA, 4 per thread, one
-// 16-byte load) share the work and exchange only histograms, through distributed shared memory:
+// Here C CTAs of 256 threads (C = 8 at 16K blocks: ~2,048 keys per CTA, 8 per thread, two 16-byte
+// loads) share the work and exchange only histograms, through distributed shared memory:
 //   1. keys in registers (each thread a contiguous run); the key range (min, max) from the
 //      per-warp ranges the scoring wrote beside the keys (loaded with them, one round trip);
 //   2. radix select on u = key - min, 11-bit digits from the top bit where the keys differ (as
@@ -12,7 +12,9 @@
 //      cluster's histograms itself (round 1: the 64 coarse bins of all C CTAs; round 2: the 32 fine
 //      bins of the chosen coarse bin) and finds the digit, so no second barrier is needed to share
 //      it. The same loads give, per pass, how many keys of the lower-ranked CTAs lie above the
-//      digit, and at the last pass how many equal T: the output positions of this CTA's keys;
+//      digit, and at the last pass how many equal T: the output positions of this CTA's keys.
+//      Once the chosen digit holds at most 32 keys, each CTA lists its own, and warp 0 of every CTA
+//      ranks them exactly (one barrier and one round of loads instead of one or two more passes);
 //   3. compaction: one block scan of per-thread (> T, == T) counts, each thread writes the blocks
 //      it takes: every key > T and the lowest-index keys == T, in ascending order (the CPU's rule).
 // Histogram buffers alternate between passes: a CTA's buffer of pass p is read remotely during the
@@ -33,15 +35,20 @@ namespace {
 namespace cg = cooperative_groups;
 
 constexpr int kThreads = 256, kWarps = kThreads / 32;
-constexpr int kMaxVecs = 4;  // 16-byte key vectors per thread: at most 4,096 keys per CTA
+constexpr int kMaxVecs = 8;  // 16-byte key vectors per thread: at most 8,192 keys per CTA
 constexpr int kBits = 11, kBins = 1 << kBits, kCoarse = kBins / 32;
+constexpr int kFinishMax = 32;     // candidates ranked exactly by one warp instead of more radix passes
+constexpr int kKeysPerCta = 2304;  // keys per CTA the cluster size (and the CTAs a launch uses) aims at
 
 struct __align__(16) TopnShared {
   unsigned fine[2][kBins];
   unsigned coarse[2][kCoarse];
   uint32_t warp_lo[kWarps], warp_hi[kWarps];
   int warp_gt[kWarps], warp_eq[kWarps];
-  int digit, k, gt_lower, eq_lower;  // one pass's merge, from warp 0 to the CTA
+  uint32_t cand[kFinishMax];  // this CTA's keys in the last digit (the exact finish)
+  int n_cand;
+  int digit, k, gt_lower, eq_lower, n_in;  // one pass's merge (or the finish), from warp 0 to the CTA
+  uint32_t T;
 };
 
 // The device helpers exist for sm_90 only (the kernel is empty below it: no unused functions).
@@ -61,17 +68,19 @@ __device__ __forceinline__ int warp_inclusive_sum(int v) {
 
 // One pass's merge, by warp 0 of a CTA of rank `rank`: the digit holding the k-th largest of the
 // keys binned in buffer `buf` of every CTA, k less the keys above that digit, the lower-ranked
-// CTAs' keys above the digit and (meaningful at the last pass) in it.
+// CTAs' keys above the digit and (meaningful at the last pass) in it, the keys in it (n_in) and
+// each CTA's share of them (cnt, in every lane).
 template <int C>
-__device__ void merge_pass(TopnShared& s, int buf, int rank, int k, int& digit, int& k_left, int& gt_lower,
-                           int& eq_lower) {
+__device__ void merge_pass(TopnShared& s, int buf, int rank, int c_eff, int k, int& digit, int& k_left,
+                           int& gt_lower, int& eq_lower, int& n_in, unsigned (&cnt)[C]) {
   const int lane = threadIdx.x;
   cg::cluster_group cluster = cg::this_cluster();
   // Round 1: coarse bins in descending order, lane l holds 63 - 2l (.y) and 62 - 2l (.x).
   uint2 cv[C];
 #pragma unroll
-  for (int q = 0; q < C; ++q)
-    cv[q] = reinterpret_cast<const uint2*>(cluster.map_shared_rank(&s.coarse[buf][0], q))[31 - lane];
+  for (int q = 0; q < C; ++q)  // the CTAs past c_eff hold no keys
+    cv[q] = q < c_eff ? reinterpret_cast<const uint2*>(cluster.map_shared_rank(&s.coarse[buf][0], q))[31 - lane]
+                      : make_uint2(0, 0);
   int hi = 0, lo = 0, hi_lower = 0, lo_lower = 0;
 #pragma unroll
   for (int q = 0; q < C; ++q) {
@@ -93,7 +102,8 @@ __device__ void merge_pass(TopnShared& s, int buf, int rank, int k, int& digit, 
   // Round 2: the 32 fine bins of c_star, descending: lane l holds bin 32 c_star + 31 - l.
   unsigned fv[C];
 #pragma unroll
-  for (int q = 0; q < C; ++q) fv[q] = cluster.map_shared_rank(&s.fine[buf][0], q)[32 * c_star + 31 - lane];
+  for (int q = 0; q < C; ++q)
+    fv[q] = q < c_eff ? cluster.map_shared_rank(&s.fine[buf][0], q)[32 * c_star + 31 - lane] : 0u;
   int f = 0, f_lower = 0;
 #pragma unroll
   for (int q = 0; q < C; ++q) {
@@ -110,6 +120,41 @@ __device__ void merge_pass(TopnShared& s, int buf, int rank, int k, int& digit, 
   lower += lane < fl ? f_lower : 0;
   gt_lower = __reduce_add_sync(0xffffffffu, lower);
   eq_lower = __shfl_sync(0xffffffffu, f_lower, fl);
+  n_in = __shfl_sync(0xffffffffu, f, fl);
+#pragma unroll
+  for (int q = 0; q < C; ++q) cnt[q] = __shfl_sync(0xffffffffu, fv[q], fl);
+}
+
+// The exact finish, by warp 0, once the chosen digit holds m <= 32 keys (cnt[q] of them in CTA q's
+// candidate list): lane i takes candidate i, counts the candidates above it and not below it, and
+// the k-th largest is T. need_eq: the keys == T to take; gt_lower / eq_lower: the lower-ranked
+// CTAs' candidates > T / == T.
+template <int C>
+__device__ void finish_exact(TopnShared& s, int rank, const unsigned (&cnt)[C], int m, int k, uint32_t& T,
+                             int& need_eq, int& gt_lower, int& eq_lower) {
+  const int lane = threadIdx.x;
+  cg::cluster_group cluster = cg::this_cluster();
+  int src = C, off = 0, base = 0;
+#pragma unroll
+  for (int q = 0; q < C; ++q) {
+    if (lane >= base && lane < base + (int)cnt[q]) {
+      src = q;
+      off = lane - base;
+    }
+    base += cnt[q];
+  }
+  const uint32_t x = src < C ? cluster.map_shared_rank(&s.cand[0], src)[off] : 0u;
+  int gt = 0, ge = 0;
+  for (int j = 0; j < m; ++j) {
+    const uint32_t y = __shfl_sync(0xffffffffu, x, j);
+    gt += y > x;
+    ge += y >= x;
+  }
+  const int tl = __ffs(__ballot_sync(0xffffffffu, lane < m && gt < k && k <= ge)) - 1;
+  T = __shfl_sync(0xffffffffu, x, tl);
+  need_eq = k - __shfl_sync(0xffffffffu, gt, tl);
+  gt_lower = __reduce_add_sync(0xffffffffu, lane < m && src < rank && x > T ? 1 : 0);
+  eq_lower = __reduce_add_sync(0xffffffffu, lane < m && src < rank && x == T ? 1 : 0);
 }
 
 #endif
@@ -118,18 +163,21 @@ __device__ void merge_pass(TopnShared& s, int buf, int rank, int k, int& digit, 
 // (safe when the kernel before, the scoring, does not trigger early: everything it waited for,
 // which includes whatever wrote the position, has completed before this grid can launch).
 template <int C>
-__global__ void __launch_bounds__(kThreads) select_cluster_kernel(DescLayout L, ResaParams p, const int* pos_dev,
+__global__ void __launch_bounds__(kThreads, 1) select_cluster_kernel(DescLayout L, ResaParams p, const int* pos_dev,
                                                                  const uint32_t* keys_all, const uint2* ranges_all,
                                                                  int32_t* blocks, int64_t blocks_stride,
-                                                                 int* n_sel_out, bool pos_early, int stop) {
+                                                                 int* n_sel_out, bool pos_early, bool finish,
+                                                                 int stop) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   __shared__ TopnShared s;
   const int h = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int rank = (int)cg::this_cluster().block_rank();
   for (int i = tid; i < kBins; i += kThreads) s.fine[0][i] = 0;
   if (tid < kCoarse) s.coarse[0][tid] = 0;
+  if (tid == 0) s.n_cand = 0;
   int pos = pos_early ? *pos_dev : 0;
   pdl_wait();  // the keys come from the scoring launched just before (PDL)
+  if (stop == 1) return;
   if (!pos_early) pos = *pos_dev;
   int n_blocks, n_local, n_sel;
   select_counts(pos + 1, p, n_blocks, n_local, n_sel);
@@ -145,8 +193,11 @@ __global__ void __launch_bounds__(kThreads) select_cluster_kernel(DescLayout L, 
     for (int i = tid; i < n_local; i += kThreads) out[n_pick + i] = n_scored + i;
   if (n_pick <= 0) return;
 
-  // This CTA's keys: vectors [cv0, cv1) of the row, split evenly into contiguous runs per thread.
-  const int n_vec = (n_scored + 3) / 4, per_cta = (n_vec + C - 1) / C;
+  // This CTA's keys: vectors [cv0, cv1) of the row, split evenly into contiguous runs per thread,
+  // over the first c_eff CTAs only: a shallow context in a large cache uses fewer of them (the
+  // others hold no keys, and the merges skip them).
+  const int c_eff = min(C, (n_scored + kKeysPerCta - 1) / kKeysPerCta);
+  const int n_vec = (n_scored + 3) / 4, per_cta = (n_vec + c_eff - 1) / c_eff;
   const int cv0 = min(n_vec, rank * per_cta), cv1 = min(n_vec, cv0 + per_cta), cn = cv1 - cv0;
   const int v0 = cv0 + tid * cn / kThreads, v1 = cv0 + (tid + 1) * cn / kThreads;
   const int first = 4 * v0, nk = min(4 * v1, n_scored) - first;  // this thread's keys: [first, first + nk)
@@ -185,12 +236,15 @@ __global__ void __launch_bounds__(kThreads) select_cluster_kernel(DescLayout L, 
     lo = min(lo, s.warp_lo[w]);
     hi = max(hi, s.warp_hi[w]);
   }
-  if (stop == 1) return;
+  if (stop == 2) return;
 
-  // Radix select; T = lo + prefix. gt_lower: keys > T in lower-ranked CTAs; eq_lower: == T.
-  uint32_t prefix = 0, mask = 0;
+  // Radix select; T = lo + prefix, or the exact finish's. gt_lower: keys > T in lower-ranked CTAs;
+  // eq_lower: == T.
+  uint32_t prefix = 0, mask = 0, T = 0;
   int k = n_pick, gt_lower = 0, eq_lower = min(4 * cv0, n_scored);  // no pass: every key equals lo
   int buf = 0;
+  bool exact = false;
+  unsigned cnt[C];  // warp 0: each CTA's keys in the last digit
   for (int top = 32 - __clz(hi - lo); top > 0;) {
     const int shift = max(top - kBits, 0);
     const uint32_t digit_mask = (1u << (top - shift)) - 1u;
@@ -206,13 +260,14 @@ __global__ void __launch_bounds__(kThreads) select_cluster_kernel(DescLayout L, 
     cluster_arrive();  // release: this CTA's histogram, to the cluster
     cluster_wait();
     if (warp == 0) {
-      int digit, k_left, gtl, eql;
-      merge_pass<C>(s, buf, rank, k, digit, k_left, gtl, eql);
+      int digit, k_left, gtl, eql, n_in;
+      merge_pass<C>(s, buf, rank, c_eff, k, digit, k_left, gtl, eql, n_in, cnt);
       if (lane == 0) {
         s.digit = digit;
         s.k = k_left;
         s.gt_lower = gtl;
         s.eq_lower = eql;
+        s.n_in = n_in;
       }
     } else {  // the other buffer's remote readers (the previous pass's merges) are past this barrier
       for (int i = tid - 32; i < kBins; i += kThreads - 32) s.fine[buf ^ 1][i] = 0;
@@ -226,14 +281,42 @@ __global__ void __launch_bounds__(kThreads) select_cluster_kernel(DescLayout L, 
     eq_lower = s.eq_lower;
     top = shift;
     buf ^= 1;
-    if (stop == 2) break;
+    if (stop == 3) break;
+    if (top > 0 && s.n_in <= kFinishMax && finish) {
+      // Few keys left in the digit: rank them exactly (one barrier, one round of loads) rather
+      // than bin them again.
+#pragma unroll
+      for (int i = 0; i < 4 * kMaxVecs; ++i)
+        if (i < nk && ((key[i] - lo) & mask) == prefix) s.cand[atomicAdd(&s.n_cand, 1)] = key[i];
+      const int m = s.n_in;
+      cluster_arrive();  // release: the candidate lists, to the cluster
+      cluster_wait();
+      if (warp == 0) {
+        uint32_t t;
+        int need, gtl, eql;
+        finish_exact<C>(s, rank, cnt, m, k, t, need, gtl, eql);
+        if (lane == 0) {
+          s.T = t;
+          s.k = need;
+          s.gt_lower = gtl;
+          s.eq_lower = eql;
+        }
+      }
+      __syncthreads();
+      T = s.T;
+      k = s.k;
+      gt_lower += s.gt_lower;
+      eq_lower = s.eq_lower;
+      exact = true;
+      break;
+    }
   }
   cluster_arrive();  // this CTA reads no other CTA's shared memory from here on
   if (stop != 0) {
     cluster_wait();
     return;
   }
-  const uint32_t T = lo + prefix;
+  if (!exact) T = lo + prefix;
   const int need_eq = k;  // keys equal to T to take, lowest blocks first
 
   // Compaction: positions from the lower CTAs' counts, then this CTA's block scan.
@@ -291,7 +374,8 @@ void launch_cluster(const DescLayout& L, const ResaParams& p, const int* pos_dev
   lc.numAttrs = pdl_enabled() ? 2 : 1;
   const uint2* ranges = reinterpret_cast<const uint2*>(scratch + (size_t)L.n_kv_head * L.max_blocks);
   PYRESA_CUDA_CHECK(cudaLaunchKernelEx(&lc, select_cluster_kernel<C>, L, p, pos_dev, scratch, ranges, blocks,
-                                       blocks_stride, n_sel_out, !cfg.score_trigger, cfg.topn_stop));
+                                       blocks_stride, n_sel_out, !cfg.score_trigger, cfg.topn_finish,
+                                       cfg.topn_stop));
   PYRESA_CUDA_LAUNCH_CHECK();
 }
 
@@ -330,15 +414,16 @@ int select_cluster_size(const DescLayout& L) {
   static int major[64] = {};
   if (!major[dev & 63]) PYRESA_CUDA_CHECK(cudaDeviceGetAttribute(&major[dev & 63], cudaDevAttrComputeCapabilityMajor, dev));
   if (major[dev & 63] < 9) return 0;
-  // Cluster size: forced, or the fewest CTAs that hold <= 1,024 keys each; then raised until a
-  // CTA holds at most kMaxVecs vectors per thread (n_scored <= max_blocks).
+  // Cluster size: forced, or the fewest CTAs that hold ~2,048 keys each (run 11, H100 at 8K and 16K
+  // keys per KV head: 2,048 keys per CTA beat 1,024, i.e. 4 and 8 CTAs beat 8 and 16); then raised
+  // until a CTA holds at most kMaxVecs vectors per thread (n_scored <= max_blocks).
   const int max_c = sixteen_fit(dev) ? 16 : 8;
   const int forced = select_config().topn_ctas;
   int C = 1;
   if (forced > 0) {
     while (C * 2 <= std::min(forced, max_c)) C *= 2;
   } else {
-    while (C < max_c && C * 1024 < L.max_blocks) C *= 2;
+    while (C < max_c && C * kKeysPerCta < L.max_blocks) C *= 2;
   }
   auto fits = [&](int c) { return ceil_div(ceil_div(L.max_blocks, 4), c) <= kThreads * kMaxVecs; };
   while (C < max_c && !fits(C)) C *= 2;

@@ -564,11 +564,13 @@ std::vector<std::vector<int32_t>> select_blocks_steps(const float* q, int n_step
   return res;
 }
 
-void set_select_kernels(int topn, int ctas, bool score_trigger, int stop) {
+void set_select_kernels(int topn, int ctas, bool score_trigger, int stop, bool finish, bool score_early_q) {
   cuda::select_config().topn = topn;
   cuda::select_config().topn_ctas = ctas;
   cuda::select_config().score_trigger = score_trigger;
   cuda::select_config().topn_stop = stop;
+  cuda::select_config().topn_finish = finish;
+  cuda::select_config().score_early_q = score_early_q;
 }
 
 int argmax(const float* x, int n, int ctas) {
@@ -635,14 +637,14 @@ int old_decode_splits(int n_tiles, int n_kv_head, int rows, int D, int n_sm) {
 }  // namespace
 
 std::vector<std::pair<std::string, double>> time_sparse_step(int n_tokens, int reps, int copies, int n_head,
-                                                             int n_kv_head, int D, bool select_only) {
+                                                             int n_kv_head, int D, bool select_only, int cap_tokens) {
   int dev = 0;
   PYRESA_CUDA_CHECK(cudaGetDevice(&dev));
   cudaDeviceProp prop;
   PYRESA_CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
   pdl_enabled() = prop.major >= 9;
   const int n_sm = prop.multiProcessorCount, G = n_head / n_kv_head;
-  const int cap = (n_tokens + 63) / 64 * 64 + 64;
+  const int cap = std::max(cap_tokens, (n_tokens + 63) / 64 * 64 + 64);
   DescLayout L = test_layout(n_kv_head, cap, D, 16);
   L.n_layer = copies;
   const size_t layer_elems = (size_t)n_kv_head * cap * D;

@@ -76,8 +76,9 @@ std::vector<std::vector<int32_t>> select_blocks_steps(const float* q, int n_step
                                                       int n_kv_head, int cap, int D, const int* n_tokens,
                                                       int block_size, double ratio, int min_blocks, int local_blocks);
 // The block selection's kernels (cuda::SelectConfig: the engine's PYRESA_CUDA_TOPN, _TOPN_CTAS,
-// _SCORE_TRIGGER; stop: bench only, the cluster top-n stops after that phase).
-void set_select_kernels(int topn, int ctas, bool score_trigger, int stop);
+// _SCORE_TRIGGER, _TOPN_FINISH, _SCORE_EARLY_Q; stop: bench only, the cluster top-n stops after
+// that phase).
+void set_select_kernels(int topn, int ctas, bool score_trigger, int stop, bool finish, bool score_early_q);
 // ctas > 1: the multi-CTA argmax with that many CTAs; else the one-CTA kernel.
 int argmax(const float* x, int n, int ctas);
 // The k largest of x[0 .. n) after the repetition penalty on `penalized` (see sampling.cuh):
@@ -94,8 +95,10 @@ void set_sparse_step_kernels(bool decode_attention, int decode_stages);
 // to back, and the dense attention at the same depth. Each is run `reps` times over `copies`
 // layers' worth of random K/V/descriptors (more than the L2 holds, as in a real step), PDL on
 // where the GPU has it. Returns (name, microseconds per layer) and the split counts used.
-// select_only: the selection's timings alone (select, score, top-n).
+// select_only: the selection's timings alone (select, score, top-n); cap_tokens: the cache's
+// capacity when larger than the context (as an engine made for a longer one).
 std::vector<std::pair<std::string, double>> time_sparse_step(int n_tokens, int reps, int copies, int n_head,
-                                                             int n_kv_head, int D, bool select_only = false);
+                                                             int n_kv_head, int D, bool select_only = false,
+                                                             int cap_tokens = 0);
 
 }  // namespace pyresa::cuda_test

@@ -7,12 +7,11 @@ head_dim 128, 16-token blocks, ratio 0.1). Variants (docs/perf-cuda.md "Run 11-t
   old       select_kernel, one 1024-thread CTA per KV head (PYRESA_CUDA_TOPN=old)
   cl        the cluster kernel, cluster size from the cache size (the default)
   clN       the cluster kernel with N CTAs per KV head (PYRESA_CUDA_TOPN_CTAS=N; raised where a CTA
-            would hold more than 8,192 keys)
-  cl-fin    without the exact finish of the last <= 32 candidates (PYRESA_CUDA_TOPN_FINISH=0)
-  cl+eq     the scoring reading the query before the position (PYRESA_CUDA_SCORE_EARLY_Q=1); old+eq
+            would hold more than 4,096 keys)
+  cl-eq     the scoring reading the position before the query (PYRESA_CUDA_SCORE_EARLY_Q=0); old-eq
   cl+trig   the scoring triggering the top-n's launch early (PYRESA_CUDA_SCORE_TRIGGER=1)
   stop1-4   the cluster kernel cut after the launch and griddepcontrol.wait / its loads and key
-            range / its first radix pass / every pass and the finish (no block list written)
+            range / its first radix pass / every pass (no block list written)
 Run on the GPU machine after a CUDA build:  python3 bench/topn_bench.py [--depths ...] [--json F]
 """
 import argparse
@@ -28,15 +27,13 @@ ap.add_argument("--rounds", type=int, default=2, help="every variant this many t
 ap.add_argument("--json", default=None)
 args = ap.parse_args()
 
-# name: (topn, ctas, score_trigger, stop, finish, score_early_q)
-VARIANTS = {"old": (0, 0, False, 0, True, False), "cl": (1, 0, False, 0, True, False),
-            "cl1": (1, 1, False, 0, True, False), "cl2": (1, 2, False, 0, True, False),
-            "cl4": (1, 4, False, 0, True, False), "cl8": (1, 8, False, 0, True, False),
-            "cl16": (1, 16, False, 0, True, False), "cl-fin": (1, 0, False, 0, False, False),
-            "cl+eq": (1, 0, False, 0, True, True), "old+eq": (0, 0, False, 0, True, True),
-            "cl+trig": (1, 0, True, 0, True, False),
-            "stop1": (1, 0, False, 1, True, False), "stop2": (1, 0, False, 2, True, False),
-            "stop3": (1, 0, False, 3, True, False), "stop4": (1, 0, False, 4, True, False)}
+# name: (topn, ctas, score_trigger, stop, score_early_q)
+VARIANTS = {"old": (0, 0, False, 0, True), "cl": (1, 0, False, 0, True), "cl1": (1, 1, False, 0, True),
+            "cl2": (1, 2, False, 0, True), "cl4": (1, 4, False, 0, True), "cl8": (1, 8, False, 0, True),
+            "cl16": (1, 16, False, 0, True), "cl-eq": (1, 0, False, 0, False), "old-eq": (0, 0, False, 0, False),
+            "cl+trig": (1, 0, True, 0, True),
+            "stop1": (1, 0, False, 1, True), "stop2": (1, 0, False, 2, True), "stop3": (1, 0, False, 3, True),
+            "stop4": (1, 0, False, 4, True)}
 rows = []
 for d in [int(x) for x in args.depths.split(",") if x]:
     for rnd in range(args.rounds):
@@ -54,7 +51,7 @@ for d in [int(x) for x in args.depths.split(",") if x and int(x) < 262144]:
             r = dict(core.cuda_test.time_sparse_step(d, args.reps, args.copies, select_only=True, cap_tokens=262400))
             r.update(depth=d, variant=name + "/c256K", round=rnd)
             rows.append(r)
-core.cuda_test.set_select_kernels(1, 0, False, 0, True, False)
+core.cuda_test.set_select_kernels(1, 0, False, 0, True)
 if args.json:
     with open(args.json, "w") as f:
         json.dump(rows, f, indent=1)

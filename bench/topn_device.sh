@@ -29,7 +29,7 @@ if [ -z "${NO_ENGINE:-}" ]; then
   # As bench/gpu_ab.py (one process per variant, interleaved rounds), each run's line kept as it
   # comes so that a cut-off call still reports the runs it finished.
   for _ in $(seq 1 40); do grep -q "synth rc" "$OUT/synth.log" 2>/dev/null && break; sleep 3; done
-  eval "set -- ${AB_VARIANTS:-old:PYRESA_CUDA_TOPN=old cluster: cluster_early_q:PYRESA_CUDA_SCORE_EARLY_Q=1}"
+  eval "set -- ${AB_VARIANTS:-old:PYRESA_CUDA_TOPN=old,PYRESA_CUDA_SCORE_EARLY_Q=0 new: new_late_q:PYRESA_CUDA_SCORE_EARLY_Q=0}"
   for rnd in $(seq 1 "${AB_ROUNDS:-2}"); do
     for v in "$@"; do
       [ $(left) -lt 40 ] && break 2

@@ -294,20 +294,18 @@ def step_kernels(request):
     core.cuda_test.set_sparse_step_kernels(True, 4)
 
 
-@pytest.fixture(params=[(0, 0, False, 0, True, False), (1, 0, False, 0, True, False), (1, 1, False, 0, True, False),
-                        (1, 2, False, 0, True, False), (1, 4, False, 0, True, False), (1, 16, False, 0, True, False),
-                        (1, 0, False, 0, False, False), (1, 0, True, 0, True, True)],
-                ids=["topn_old", "topn_cluster", "topn_cluster_1", "topn_cluster_2", "topn_cluster_4",
-                     "topn_cluster_16", "topn_cluster_no_finish", "topn_cluster_trigger_early_q"])
+@pytest.fixture(params=[(0, 0, False, 0, False), (1, 0, False, 0, True), (1, 1, False, 0, True), (1, 2, False, 0, True),
+                        (1, 4, False, 0, True), (1, 16, False, 0, True), (1, 0, True, 0, False)],
+                ids=["topn_old_late_q", "topn_cluster", "topn_cluster_1", "topn_cluster_2", "topn_cluster_4",
+                     "topn_cluster_16", "topn_cluster_trigger_late_q"])
 def select_kernels(request):
     """The block selection's kernels (the engine's PYRESA_CUDA_TOPN, _TOPN_CTAS, _SCORE_TRIGGER,
-    _TOPN_FINISH, _SCORE_EARLY_Q): the one-CTA top-n, or the cluster top-n with its size from the
-    cache (or forced; raised where a CTA would hold too many keys), with or without the exact finish
-    of the last candidates; the scoring triggering the top-n's launch early and reading the query
-    before the position."""
+    _SCORE_EARLY_Q): the one-CTA top-n, or the cluster top-n with its size from the cache (or
+    forced; raised where a CTA would hold too many keys); the scoring triggering the top-n's launch
+    early or not, reading the query before the position (the default) or after it."""
     core.cuda_test.set_select_kernels(*request.param)
     yield request.param
-    core.cuda_test.set_select_kernels(1, 0, False, 0, True, False)
+    core.cuda_test.set_select_kernels(1, 0, False, 0, True)
 
 
 def attention_ref(q, K, V, pos0, scale, blocks=None, block_size=16):

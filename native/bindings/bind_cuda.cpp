@@ -307,8 +307,7 @@ void bind_cuda(nb::module_& m) {
     return out;
   });
   t.def("set_select_kernels", &cuda_test::set_select_kernels, nb::arg("topn"), nb::arg("ctas") = 0,
-        nb::arg("score_trigger") = false, nb::arg("stop") = 0, nb::arg("finish") = true,
-        nb::arg("score_early_q") = false);
+        nb::arg("score_trigger") = false, nb::arg("stop") = 0, nb::arg("score_early_q") = true);
   t.def("argmax", [](F32 x, int ctas) { return cuda_test::argmax(x.data(), (int)x.size(), ctas); }, nb::arg("x"),
         nb::arg("ctas") = 0);
   t.def("top_candidates", [](F32 x, int k, I32 penalized, float penalty, bool want_sum) {

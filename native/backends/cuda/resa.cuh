@@ -50,12 +50,11 @@ inline size_t select_scratch_bytes(const DescLayout& L) {
 
 // Which top-n runs (environment switches of the engine, set by the test hooks too):
 //   topn: 0 = select_kernel (one 1024-thread CTA per KV head, PYRESA_CUDA_TOPN=old),
-//         1 = the cluster kernel of select_cluster.cu (default where it applies: sm_90, <= 131,072 blocks)
+//         1 = the cluster kernel of select_cluster.cu (default where it applies: sm_90, <= 65,536 blocks)
 //   topn_ctas: cluster size forced (PYRESA_CUDA_TOPN_CTAS, 1-16; 0 = from max_blocks)
 //   score_trigger: the scoring triggers its dependents at its start (PYRESA_CUDA_SCORE_TRIGGER=1)
-//   topn_finish: the cluster kernel ranks the last <= 32 candidates exactly instead of more radix
-//                passes (PYRESA_CUDA_TOPN_FINISH=0: radix passes to the last bit)
-//   score_early_q: the scoring reads the query before the position (PYRESA_CUDA_SCORE_EARLY_Q=1)
+//   score_early_q: the scoring reads the query before the position (default; PYRESA_CUDA_SCORE_EARLY_Q=0
+//                  reads the position first, as before run 11)
 //   topn_stop: bench only, the cluster kernel stops after phase 1 (the launch and the wait), 2
 //              (loads and key range), 3 (first radix pass) or 4 (every pass), writing no block
 //              list: its phases timed apart
@@ -63,14 +62,13 @@ struct SelectConfig {
   int topn = 1;
   int topn_ctas = 0;
   bool score_trigger = false;
-  bool topn_finish = true;
-  bool score_early_q = false;
+  bool score_early_q = true;
   int topn_stop = 0;
 };
 SelectConfig& select_config();
 
 // The cluster top-n's size for this layout and the current device and settings, 0 where it does
-// not apply (before sm_90, more than 131,072 blocks). Its first call queries the device: make it
+// not apply (before sm_90, more than 65,536 blocks). Its first call queries the device: make it
 // before a graph capture (the engine does at allocation).
 int select_cluster_size(const DescLayout& L);
 // The cluster top-n (select_cluster.cu); returns false, launching nothing, where it does not apply.

@@ -12,9 +12,7 @@
 //      cluster's histograms itself (round 1: the 64 coarse bins of all C CTAs; round 2: the 32 fine
 //      bins of the chosen coarse bin) and finds the digit, so no second barrier is needed to share
 //      it. The same loads give, per pass, how many keys of the lower-ranked CTAs lie above the
-//      digit, and at the last pass how many equal T: the output positions of this CTA's keys.
-//      Once the chosen digit holds at most 32 keys, each CTA lists its own, and warp 0 of every CTA
-//      ranks them exactly (one barrier and one round of loads instead of one or two more passes);
+//      digit, and at the last pass how many equal T: the output positions of this CTA's keys;
 //   3. compaction: one block scan of per-thread (> T, == T) counts, each thread writes the blocks
 //      it takes: every key > T and the lowest-index keys == T, in ascending order (the CPU's rule).
 // Histogram buffers alternate between passes: a CTA's buffer of pass p is read remotely during the
@@ -35,20 +33,18 @@ namespace {
 namespace cg = cooperative_groups;
 
 constexpr int kThreads = 256, kWarps = kThreads / 32;
-constexpr int kMaxVecs = 8;  // 16-byte key vectors per thread: at most 8,192 keys per CTA
+constexpr int kMaxVecs = 4;  // 16-byte key vectors per thread: at most 4,096 keys per CTA
 constexpr int kBits = 11, kBins = 1 << kBits, kCoarse = kBins / 32;
-constexpr int kFinishMax = 32;     // candidates ranked exactly by one warp instead of more radix passes
-constexpr int kKeysPerCta = 2304;  // keys per CTA the cluster size (and the CTAs a launch uses) aims at
+// The automatic cluster size: the fewest CTAs with at most this many keys each (run 11, H100:
+// 2,048 keys per CTA beat 1,024, i.e. 8 CTAs beat 16 at 16K keys per KV head and 4 beat 8 at 8K).
+constexpr int kKeysPerCta = 2304;
 
 struct __align__(16) TopnShared {
   unsigned fine[2][kBins];
   unsigned coarse[2][kCoarse];
   uint32_t warp_lo[kWarps], warp_hi[kWarps];
   int warp_gt[kWarps], warp_eq[kWarps];
-  uint32_t cand[kFinishMax];  // this CTA's keys in the last digit (the exact finish)
-  int n_cand;
-  int digit, k, gt_lower, eq_lower, n_in;  // one pass's merge (or the finish), from warp 0 to the CTA
-  uint32_t T;
+  int digit, k, gt_lower, eq_lower;  // one pass's merge, from warp 0 to the CTA
 };
 
 // The device helpers exist for sm_90 only (the kernel is empty below it: no unused functions).
@@ -68,19 +64,17 @@ __device__ __forceinline__ int warp_inclusive_sum(int v) {
 
 // One pass's merge, by warp 0 of a CTA of rank `rank`: the digit holding the k-th largest of the
 // keys binned in buffer `buf` of every CTA, k less the keys above that digit, the lower-ranked
-// CTAs' keys above the digit and (meaningful at the last pass) in it, the keys in it (n_in) and
-// each CTA's share of them (cnt, in every lane).
+// CTAs' keys above the digit and (meaningful at the last pass) in it.
 template <int C>
-__device__ void merge_pass(TopnShared& s, int buf, int rank, int c_eff, int k, int& digit, int& k_left,
-                           int& gt_lower, int& eq_lower, int& n_in, unsigned (&cnt)[C]) {
+__device__ void merge_pass(TopnShared& s, int buf, int rank, int k, int& digit, int& k_left, int& gt_lower,
+                           int& eq_lower) {
   const int lane = threadIdx.x;
   cg::cluster_group cluster = cg::this_cluster();
   // Round 1: coarse bins in descending order, lane l holds 63 - 2l (.y) and 62 - 2l (.x).
   uint2 cv[C];
 #pragma unroll
-  for (int q = 0; q < C; ++q)  // the CTAs past c_eff hold no keys
-    cv[q] = q < c_eff ? reinterpret_cast<const uint2*>(cluster.map_shared_rank(&s.coarse[buf][0], q))[31 - lane]
-                      : make_uint2(0, 0);
+  for (int q = 0; q < C; ++q)
+    cv[q] = reinterpret_cast<const uint2*>(cluster.map_shared_rank(&s.coarse[buf][0], q))[31 - lane];
   int hi = 0, lo = 0, hi_lower = 0, lo_lower = 0;
 #pragma unroll
   for (int q = 0; q < C; ++q) {
@@ -102,8 +96,7 @@ __device__ void merge_pass(TopnShared& s, int buf, int rank, int c_eff, int k, i
   // Round 2: the 32 fine bins of c_star, descending: lane l holds bin 32 c_star + 31 - l.
   unsigned fv[C];
 #pragma unroll
-  for (int q = 0; q < C; ++q)
-    fv[q] = q < c_eff ? cluster.map_shared_rank(&s.fine[buf][0], q)[32 * c_star + 31 - lane] : 0u;
+  for (int q = 0; q < C; ++q) fv[q] = cluster.map_shared_rank(&s.fine[buf][0], q)[32 * c_star + 31 - lane];
   int f = 0, f_lower = 0;
 #pragma unroll
   for (int q = 0; q < C; ++q) {
@@ -120,41 +113,6 @@ __device__ void merge_pass(TopnShared& s, int buf, int rank, int c_eff, int k, i
   lower += lane < fl ? f_lower : 0;
   gt_lower = __reduce_add_sync(0xffffffffu, lower);
   eq_lower = __shfl_sync(0xffffffffu, f_lower, fl);
-  n_in = __shfl_sync(0xffffffffu, f, fl);
-#pragma unroll
-  for (int q = 0; q < C; ++q) cnt[q] = __shfl_sync(0xffffffffu, fv[q], fl);
-}
-
-// The exact finish, by warp 0, once the chosen digit holds m <= 32 keys (cnt[q] of them in CTA q's
-// candidate list): lane i takes candidate i, counts the candidates above it and not below it, and
-// the k-th largest is T. need_eq: the keys == T to take; gt_lower / eq_lower: the lower-ranked
-// CTAs' candidates > T / == T.
-template <int C>
-__device__ void finish_exact(TopnShared& s, int rank, const unsigned (&cnt)[C], int m, int k, uint32_t& T,
-                             int& need_eq, int& gt_lower, int& eq_lower) {
-  const int lane = threadIdx.x;
-  cg::cluster_group cluster = cg::this_cluster();
-  int src = C, off = 0, base = 0;
-#pragma unroll
-  for (int q = 0; q < C; ++q) {
-    if (lane >= base && lane < base + (int)cnt[q]) {
-      src = q;
-      off = lane - base;
-    }
-    base += cnt[q];
-  }
-  const uint32_t x = src < C ? cluster.map_shared_rank(&s.cand[0], src)[off] : 0u;
-  int gt = 0, ge = 0;
-  for (int j = 0; j < m; ++j) {
-    const uint32_t y = __shfl_sync(0xffffffffu, x, j);
-    gt += y > x;
-    ge += y >= x;
-  }
-  const int tl = __ffs(__ballot_sync(0xffffffffu, lane < m && gt < k && k <= ge)) - 1;
-  T = __shfl_sync(0xffffffffu, x, tl);
-  need_eq = k - __shfl_sync(0xffffffffu, gt, tl);
-  gt_lower = __reduce_add_sync(0xffffffffu, lane < m && src < rank && x > T ? 1 : 0);
-  eq_lower = __reduce_add_sync(0xffffffffu, lane < m && src < rank && x == T ? 1 : 0);
 }
 
 #endif
@@ -163,18 +121,16 @@ __device__ void finish_exact(TopnShared& s, int rank, const unsigned (&cnt)[C], 
 // (safe when the kernel before, the scoring, does not trigger early: everything it waited for,
 // which includes whatever wrote the position, has completed before this grid can launch).
 template <int C>
-__global__ void __launch_bounds__(kThreads, 1) select_cluster_kernel(DescLayout L, ResaParams p, const int* pos_dev,
+__global__ void __launch_bounds__(kThreads) select_cluster_kernel(DescLayout L, ResaParams p, const int* pos_dev,
                                                                  const uint32_t* keys_all, const uint2* ranges_all,
                                                                  int32_t* blocks, int64_t blocks_stride,
-                                                                 int* n_sel_out, bool pos_early, bool finish,
-                                                                 int stop) {
+                                                                 int* n_sel_out, bool pos_early, int stop) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   __shared__ TopnShared s;
   const int h = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int rank = (int)cg::this_cluster().block_rank();
   for (int i = tid; i < kBins; i += kThreads) s.fine[0][i] = 0;
   if (tid < kCoarse) s.coarse[0][tid] = 0;
-  if (tid == 0) s.n_cand = 0;
   int pos = pos_early ? *pos_dev : 0;
   pdl_wait();  // the keys come from the scoring launched just before (PDL)
   if (stop == 1) return;
@@ -193,11 +149,8 @@ __global__ void __launch_bounds__(kThreads, 1) select_cluster_kernel(DescLayout 
     for (int i = tid; i < n_local; i += kThreads) out[n_pick + i] = n_scored + i;
   if (n_pick <= 0) return;
 
-  // This CTA's keys: vectors [cv0, cv1) of the row, split evenly into contiguous runs per thread,
-  // over the first c_eff CTAs only: a shallow context in a large cache uses fewer of them (the
-  // others hold no keys, and the merges skip them).
-  const int c_eff = min(C, (n_scored + kKeysPerCta - 1) / kKeysPerCta);
-  const int n_vec = (n_scored + 3) / 4, per_cta = (n_vec + c_eff - 1) / c_eff;
+  // This CTA's keys: vectors [cv0, cv1) of the row, split evenly into contiguous runs per thread.
+  const int n_vec = (n_scored + 3) / 4, per_cta = (n_vec + C - 1) / C;
   const int cv0 = min(n_vec, rank * per_cta), cv1 = min(n_vec, cv0 + per_cta), cn = cv1 - cv0;
   const int v0 = cv0 + tid * cn / kThreads, v1 = cv0 + (tid + 1) * cn / kThreads;
   const int first = 4 * v0, nk = min(4 * v1, n_scored) - first;  // this thread's keys: [first, first + nk)
@@ -238,13 +191,10 @@ __global__ void __launch_bounds__(kThreads, 1) select_cluster_kernel(DescLayout 
   }
   if (stop == 2) return;
 
-  // Radix select; T = lo + prefix, or the exact finish's. gt_lower: keys > T in lower-ranked CTAs;
-  // eq_lower: == T.
-  uint32_t prefix = 0, mask = 0, T = 0;
+  // Radix select; T = lo + prefix. gt_lower: keys > T in lower-ranked CTAs; eq_lower: == T.
+  uint32_t prefix = 0, mask = 0;
   int k = n_pick, gt_lower = 0, eq_lower = min(4 * cv0, n_scored);  // no pass: every key equals lo
   int buf = 0;
-  bool exact = false;
-  unsigned cnt[C];  // warp 0: each CTA's keys in the last digit
   for (int top = 32 - __clz(hi - lo); top > 0;) {
     const int shift = max(top - kBits, 0);
     const uint32_t digit_mask = (1u << (top - shift)) - 1u;
@@ -260,14 +210,13 @@ __global__ void __launch_bounds__(kThreads, 1) select_cluster_kernel(DescLayout 
     cluster_arrive();  // release: this CTA's histogram, to the cluster
     cluster_wait();
     if (warp == 0) {
-      int digit, k_left, gtl, eql, n_in;
-      merge_pass<C>(s, buf, rank, c_eff, k, digit, k_left, gtl, eql, n_in, cnt);
+      int digit, k_left, gtl, eql;
+      merge_pass<C>(s, buf, rank, k, digit, k_left, gtl, eql);
       if (lane == 0) {
         s.digit = digit;
         s.k = k_left;
         s.gt_lower = gtl;
         s.eq_lower = eql;
-        s.n_in = n_in;
       }
     } else {  // the other buffer's remote readers (the previous pass's merges) are past this barrier
       for (int i = tid - 32; i < kBins; i += kThreads - 32) s.fine[buf ^ 1][i] = 0;
@@ -282,41 +231,13 @@ __global__ void __launch_bounds__(kThreads, 1) select_cluster_kernel(DescLayout 
     top = shift;
     buf ^= 1;
     if (stop == 3) break;
-    if (top > 0 && s.n_in <= kFinishMax && finish) {
-      // Few keys left in the digit: rank them exactly (one barrier, one round of loads) rather
-      // than bin them again.
-#pragma unroll
-      for (int i = 0; i < 4 * kMaxVecs; ++i)
-        if (i < nk && ((key[i] - lo) & mask) == prefix) s.cand[atomicAdd(&s.n_cand, 1)] = key[i];
-      const int m = s.n_in;
-      cluster_arrive();  // release: the candidate lists, to the cluster
-      cluster_wait();
-      if (warp == 0) {
-        uint32_t t;
-        int need, gtl, eql;
-        finish_exact<C>(s, rank, cnt, m, k, t, need, gtl, eql);
-        if (lane == 0) {
-          s.T = t;
-          s.k = need;
-          s.gt_lower = gtl;
-          s.eq_lower = eql;
-        }
-      }
-      __syncthreads();
-      T = s.T;
-      k = s.k;
-      gt_lower += s.gt_lower;
-      eq_lower = s.eq_lower;
-      exact = true;
-      break;
-    }
   }
   cluster_arrive();  // this CTA reads no other CTA's shared memory from here on
   if (stop != 0) {
     cluster_wait();
     return;
   }
-  if (!exact) T = lo + prefix;
+  const uint32_t T = lo + prefix;
   const int need_eq = k;  // keys equal to T to take, lowest blocks first
 
   // Compaction: positions from the lower CTAs' counts, then this CTA's block scan.
@@ -374,8 +295,7 @@ void launch_cluster(const DescLayout& L, const ResaParams& p, const int* pos_dev
   lc.numAttrs = pdl_enabled() ? 2 : 1;
   const uint2* ranges = reinterpret_cast<const uint2*>(scratch + (size_t)L.n_kv_head * L.max_blocks);
   PYRESA_CUDA_CHECK(cudaLaunchKernelEx(&lc, select_cluster_kernel<C>, L, p, pos_dev, scratch, ranges, blocks,
-                                       blocks_stride, n_sel_out, !cfg.score_trigger, cfg.topn_finish,
-                                       cfg.topn_stop));
+                                       blocks_stride, n_sel_out, !cfg.score_trigger, cfg.topn_stop));
   PYRESA_CUDA_LAUNCH_CHECK();
 }
 
@@ -414,9 +334,8 @@ int select_cluster_size(const DescLayout& L) {
   static int major[64] = {};
   if (!major[dev & 63]) PYRESA_CUDA_CHECK(cudaDeviceGetAttribute(&major[dev & 63], cudaDevAttrComputeCapabilityMajor, dev));
   if (major[dev & 63] < 9) return 0;
-  // Cluster size: forced, or the fewest CTAs that hold ~2,048 keys each (run 11, H100 at 8K and 16K
-  // keys per KV head: 2,048 keys per CTA beat 1,024, i.e. 4 and 8 CTAs beat 8 and 16); then raised
-  // until a CTA holds at most kMaxVecs vectors per thread (n_scored <= max_blocks).
+  // Cluster size: forced, or the fewest CTAs that hold <= kKeysPerCta keys each; then raised until
+  // a CTA holds at most kMaxVecs vectors per thread (n_scored <= max_blocks).
   const int max_c = sixteen_fit(dev) ? 16 : 8;
   const int forced = select_config().topn_ctas;
   int C = 1;

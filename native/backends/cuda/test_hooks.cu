@@ -564,12 +564,11 @@ std::vector<std::vector<int32_t>> select_blocks_steps(const float* q, int n_step
   return res;
 }
 
-void set_select_kernels(int topn, int ctas, bool score_trigger, int stop, bool finish, bool score_early_q) {
+void set_select_kernels(int topn, int ctas, bool score_trigger, int stop, bool score_early_q) {
   cuda::select_config().topn = topn;
   cuda::select_config().topn_ctas = ctas;
   cuda::select_config().score_trigger = score_trigger;
   cuda::select_config().topn_stop = stop;
-  cuda::select_config().topn_finish = finish;
   cuda::select_config().score_early_q = score_early_q;
 }
 

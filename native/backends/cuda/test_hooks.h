@@ -76,9 +76,8 @@ std::vector<std::vector<int32_t>> select_blocks_steps(const float* q, int n_step
                                                       int n_kv_head, int cap, int D, const int* n_tokens,
                                                       int block_size, double ratio, int min_blocks, int local_blocks);
 // The block selection's kernels (cuda::SelectConfig: the engine's PYRESA_CUDA_TOPN, _TOPN_CTAS,
-// _SCORE_TRIGGER, _TOPN_FINISH, _SCORE_EARLY_Q; stop: bench only, the cluster top-n stops after
-// that phase).
-void set_select_kernels(int topn, int ctas, bool score_trigger, int stop, bool finish, bool score_early_q);
+// _SCORE_TRIGGER, _SCORE_EARLY_Q; stop: bench only, the cluster top-n stops after that phase).
+void set_select_kernels(int topn, int ctas, bool score_trigger, int stop, bool score_early_q);
 // ctas > 1: the multi-CTA argmax with that many CTAs; else the one-CTA kernel.
 int argmax(const float* x, int n, int ctas);
 // The k largest of x[0 .. n) after the repetition penalty on `penalized` (see sampling.cuh):

@@ -52,6 +52,111 @@ __device__ __forceinline__ int decode_span_start(const AttentionArgs& a, int h, 
   return a.blocks[h * a.blocks_stride + e / spb] * a.block_size + (e % spb) * 16;
 }
 
+__device__ __forceinline__ unsigned load_acquire(const unsigned* p) {
+  unsigned v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
+// The combine inside the attention kernel (decode_combine_mode 1), after this CTA has written its
+// partial (m, l, O) rows to a.work. Each CTA of KV head h takes a ticket from a counter that
+// wraps to 0 after the last one (so it is zero again for the next launch); the CTAs with the
+// last `mergers` tickets each merge a share of the head's R x 8 chunks (16 or 8 dimensions of one
+// row) once the last CTA has bumped the head's epoch. Those CTAs have finished their own work,
+// and the host keeps them under half the resident CTAs, so the ones still to arrive always have
+// room to run. The arithmetic is combine_parallel_kernel's, step for step (max, the weights,
+// L summed per 32 splits then over the groups of 32 in order, O summed per group of splits
+// g, g + CS, ... then over the groups in order), so the output is the same bits.
+template <int D>
+__device__ __forceinline__ void merge_splits_in_kernel(const AttentionArgs& a, int h, int R, float* smem) {
+  constexpr int CS = 1024 / D, LG = 32 / CS;  // split groups (as combine_parallel_kernel); lanes per group
+  constexpr int P = 8, CD = D / P, NI = CD / (2 * LG);  // chunks per row, their dims, float2 items per lane
+  static_assert(NI >= 1 && NI * 2 * LG == CD, "chunk shape");
+  const int lane = threadIdx.x, S = gridDim.x, G = a.n_head / a.n_kv_head;
+  unsigned* arrive = a.sync + 2 * h;
+  unsigned* epoch = arrive + 1;
+
+  __threadfence();  // every lane's partial stores, visible before this CTA is counted
+  __syncwarp();
+  unsigned ticket = 0, e0 = 0;
+  if (lane == 0) {
+    e0 = load_acquire(epoch);  // read before arriving: the last arrival bumps it only after this
+    ticket = atomicInc(arrive, (unsigned)S - 1);
+  }
+  ticket = __shfl_sync(0xffffffffu, ticket, 0);
+  const int k = S - 1 - (int)ticket;  // 0 = the last to arrive
+  const int nm = min(a.combine_mergers, S);
+  if (k >= nm) return;
+  if (lane == 0) {
+    if (k == 0) {
+      __threadfence();
+      atomicAdd(epoch, 1u);
+    } else {
+      while (load_acquire(epoch) == e0) __nanosleep(64);
+    }
+  }
+  __syncwarp();
+  __threadfence();
+
+  float* cs = smem;         // [S] weights 2^(m_s - M)
+  float* ls = smem + 1024;  // [S] l_s
+  const int64_t ss = (int64_t)R * (D + 2);
+  const int g = lane / LG, q = lane % LG;
+  for (int c = k; c < R * P; c += nm) {
+    const int r = c / P, d0 = (c % P) * CD;
+    const float* base = a.work + ((int64_t)h * S * R + r) * (D + 2);
+    float M = -INFINITY;
+    for (int s = lane; s < S; s += 32) {
+      const float2 ml = __ldcg(reinterpret_cast<const float2*>(base + s * ss + D));
+      const float m = ml.y > 0.0f ? ml.x : -INFINITY;
+      cs[s] = m;
+      ls[s] = ml.y;
+      M = fmaxf(M, m);
+    }
+    M = warp_max(M);
+    float L = 0.0f;
+    for (int s0 = 0; s0 < S; s0 += 32) {
+      const int s = s0 + lane;
+      float lloc = 0.0f;
+      if (s < S) {
+        const float cv = (cs[s] == -INFINITY || M == -INFINITY) ? 0.0f : exp2f(cs[s] - M);
+        cs[s] = cv;
+        lloc = cv * ls[s];
+      }
+      lloc = warp_sum(lloc);
+      L += __shfl_sync(0xffffffffu, lloc, 0);
+    }
+    __syncwarp();
+    float2 acc[NI];
+#pragma unroll
+    for (int i = 0; i < NI; ++i) acc[i] = make_float2(0.0f, 0.0f);
+#pragma unroll 8
+    for (int s = g; s < S; s += CS) {
+      const float cv = cs[s];
+#pragma unroll
+      for (int i = 0; i < NI; ++i) {
+        const float2 o = __ldcg(reinterpret_cast<const float2*>(base + s * ss + d0 + i * 2 * LG + 2 * q));
+        acc[i].x += o.x * cv;
+        acc[i].y += o.y * cv;
+      }
+    }
+    const int iq = r / G, hq = (int)(h * G + r % G);
+    float* dst = a.out + iq * a.out_stride + (int64_t)hq * D + d0;
+#pragma unroll
+    for (int i = 0; i < NI; ++i) {
+      float sx = 0.0f, sy = 0.0f;
+#pragma unroll
+      for (int j = 0; j < CS; ++j) {
+        sx += __shfl_sync(0xffffffffu, acc[i].x, j * LG + q);
+        sy += __shfl_sync(0xffffffffu, acc[i].y, j * LG + q);
+      }
+      if (g == 0)
+        *reinterpret_cast<float2*>(dst + i * 2 * LG + 2 * q) = L > 0.0f ? make_float2(sx / L, sy / L) : make_float2(0.0f, 0.0f);
+    }
+    __syncwarp();  // cs / ls are rewritten for the next chunk
+  }
+}
+
 template <int D, int kStages>
 __global__ void __launch_bounds__(32) decode_attention_kernel(AttentionArgs a) {
   pdl_wait();  // inputs may come from the kernel launched just before (PDL)
@@ -68,26 +173,17 @@ __global__ void __launch_bounds__(32) decode_attention_kernel(AttentionArgs a) {
   const int lane = threadIdx.x, g4 = lane >> 2, t4 = lane & 3;
   const int split = blockIdx.x, n_splits = gridDim.x, h = blockIdx.y;
   const int G = a.n_head / a.n_kv_head, R = a.n_tok * G;  // R <= 8
-  const int pos0 = *a.pos_dev + a.pos_offset;
   const bool q_split = a.split_query;
 
-  // Q rows -> F16 (hi) and its rounding error (lo); rows past R are zero and fully masked.
-  for (int idx = lane; idx < 8 * (D / 2); idx += 32) {
-    const int r = idx / (D / 2), c = (idx % (D / 2)) * 2;
-    float2 v = make_float2(0.0f, 0.0f);
-    if (r < R) {
-      const int i = r / G, g = r % G;
-      v = *reinterpret_cast<const float2*>(a.q + i * a.q_stride + (int64_t)(h * G + g) * D + c);
-    }
-    const __half2 hi = __floats2half2_rn(v.x, v.y);
-    *reinterpret_cast<__half2*>(Qs + r * LD + c) = hi;
-    *reinterpret_cast<__half2*>(Qlo + r * LD + c) =
-        q_split ? __floats2half2_rn(v.x - __low2float(hi), v.y - __high2float(hi)) : __floats2half2_rn(0.0f, 0.0f);
-  }
-
+  // The prologue is a chain of dependent loads (position and selection count, then the block
+  // list, then the first tiles): the two counts are read together, and the first tiles' copies
+  // are issued before the query is read, so the query's L2 round trip overlaps their DRAM one.
+  const int* __restrict__ nsel_p = a.blocks ? a.n_sel_dev : a.pos_dev;
+  const int pos_raw = *a.pos_dev, n_sel = *nsel_p;
+  const int pos0 = pos_raw + a.pos_offset;
   const int max_pos = pos0 + (R - 1) / G;
   const int spb = a.block_size / 16;
-  const int n_spans = a.blocks ? *a.n_sel_dev * spb : max_pos / 16 + 1;
+  const int n_spans = a.blocks ? n_sel * spb : max_pos / 16 + 1;
   const int n_tiles = (n_spans + 1) / 2;
   const int t_begin = (int)((int64_t)n_tiles * split / n_splits);
   const int t_end = (int)((int64_t)n_tiles * (split + 1) / n_splits);
@@ -122,6 +218,21 @@ __global__ void __launch_bounds__(32) decode_attention_kernel(AttentionArgs a) {
     if (t_begin + p < t_end) load_tile(p, t_begin + p);
     cp_async_commit();
   }
+
+  // Q rows -> F16 (hi) and its rounding error (lo); rows past R are zero and fully masked.
+  for (int idx = lane; idx < 8 * (D / 2); idx += 32) {
+    const int r = idx / (D / 2), c = (idx % (D / 2)) * 2;
+    float2 v = make_float2(0.0f, 0.0f);
+    if (r < R) {
+      const int i = r / G, g = r % G;
+      v = *reinterpret_cast<const float2*>(a.q + i * a.q_stride + (int64_t)(h * G + g) * D + c);
+    }
+    const __half2 hi = __floats2half2_rn(v.x, v.y);
+    *reinterpret_cast<__half2*>(Qs + r * LD + c) = hi;
+    *reinterpret_cast<__half2*>(Qlo + r * LD + c) =
+        q_split ? __floats2half2_rn(v.x - __low2float(hi), v.y - __high2float(hi)) : __floats2half2_rn(0.0f, 0.0f);
+  }
+  __syncthreads();
 
   // Q^T as the B operand (k = dims, n = rows): b0/b1 of the hi and lo parts, for every k-step.
   uint32_t qh[D / 16][2], ql[D / 16][2];
@@ -284,6 +395,7 @@ __global__ void __launch_bounds__(32) decode_attention_kernel(AttentionArgs a) {
       }
     }
   }
+  if (n_splits > 1 && a.combine_mergers > 0) merge_splits_in_kernel<D>(a, h, R, reinterpret_cast<float*>(Ks));
 }
 
 template <int D, int kStages>
@@ -339,6 +451,19 @@ bool& decode_attention_enabled() {
 int& decode_attention_stages() {
   static int stages = 4;
   return stages;
+}
+
+int& decode_combine_mode() {
+  static int mode = 0;
+  return mode;
+}
+
+int decode_attention_resident_ctas() {
+  static int n_sm[64] = {};
+  int dev = 0;
+  cudaGetDevice(&dev);
+  if (!n_sm[dev & 63]) PYRESA_CUDA_CHECK(cudaDeviceGetAttribute(&n_sm[dev & 63], cudaDevAttrMultiProcessorCount, dev));
+  return decode_attention_ctas_per_sm() * n_sm[dev & 63];
 }
 
 bool decode_attention_applies(int n_tok, int n_head, int n_kv_head, int D) {

@@ -99,6 +99,8 @@ struct CudaEngine::Impl {
   // One-token gate+up with the SwiGLU quantization in its epilogue (PYRESA_CUDA_GLU_EPILOGUE):
   // the down product's input row and the per-block completion counters (zero between launches).
   DeviceBuffer act_glu, glu_counters;
+  // The decode attention's in-kernel combine counters (PYRESA_CUDA_DECODE_COMBINE=1; zeroed once).
+  DeviceBuffer attn_sync;
   bool glu_epilogue = false;  // slower on the H100 (run 10-fixed-fuse): off by default
   size_t act_rb_max = 0;
   int logits_rows = 0;  // rows logits_all holds
@@ -278,6 +280,8 @@ struct CudaEngine::Impl {
     wdeq = DeviceBuffer(std::min(max_w, std::max(kDequantScratchElems, max_w)) * sizeof(__half), "GEMM weight scratch");
     logits1 = DeviceBuffer(c.n_vocab * f, "logits");
     attn_work = DeviceBuffer(kAttnWorkBytes, "attention workspace");
+    attn_sync = DeviceBuffer(sizeof(unsigned) * cuda::attention_sync_words(c.n_head_kv), "attention combine counters");
+    PYRESA_CUDA_CHECK(cudaMemset(attn_sync.get(), 0, attn_sync.bytes()));
     small_ws = DeviceBuffer(size_t(32) << 20, "split-K workspace");
     if (FF % QK_K == 0) {
       act_glu = DeviceBuffer(act_row_bytes(GgmlType::Q8_K, FF), "quantized activations");
@@ -595,6 +599,7 @@ struct CudaEngine::Impl {
       a.scale = scale;
       a.n_splits = tail ? tail_splits : splits;
       a.work = attn_work.get<float>();
+      a.sync = attn_sync.get<unsigned>();
       // Decode steps keep the query and probabilities at ~F32 (two-term F16), as the CPU's decode
       // attention; rectification keeps the probabilities; prefill is plain F16 (compute-bound).
       a.precise = (kind == StepKind::Rectify && rect_precise) || kind == StepKind::SparseDecode ||
@@ -882,6 +887,8 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, CudaEngi
   // stages (4, 6, 12).
   cuda::decode_attention_enabled() = env_int("PYRESA_CUDA_SPARSE_STEP", 1) != 0;
   cuda::decode_attention_stages() = env_int("PYRESA_CUDA_DECODE_STAGES", 4);
+  // The decode kernel's splits merged by a separate kernel (0) or inside it (1, run 11).
+  cuda::decode_combine_mode() = env_int("PYRESA_CUDA_DECODE_COMBINE", 1);
   m.upload(weights);
   m.check_types();
   m.opt.n_batch = std::max(options.n_batch, m.att.rectify_every + 1);

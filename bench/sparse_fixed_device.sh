@@ -6,6 +6,9 @@
 # PYRESA_CUDA_DECODE_COMBINE=0/1 at 256K (bench/gpu_ab.py, AB_ROUNDS rounds) while time is left.
 #   carry [".gpuwork/src-<name>", ".gpuwork/whl"] (+ ".gpuwork/model" for the engine tests);
 #   cd .gpuwork/src-<name> && BUDGET=530 NCU=1 bash bench/sparse_fixed_device.sh
+# Call 1 ran it as above; call 2 (two-warp kernel): TEST_K="attention or combine or cuda_engine"
+# KB_ARGS="--sets sep,in,w2,w2in,w2_66" NCU_SETS="w2" AB_DEPTHS=262144 AB_MODES=dense,resa
+# AB_VARIANTS="--variant w1:PYRESA_CUDA_DECODE_WARPS=1 --variant w2:PYRESA_CUDA_DECODE_WARPS=2 ..."
 set -u
 source "$(dirname "$0")/gpu_common.sh"  # $src (cwd), $OUT
 t0=$(date +%s)
@@ -25,9 +28,9 @@ timeout $(( $(left) > 150 ? 150 : $(left) )) python3 bench/sparse_step_bench.py 
   ${KB_ARGS:-} > "$OUT/kernels.txt" 2>&1
 echo "kernel bench rc=$? at $(( $(date +%s) - t0 )) s"
 if [ -n "${NCU:-}" ] && [ $(left) -gt 200 ]; then
-  for set in sep in; do
+  for set in ${NCU_SETS:-sep in}; do
     timeout 60 ncu --section SpeedOfLight --section WarpStateStats --section MemoryWorkloadAnalysis \
-      --section LaunchStats --section Occupancy --cache-control none --clock-control none \
+      --section LaunchStats --section Occupancy --section SchedulerStats --cache-control none --clock-control none \
       --kernel-name regex:"decode_attention" --launch-skip 2 --launch-count 1 \
       python3 bench/sparse_step_bench.py --depths 262144 --reps 4 --copies 2 --sets $set > "$OUT/ncu_$set.txt" 2>&1
     echo "ncu $set rc=$?"
@@ -37,13 +40,14 @@ if [ -z "${NO_ENGINE:-}" ] && [ $(left) -gt 120 ]; then
   wait
   timeout $(( $(left) - 10 )) python3 bench/gpu_ab.py --model $W/syn7b.gguf --depths ${AB_DEPTHS:-262144} \
     --modes ${AB_MODES:-resa} --rounds ${AB_ROUNDS:-2} --out "$OUT/ab.json" \
-    --variant sep:PYRESA_CUDA_DECODE_COMBINE=0 --variant in:PYRESA_CUDA_DECODE_COMBINE=1 > "$OUT/ab.txt" 2>&1
+    ${AB_VARIANTS:---variant sep:PYRESA_CUDA_DECODE_COMBINE=0 --variant in:PYRESA_CUDA_DECODE_COMBINE=1} \
+    > "$OUT/ab.txt" 2>&1
   echo "engine A/B rc=$? at $(( $(date +%s) - t0 )) s"
 fi
 echo "=== tests"; grep -E "FAILED|rel err|Error|error" "$OUT/tests.txt" | sort | uniq | head -20; tail -2 "$OUT/tests.txt"
-for set in sep in; do
-  [ -f "$OUT/ncu_$set.txt" ] && { echo "=== ncu $set"; grep -E "Duration|DRAM Throughput|Memory Throughput|Issue Slots Busy|Warp Cycles Per Issued|No Eligible|Stall|Achieved Occupancy|Registers Per|L2 Hit|Mem Busy|Max Bandwidth|One or More|Active Warps" "$OUT/ncu_$set.txt" | sed 's/  */ /g' | head -24; }
+for set in ${NCU_SETS:-sep in}; do
+  [ -f "$OUT/ncu_$set.txt" ] && { echo "=== ncu $set"; grep -E "Duration|DRAM Throughput|Memory Throughput|Issue Slots Busy|Warp Cycles Per Issued|No Eligible|Stall|Achieved Occupancy|Registers Per|L2 Hit|Mem Busy|Max Bandwidth|One or More|Active Warps|Issued Warp|Eligible Warps" "$OUT/ncu_$set.txt" | sed 's/  */ /g' | head -24; }
 done
-echo "=== engine A/B"; tail -4 "$OUT/ab.txt" 2>/dev/null
+echo "=== engine A/B"; tail -6 "$OUT/ab.txt" 2>/dev/null
 echo "=== kernels"; sed -n '/^  depth/,$p' "$OUT/kernels.txt"; grep -iE "error|Traceback" "$OUT/kernels.txt" | head
 rm -f "$OUT"/cmake.log "$OUT"/build.log "$OUT"/kernels.json "$OUT"/synth.log

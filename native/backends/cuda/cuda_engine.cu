@@ -887,8 +887,10 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, CudaEngi
   // stages (4, 6, 12).
   cuda::decode_attention_enabled() = env_int("PYRESA_CUDA_SPARSE_STEP", 1) != 0;
   cuda::decode_attention_stages() = env_int("PYRESA_CUDA_DECODE_STAGES", 4);
-  // The decode kernel's splits merged by a separate kernel (0) or inside it (1, run 11).
-  cuda::decode_combine_mode() = env_int("PYRESA_CUDA_DECODE_COMBINE", 1);
+  // The decode kernel's splits merged by a separate kernel (0) or inside it (1, run 11: slower);
+  // its warps per CTA (1, or 2: run 11).
+  cuda::decode_combine_mode() = env_int("PYRESA_CUDA_DECODE_COMBINE", 0);
+  cuda::decode_attention_warps() = env_int("PYRESA_CUDA_DECODE_WARPS", 2) == 2 ? 2 : 1;
   m.upload(weights);
   m.check_types();
   m.opt.n_batch = std::max(options.n_batch, m.att.rectify_every + 1);

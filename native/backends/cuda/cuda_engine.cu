@@ -888,9 +888,10 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, CudaEngi
   cuda::decode_attention_enabled() = env_int("PYRESA_CUDA_SPARSE_STEP", 1) != 0;
   cuda::decode_attention_stages() = env_int("PYRESA_CUDA_DECODE_STAGES", 4);
   // The decode kernel's splits merged by a separate kernel (0) or inside it (1, run 11: slower);
-  // its warps per CTA (1, or 2: run 11).
+  // its warps per CTA (1, or 2: run 11, written after the last device call, not yet measured or
+  // device-tested, so off by default).
   cuda::decode_combine_mode() = env_int("PYRESA_CUDA_DECODE_COMBINE", 0);
-  cuda::decode_attention_warps() = env_int("PYRESA_CUDA_DECODE_WARPS", 2) == 2 ? 2 : 1;
+  cuda::decode_attention_warps() = env_int("PYRESA_CUDA_DECODE_WARPS", 1) == 2 ? 2 : 1;
   m.upload(weights);
   m.check_types();
   m.opt.n_batch = std::max(options.n_batch, m.att.rectify_every + 1);

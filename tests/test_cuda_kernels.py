@@ -283,15 +283,19 @@ def test_rope(neox, pos0):
     assert rel_err(got, rope_ref(x, pos0, 10000.0, neox)) < 2e-6
 
 
-@pytest.fixture(params=[(True, 4), (False, 4), (True, 12), (True, 6)],
-                ids=["decode_kernel", "old_kernels", "decode_kernel_12_stages", "decode_kernel_6_stages"])
+@pytest.fixture(params=[(True, 4, 0, 1), (False, 4, 0, 1), (True, 12, 0, 1), (True, 6, 0, 1), (True, 4, 1, 1),
+                        (True, 4, 0, 2), (True, 4, 1, 2)],
+                ids=["decode_kernel", "old_kernels", "decode_kernel_12_stages", "decode_kernel_6_stages",
+                     "decode_kernel_combine_inside", "decode_kernel_2_warps", "decode_kernel_2_warps_combine_inside"])
 def step_kernels(request):
-    """The decode step's kernels (the engine's PYRESA_CUDA_SPARSE_STEP, PYRESA_CUDA_DECODE_STAGES):
-    the decode attention kernel and parallel combine or the general kernel and serial combine; the
-    decode kernel's cp.async stages."""
+    """The decode step's kernels (the engine's PYRESA_CUDA_SPARSE_STEP, PYRESA_CUDA_DECODE_STAGES,
+    PYRESA_CUDA_DECODE_COMBINE, PYRESA_CUDA_DECODE_WARPS): the decode attention kernel and parallel
+    combine or the general kernel and serial combine; the decode kernel's cp.async stages; its
+    splits merged by the separate combine kernel (0) or inside the attention kernel (1); one warp
+    per CTA or two (each one span of every tile)."""
     core.cuda_test.set_sparse_step_kernels(*request.param)
     yield request.param
-    core.cuda_test.set_sparse_step_kernels(True, 4)
+    core.cuda_test.set_sparse_step_kernels(True, 4, 0, 1)
 
 
 @pytest.fixture(params=[(0, 0, False, 0, False), (1, 0, False, 0, True), (1, 1, False, 0, True), (1, 2, False, 0, True),
@@ -382,6 +386,52 @@ def test_sparse_attention_vs_cpu(block_size, n_kv, frac, splits, step_kernels):
         assert rel_err(got, dense.reshape(H, D)) < 3e-3
         ref_dense = attention_ref(q.astype(np.float16).astype(np.float32), K, V, n_kv - 1, scale)
         assert rel_err(dense, ref_dense) < 1e-5
+
+
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("n_kv,splits", [(700, 2), (3000, 7), (5000, 16), (40000, 99), (40000, 300), (2000, 37)])
+@pytest.mark.parametrize("warps", [1, 2])
+def test_decode_combine_inside_matches_separate(D, sparse, n_kv, splits, warps):
+    """The decode kernel's in-kernel combine (PYRESA_CUDA_DECODE_COMBINE=1: the last CTAs of each
+    KV head merge the splits) gives the separate combine kernel's bits, and the CPU's answer.
+    300 splits x 4 heads is more than one wave: the merging CTAs wait while later ones run. The
+    hook checks that the arrival counters are back at zero."""
+    rng = np.random.default_rng()
+    H, Hkv, n_tok = (28, 4, 1) if D == 128 else (9, 3, 2)
+    cap = n_kv + 5
+    q = rng.standard_normal((n_tok, H, D)).astype(np.float32)
+    K = rng.standard_normal((Hkv, cap, D)).astype(np.float16)
+    V = rng.standard_normal((Hkv, cap, D)).astype(np.float16)
+    scale = 1 / np.sqrt(D)
+    blocks = None
+    pos0 = n_kv - n_tok
+    if sparse:
+        n_blocks = -(-n_kv // 16)
+        n_sel = max(1, n_blocks // 10)
+        blocks = np.stack([np.sort(np.concatenate([rng.choice(n_blocks - 1, n_sel - 1, replace=False),
+                                                   [n_blocks - 1]])) for _ in range(Hkv)]).astype(np.int32)
+    args = (q.reshape(-1), n_tok, H, Hkv, D, K.view(np.uint16).reshape(-1), V.view(np.uint16).reshape(-1), cap, pos0,
+            None if blocks is None else blocks.reshape(-1), 16, scale, splits)
+    try:
+        core.cuda_test.set_sparse_step_kernels(True, 4, 0, warps)
+        separate = core.cuda_test.attention(*args)
+        core.cuda_test.set_sparse_step_kernels(True, 4, 1, warps)
+        inside = core.cuda_test.attention(*args)
+        again = core.cuda_test.attention(*args)
+    finally:
+        core.cuda_test.set_sparse_step_kernels(True, 4, 0, 1)
+    inside = inside.reshape(-1)
+    assert np.isfinite(inside).all()
+    assert np.array_equal(inside.view(np.uint32), separate.reshape(-1).view(np.uint32))
+    assert np.array_equal(inside.view(np.uint32), again.reshape(-1).view(np.uint32))
+    if sparse and n_tok == 1:
+        ref = core.sparse_attention(q[0], K, V, n_kv, scale, 16, blocks).reshape(-1)
+    elif sparse:  # the query at ~F32 (two-term F16)
+        ref = attention_ref(q, K, V, pos0, scale, blocks).reshape(-1)
+    else:  # dense: the query rounded to F16, as the CPU's dense attention
+        ref = attention_ref(q.astype(np.float16).astype(np.float32), K, V, pos0, scale).reshape(-1)
+    assert rel_err(inside, ref) < 1e-5
 
 
 @pytest.mark.parametrize("D", [64, 128])

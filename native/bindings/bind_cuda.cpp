@@ -319,15 +319,16 @@ void bind_cuda(nb::module_& m) {
     return nb::make_tuple(numpy_array(std::move(ids), {n}), numpy_array(std::move(vals), {n}), mx, sum);
   });
   t.def("set_sparse_step_kernels", &cuda_test::set_sparse_step_kernels, nb::arg("decode_attention"),
-        nb::arg("decode_stages"));
+        nb::arg("decode_stages"), nb::arg("combine") = -1, nb::arg("warps") = -1);
   t.def("time_sparse_step", [](int n_tokens, int reps, int copies, int n_head, int n_kv_head, int D, bool select_only,
-                               int cap_tokens) {
+                               int cap_tokens, int sparse_splits) {
     nb::dict d;
-    for (auto& kv : cuda_test::time_sparse_step(n_tokens, reps, copies, n_head, n_kv_head, D, select_only, cap_tokens))
+    for (auto& kv : cuda_test::time_sparse_step(n_tokens, reps, copies, n_head, n_kv_head, D, select_only, cap_tokens,
+                                                sparse_splits))
       d[kv.first.c_str()] = kv.second;
     return d;
   }, nb::arg("n_tokens"), nb::arg("reps") = 200, nb::arg("copies") = 4, nb::arg("n_head") = 28, nb::arg("n_kv_head") = 4,
-     nb::arg("D") = 128, nb::arg("select_only") = false, nb::arg("cap_tokens") = 0);
+     nb::arg("D") = 128, nb::arg("select_only") = false, nb::arg("cap_tokens") = 0, nb::arg("sparse_splits") = 0);
 }
 
 #endif

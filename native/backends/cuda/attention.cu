@@ -413,8 +413,18 @@ void attention(const AttentionArgs& a, cudaStream_t stream) {
   if (a.n_splits > 1 && !a.work) throw std::invalid_argument("attention: n_splits > 1 needs a workspace");
   if (a.n_splits > kMaxCombineSplits) throw std::invalid_argument("attention: too many splits");
   if (decode_attention_applies(a.n_tok, a.n_head, a.n_kv_head, a.D)) {
-    attention_decode_partials(a, stream);
-    if (a.n_splits > 1) {
+    AttentionArgs d = a;
+    d.combine_mergers = 0;
+    if (a.n_splits > 1 && a.sync && decode_combine_mode() == 1) {
+      // One merging CTA per chunk (8 per row) at most, and together under half of the resident
+      // CTAs: those CTAs wait for the last of their head, which must find room to run.
+      const int R = a.n_tok * (a.n_head / a.n_kv_head);
+      const int room = decode_attention_resident_ctas() / 2 / a.n_kv_head;
+      d.combine_mergers = std::min({a.n_splits, 8 * R, room});
+      if (d.combine_mergers < 1) d.combine_mergers = 0;
+    }
+    attention_decode_partials(d, stream);
+    if (a.n_splits > 1 && d.combine_mergers == 0) {
       if (a.D == 128) launch_combine<128>(a, true, stream);
       else launch_combine<64>(a, true, stream);
     }

@@ -38,7 +38,17 @@ struct AttentionArgs {
   int n_splits = 1;
   // Workspace for n_splits > 1: n_kv_head * n_splits * rows * (D + 2) floats.
   float* work = nullptr;
+  // Decode kernel only: 2 counters per KV head (zero at first use; every launch leaves them
+  // consistent) for the combine inside the attention kernel (attention_decode.cu,
+  // decode_combine_mode); nullptr = the separate combine kernel.
+  unsigned* sync = nullptr;
+  // Set by attention(), not by callers: CTAs per KV head that merge the splits in the decode
+  // kernel (0 = the separate combine kernel runs after it).
+  int combine_mergers = 0;
 };
+
+// Counters a.sync needs for n_kv_head KV heads (unsigned ints, zeroed once by the owner).
+constexpr int attention_sync_words(int n_kv_head) { return 2 * n_kv_head; }
 
 // Split count for a decode step on the decode kernel (attention_decode.cu): one wave of CTAs;
 // 0 where that kernel does not apply (the caller's own choice then).

@@ -52,6 +52,111 @@ __device__ __forceinline__ int decode_span_start(const AttentionArgs& a, int h, 
   return a.blocks[h * a.blocks_stride + e / spb] * a.block_size + (e % spb) * 16;
 }
 
+__device__ __forceinline__ unsigned load_acquire(const unsigned* p) {
+  unsigned v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
+// The combine inside the attention kernel (decode_combine_mode 1), after this CTA has written its
+// partial (m, l, O) rows to a.work. Each CTA of KV head h takes a ticket from a counter that
+// wraps to 0 after the last one (so it is zero again for the next launch); the CTAs with the
+// last `mergers` tickets each merge a share of the head's R x 8 chunks (16 or 8 dimensions of one
+// row) once the last CTA has bumped the head's epoch. Those CTAs have finished their own work,
+// and the host keeps them under half the resident CTAs, so the ones still to arrive always have
+// room to run. The arithmetic is combine_parallel_kernel's, step for step (max, the weights,
+// L summed per 32 splits then over the groups of 32 in order, O summed per group of splits
+// g, g + CS, ... then over the groups in order), so the output is the same bits.
+template <int D>
+__device__ __forceinline__ void merge_splits_in_kernel(const AttentionArgs& a, int h, int R, float* smem) {
+  constexpr int CS = 1024 / D, LG = 32 / CS;  // split groups (as combine_parallel_kernel); lanes per group
+  constexpr int P = 8, CD = D / P, NI = CD / (2 * LG);  // chunks per row, their dims, float2 items per lane
+  static_assert(NI >= 1 && NI * 2 * LG == CD, "chunk shape");
+  const int lane = threadIdx.x, S = gridDim.x, G = a.n_head / a.n_kv_head;
+  unsigned* arrive = a.sync + 2 * h;
+  unsigned* epoch = arrive + 1;
+
+  __threadfence();  // every lane's partial stores, visible before this CTA is counted
+  __syncwarp();
+  unsigned ticket = 0, e0 = 0;
+  if (lane == 0) {
+    e0 = load_acquire(epoch);  // read before arriving: the last arrival bumps it only after this
+    ticket = atomicInc(arrive, (unsigned)S - 1);
+  }
+  ticket = __shfl_sync(0xffffffffu, ticket, 0);
+  const int k = S - 1 - (int)ticket;  // 0 = the last to arrive
+  const int nm = min(a.combine_mergers, S);
+  if (k >= nm) return;
+  if (lane == 0) {
+    if (k == 0) {
+      __threadfence();
+      atomicAdd(epoch, 1u);
+    } else {
+      while (load_acquire(epoch) == e0) __nanosleep(64);
+    }
+  }
+  __syncwarp();
+  __threadfence();
+
+  float* cs = smem;         // [S] weights 2^(m_s - M)
+  float* ls = smem + 1024;  // [S] l_s
+  const int64_t ss = (int64_t)R * (D + 2);
+  const int g = lane / LG, q = lane % LG;
+  for (int c = k; c < R * P; c += nm) {
+    const int r = c / P, d0 = (c % P) * CD;
+    const float* base = a.work + ((int64_t)h * S * R + r) * (D + 2);
+    float M = -INFINITY;
+    for (int s = lane; s < S; s += 32) {
+      const float2 ml = __ldcg(reinterpret_cast<const float2*>(base + s * ss + D));
+      const float m = ml.y > 0.0f ? ml.x : -INFINITY;
+      cs[s] = m;
+      ls[s] = ml.y;
+      M = fmaxf(M, m);
+    }
+    M = warp_max(M);
+    float L = 0.0f;
+    for (int s0 = 0; s0 < S; s0 += 32) {
+      const int s = s0 + lane;
+      float lloc = 0.0f;
+      if (s < S) {
+        const float cv = (cs[s] == -INFINITY || M == -INFINITY) ? 0.0f : exp2f(cs[s] - M);
+        cs[s] = cv;
+        lloc = cv * ls[s];
+      }
+      lloc = warp_sum(lloc);
+      L += __shfl_sync(0xffffffffu, lloc, 0);
+    }
+    __syncwarp();
+    float2 acc[NI];
+#pragma unroll
+    for (int i = 0; i < NI; ++i) acc[i] = make_float2(0.0f, 0.0f);
+#pragma unroll 8
+    for (int s = g; s < S; s += CS) {
+      const float cv = cs[s];
+#pragma unroll
+      for (int i = 0; i < NI; ++i) {
+        const float2 o = __ldcg(reinterpret_cast<const float2*>(base + s * ss + d0 + i * 2 * LG + 2 * q));
+        acc[i].x += o.x * cv;
+        acc[i].y += o.y * cv;
+      }
+    }
+    const int iq = r / G, hq = (int)(h * G + r % G);
+    float* dst = a.out + iq * a.out_stride + (int64_t)hq * D + d0;
+#pragma unroll
+    for (int i = 0; i < NI; ++i) {
+      float sx = 0.0f, sy = 0.0f;
+#pragma unroll
+      for (int j = 0; j < CS; ++j) {
+        sx += __shfl_sync(0xffffffffu, acc[i].x, j * LG + q);
+        sy += __shfl_sync(0xffffffffu, acc[i].y, j * LG + q);
+      }
+      if (g == 0)
+        *reinterpret_cast<float2*>(dst + i * 2 * LG + 2 * q) = L > 0.0f ? make_float2(sx / L, sy / L) : make_float2(0.0f, 0.0f);
+    }
+    __syncwarp();  // cs / ls are rewritten for the next chunk
+  }
+}
+
 template <int D, int kStages>
 __global__ void __launch_bounds__(32) decode_attention_kernel(AttentionArgs a) {
   pdl_wait();  // inputs may come from the kernel launched just before (PDL)
@@ -68,26 +173,17 @@ __global__ void __launch_bounds__(32) decode_attention_kernel(AttentionArgs a) {
   const int lane = threadIdx.x, g4 = lane >> 2, t4 = lane & 3;
   const int split = blockIdx.x, n_splits = gridDim.x, h = blockIdx.y;
   const int G = a.n_head / a.n_kv_head, R = a.n_tok * G;  // R <= 8
-  const int pos0 = *a.pos_dev + a.pos_offset;
   const bool q_split = a.split_query;
 
-  // Q rows -> F16 (hi) and its rounding error (lo); rows past R are zero and fully masked.
-  for (int idx = lane; idx < 8 * (D / 2); idx += 32) {
-    const int r = idx / (D / 2), c = (idx % (D / 2)) * 2;
-    float2 v = make_float2(0.0f, 0.0f);
-    if (r < R) {
-      const int i = r / G, g = r % G;
-      v = *reinterpret_cast<const float2*>(a.q + i * a.q_stride + (int64_t)(h * G + g) * D + c);
-    }
-    const __half2 hi = __floats2half2_rn(v.x, v.y);
-    *reinterpret_cast<__half2*>(Qs + r * LD + c) = hi;
-    *reinterpret_cast<__half2*>(Qlo + r * LD + c) =
-        q_split ? __floats2half2_rn(v.x - __low2float(hi), v.y - __high2float(hi)) : __floats2half2_rn(0.0f, 0.0f);
-  }
-
+  // The prologue is a chain of dependent loads (position and selection count, then the block
+  // list, then the first tiles): the two counts are read together, and the first tiles' copies
+  // are issued before the query is read, so the query's L2 round trip overlaps their DRAM one.
+  const int* __restrict__ nsel_p = a.blocks ? a.n_sel_dev : a.pos_dev;
+  const int pos_raw = *a.pos_dev, n_sel = *nsel_p;
+  const int pos0 = pos_raw + a.pos_offset;
   const int max_pos = pos0 + (R - 1) / G;
   const int spb = a.block_size / 16;
-  const int n_spans = a.blocks ? *a.n_sel_dev * spb : max_pos / 16 + 1;
+  const int n_spans = a.blocks ? n_sel * spb : max_pos / 16 + 1;
   const int n_tiles = (n_spans + 1) / 2;
   const int t_begin = (int)((int64_t)n_tiles * split / n_splits);
   const int t_end = (int)((int64_t)n_tiles * (split + 1) / n_splits);
@@ -122,6 +218,21 @@ __global__ void __launch_bounds__(32) decode_attention_kernel(AttentionArgs a) {
     if (t_begin + p < t_end) load_tile(p, t_begin + p);
     cp_async_commit();
   }
+
+  // Q rows -> F16 (hi) and its rounding error (lo); rows past R are zero and fully masked.
+  for (int idx = lane; idx < 8 * (D / 2); idx += 32) {
+    const int r = idx / (D / 2), c = (idx % (D / 2)) * 2;
+    float2 v = make_float2(0.0f, 0.0f);
+    if (r < R) {
+      const int i = r / G, g = r % G;
+      v = *reinterpret_cast<const float2*>(a.q + i * a.q_stride + (int64_t)(h * G + g) * D + c);
+    }
+    const __half2 hi = __floats2half2_rn(v.x, v.y);
+    *reinterpret_cast<__half2*>(Qs + r * LD + c) = hi;
+    *reinterpret_cast<__half2*>(Qlo + r * LD + c) =
+        q_split ? __floats2half2_rn(v.x - __low2float(hi), v.y - __high2float(hi)) : __floats2half2_rn(0.0f, 0.0f);
+  }
+  __syncthreads();
 
   // Q^T as the B operand (k = dims, n = rows): b0/b1 of the hi and lo parts, for every k-step.
   uint32_t qh[D / 16][2], ql[D / 16][2];
@@ -284,48 +395,302 @@ __global__ void __launch_bounds__(32) decode_attention_kernel(AttentionArgs a) {
       }
     }
   }
+  if (n_splits > 1 && a.combine_mergers > 0) merge_splits_in_kernel<D>(a, h, R, reinterpret_cast<float*>(Ks));
 }
 
+// The same attention with two warps per CTA (decode_attention_warps 2, run 11): warp w takes span
+// w (16 tokens) of every 32-token tile, copies it (its own half of each stage), and keeps its own
+// online softmax over it; the two warps' (m, l, O) are merged once at the end through shared
+// memory. Why: Nsight Compute (run 11, 256K sparse) shows the one-warp kernel bound by its own
+// instruction latency (one warp per scheduler, 5.4 cycles per issued instruction, DRAM at 51 %):
+// each warp here does half of the tile's products on the same shared memory and occupancy (3
+// CTAs per SM), and the two warps never wait for each other inside the loop.
 template <int D, int kStages>
+__global__ void __launch_bounds__(64, 3) decode_attention_kernel_2w(AttentionArgs a) {
+  pdl_wait();  // inputs may come from the kernel launched just before (PDL)
+  using S = DecodeSmem<D, kStages>;
+  constexpr int LD = S::LD;
+  constexpr int CPR = D / 8, RPI = 32 / CPR;  // 16-byte chunks per K/V row; rows per warp copy instruction
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  __half* Qs = reinterpret_cast<__half*>(smem_raw);
+  __half* Qlo = Qs + S::q_elems;
+  __half* Ks = Qlo + S::q_elems;
+  __half* Vs = Ks + S::kv_elems;
+  int* tokpos = reinterpret_cast<int*>(Vs + S::kv_elems);
+  int* spans = tokpos + kStages * kTT;
+
+  const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, g4 = lane >> 2, t4 = lane & 3;
+  const int split = blockIdx.x, n_splits = gridDim.x, h = blockIdx.y;
+  const int G = a.n_head / a.n_kv_head, R = a.n_tok * G;  // R <= 8
+  const bool q_split = a.split_query;
+
+  const int* __restrict__ nsel_p = a.blocks ? a.n_sel_dev : a.pos_dev;
+  const int pos_raw = *a.pos_dev, n_sel = *nsel_p;
+  const int pos0 = pos_raw + a.pos_offset;
+  const int max_pos = pos0 + (R - 1) / G;
+  const int spb = a.block_size / 16;
+  const int n_spans = a.blocks ? n_sel * spb : max_pos / 16 + 1;
+  const int n_tiles = (n_spans + 1) / 2;
+  const int t_begin = (int)((int64_t)n_tiles * split / n_splits);
+  const int t_end = (int)((int64_t)n_tiles * (split + 1) / n_splits);
+
+  const int e0 = 2 * t_begin, n_e = 2 * (t_end - t_begin);
+  const bool cached = a.blocks && n_e <= kSpanCache;
+  if (cached)
+    for (int j = tid; j < n_e; j += 64) spans[j] = decode_span_start(a, h, e0 + j, n_spans, spb);
+  __syncthreads();
+
+  const __half* Kh = a.K + h * a.head_stride;
+  const __half* Vh = a.V + h * a.head_stride;
+  const int crow = lane / CPR, ccol = (lane % CPR) * 8;  // this lane's first row and column of a span
+  auto load_span = [&](int stage, int t) {                // span 2t + w into this warp's half of `stage`
+    const int e = 2 * t + w;
+    const int st = cached ? spans[e - e0] : decode_span_start(a, h, e, n_spans, spb);
+    const int bytes = st < 0 ? 0 : 16;
+    const int64_t src = (int64_t)(st < 0 ? 0 : st) * D + crow * D + ccol;
+    __half* kd = Ks + (stage * kTT + 16 * w + crow) * LD + ccol;
+    __half* vd = Vs + (stage * kTT + 16 * w + crow) * LD + ccol;
+#pragma unroll
+    for (int i = 0; i < 16 / RPI; ++i) {
+      cp_async16(kd + i * RPI * LD, Kh + src + i * RPI * D, bytes);
+      cp_async16(vd + i * RPI * LD, Vh + src + i * RPI * D, bytes);
+    }
+    if (lane < 16) tokpos[stage * kTT + 16 * w + lane] = st < 0 ? INT_MAX : st + lane;
+  };
+
+#pragma unroll
+  for (int p = 0; p < kStages - 1; ++p) {
+    if (t_begin + p < t_end) load_span(p, t_begin + p);
+    cp_async_commit();
+  }
+
+  for (int idx = tid; idx < 8 * (D / 2); idx += 64) {
+    const int r = idx / (D / 2), c = (idx % (D / 2)) * 2;
+    float2 v = make_float2(0.0f, 0.0f);
+    if (r < R) {
+      const int i = r / G, g = r % G;
+      v = *reinterpret_cast<const float2*>(a.q + i * a.q_stride + (int64_t)(h * G + g) * D + c);
+    }
+    const __half2 hi = __floats2half2_rn(v.x, v.y);
+    *reinterpret_cast<__half2*>(Qs + r * LD + c) = hi;
+    *reinterpret_cast<__half2*>(Qlo + r * LD + c) =
+        q_split ? __floats2half2_rn(v.x - __low2float(hi), v.y - __high2float(hi)) : __floats2half2_rn(0.0f, 0.0f);
+  }
+  __syncthreads();
+
+  uint32_t qh[D / 16][2], ql[D / 16][2];
+  {
+    const int j = lane >> 3;
+    const __half* qb = (j >> 1 ? Qlo : Qs) + (lane & 7) * LD + (j & 1) * 8;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) ldmatrix_x4(qh[kk][0], qh[kk][1], ql[kk][0], ql[kk][1], qb + 16 * kk);
+  }
+
+  const int rA = 2 * t4, rB = rA + 1;
+  const int limA = rA < R ? pos0 + rA / G : -1;
+  const int limB = rB < R ? pos0 + rB / G : -1;
+  const float sl2 = a.scale * 1.4426950408889634f;
+
+  float o[D / 16][4];
+#pragma unroll
+  for (int i = 0; i < D / 16; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+  float mA = -INFINITY, mB = -INFINITY, lA = 0.0f, lB = 0.0f;
+
+  for (int t = t_begin; t < t_end; ++t) {
+    const int it = t - t_begin, stage = it % kStages;
+    if (t + kStages - 1 < t_end) load_span((it + kStages - 1) % kStages, t + kStages - 1);
+    cp_async_commit();
+    cp_async_wait<kStages - 1>();
+    __syncwarp();  // this warp's copies (every lane's) have landed
+
+    const __half* ks = Ks + (stage * kTT + 16 * w) * LD;
+    const __half* vs = Vs + (stage * kTT + 16 * w) * LD;
+    const int* tp = tokpos + stage * kTT + 16 * w;
+
+    // S^T of this warp's 16 tokens: hi and lo query parts in separate accumulators.
+    float s[4] = {0.0f, 0.0f, 0.0f, 0.0f}, sl[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t ka[4];
+      ldmatrix_x4(ka[0], ka[1], ka[2], ka[3], ks + ((lane & 7) + ((lane >> 3) & 1) * 8) * LD + 16 * kk + (lane >> 4) * 8);
+      mma_16816(s, ka, qh[kk][0], qh[kk][1]);
+      if (q_split) mma_16816(sl, ka, ql[kk][0], ql[kk][1]);
+    }
+    float tmA = -INFINITY, tmB = -INFINITY;
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int pos = tp[g4 + 8 * (e >> 1)];
+      const float x = q_split ? s[e] + sl[e] : s[e];
+      const float v = pos <= ((e & 1) ? limB : limA) ? x * sl2 : -INFINITY;
+      s[e] = v;
+      if (e & 1) tmB = fmaxf(tmB, v);
+      else tmA = fmaxf(tmA, v);
+    }
+#pragma unroll
+    for (int off = 4; off < 32; off <<= 1) {
+      tmA = fmaxf(tmA, __shfl_xor_sync(0xffffffffu, tmA, off));
+      tmB = fmaxf(tmB, __shfl_xor_sync(0xffffffffu, tmB, off));
+    }
+    const float nmA = fmaxf(mA, tmA), nmB = fmaxf(mB, tmB);
+    const float baseA = nmA == -INFINITY ? 0.0f : nmA, baseB = nmB == -INFINITY ? 0.0f : nmB;
+    const float alA = exp2f(mA - baseA), alB = exp2f(mB - baseB);  // 0 while m was -inf
+    mA = nmA;
+    mB = nmB;
+    s[0] = exp2f(s[0] - baseA);
+    s[1] = exp2f(s[1] - baseB);
+    s[2] = exp2f(s[2] - baseA);
+    s[3] = exp2f(s[3] - baseB);
+    lA = lA * alA + (s[0] + s[2]);
+    lB = lB * alB + (s[1] + s[3]);
+
+    // O^T += V^T P^T over the 16 tokens (one k-step), into zeroed accumulators (see above).
+    const __half2 h01 = __floats2half2_rn(s[0], s[1]);
+    const __half2 h23 = __floats2half2_rn(s[2], s[3]);
+    const uint32_t b0 = transpose8x8(*reinterpret_cast<const uint32_t*>(&h01));
+    const uint32_t b1 = transpose8x8(*reinterpret_cast<const uint32_t*>(&h23));
+    uint32_t c0 = 0, c1 = 0;
+    if (a.precise) {
+      c0 = transpose8x8(pack_half2(s[0] - __low2float(h01), s[1] - __high2float(h01)));
+      c1 = transpose8x8(pack_half2(s[2] - __low2float(h23), s[3] - __high2float(h23)));
+    }
+#pragma unroll
+    for (int dp = 0; dp < D / 16; ++dp) {
+      uint32_t r0, r1, r2, r3;
+      ldmatrix_x4_trans(r0, r1, r2, r3, vs + (((lane >> 3) & 1) * 8 + (lane & 7)) * LD + 16 * dp + (lane >> 4) * 8);
+      const uint32_t va[4] = {r0, r2, r1, r3};
+      float ot[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      mma_16816(ot, va, b0, b1);
+      if (a.precise) mma_16816(ot, va, c0, c1);
+      o[dp][0] = fmaf(o[dp][0], alA, ot[0]);
+      o[dp][1] = fmaf(o[dp][1], alB, ot[1]);
+      o[dp][2] = fmaf(o[dp][2], alA, ot[2]);
+      o[dp][3] = fmaf(o[dp][3], alB, ot[3]);
+    }
+    __syncwarp();  // this warp's half of the stage is refilled by its next iteration's copies
+  }
+  cp_async_wait<0>();
+
+#pragma unroll
+  for (int off = 4; off < 32; off <<= 1) {
+    lA += __shfl_xor_sync(0xffffffffu, lA, off);
+    lB += __shfl_xor_sync(0xffffffffu, lB, off);
+  }
+
+  // Warp 1's (m, l, O) through shared memory (the K stages, no longer read), merged into warp 0's.
+  constexpr int XS = D / 4 + 4;  // floats per lane
+  float* xs = reinterpret_cast<float*>(Ks) + lane * XS;
+  __syncthreads();  // both warps are out of the loop: nobody reads the stages any more
+  if (w == 1) {
+#pragma unroll
+    for (int i = 0; i < D / 16; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) xs[4 * i + e] = o[i][e];
+    xs[D / 4] = mA;
+    xs[D / 4 + 1] = mB;
+    xs[D / 4 + 2] = lA;
+    xs[D / 4 + 3] = lB;
+  }
+  __syncthreads();
+  if (w == 1) return;  // no barrier follows
+  {
+    const float m1A = xs[D / 4], m1B = xs[D / 4 + 1], l1A = xs[D / 4 + 2], l1B = xs[D / 4 + 3];
+    const float MA = fmaxf(mA, m1A), MB = fmaxf(mB, m1B);
+    const float a0A = mA == -INFINITY ? 0.0f : exp2f(mA - MA), a1A = m1A == -INFINITY ? 0.0f : exp2f(m1A - MA);
+    const float a0B = mB == -INFINITY ? 0.0f : exp2f(mB - MB), a1B = m1B == -INFINITY ? 0.0f : exp2f(m1B - MB);
+    lA = lA * a0A + l1A * a1A;
+    lB = lB * a0B + l1B * a1B;
+    mA = MA;
+    mB = MB;
+#pragma unroll
+    for (int i = 0; i < D / 16; ++i) {
+      o[i][0] = o[i][0] * a0A + xs[4 * i + 0] * a1A;
+      o[i][1] = o[i][1] * a0B + xs[4 * i + 1] * a1B;
+      o[i][2] = o[i][2] * a0A + xs[4 * i + 2] * a1A;
+      o[i][3] = o[i][3] * a0B + xs[4 * i + 3] * a1B;
+    }
+  }
+  __syncwarp();  // xs is read: the in-kernel combine may reuse the K stages
+
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int r = half ? rB : rA;
+    if (r >= R) continue;
+    const float m = half ? mB : mA, l = half ? lB : lA;
+    if (n_splits == 1) {
+      const int i = r / G, hq = h * G + r % G;
+      float* dst = a.out + i * a.out_stride + (int64_t)hq * D;
+      const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+#pragma unroll
+      for (int dp = 0; dp < D / 16; ++dp) {
+        dst[16 * dp + g4] = o[dp][half] * inv;
+        dst[16 * dp + 8 + g4] = o[dp][2 + half] * inv;
+      }
+    } else {
+      float* dst = a.work + ((int64_t)(h * n_splits + split) * R + r) * (D + 2);
+#pragma unroll
+      for (int dp = 0; dp < D / 16; ++dp) {
+        dst[16 * dp + g4] = o[dp][half];
+        dst[16 * dp + 8 + g4] = o[dp][2 + half];
+      }
+      if (g4 == 0) {
+        dst[D] = m;
+        dst[D + 1] = l;
+      }
+    }
+  }
+  if (n_splits > 1 && a.combine_mergers > 0) merge_splits_in_kernel<D>(a, h, R, reinterpret_cast<float*>(Ks));
+}
+
+template <int D, int kStages, int NW>
+void (*decode_kernel())(AttentionArgs) {
+  if constexpr (NW == 2) return decode_attention_kernel_2w<D, kStages>;
+  else return decode_attention_kernel<D, kStages>;
+}
+
+template <int D, int kStages, int NW>
 void configure_decode() {  // the shared-memory opt-in, once per device
   static bool configured[64] = {};
   int dev = 0;
   cudaGetDevice(&dev);
   if (configured[dev & 63]) return;
-  PYRESA_CUDA_CHECK(cudaFuncSetAttribute(decode_attention_kernel<D, kStages>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
+  PYRESA_CUDA_CHECK(cudaFuncSetAttribute(decode_kernel<D, kStages, NW>(), cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          (int)DecodeSmem<D, kStages>::bytes));
   configured[dev & 63] = true;
 }
 
-template <int D, int kStages>
+template <int D, int kStages, int NW>
 int ctas_per_sm() {  // resident CTAs per SM (asked once per device, outside any graph capture)
   static int per_sm[64] = {};
   int dev = 0;
   cudaGetDevice(&dev);
   if (!per_sm[dev & 63]) {
-    configure_decode<D, kStages>();
+    configure_decode<D, kStages, NW>();
     int n = 0;
-    PYRESA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, decode_attention_kernel<D, kStages>, 32,
+    PYRESA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, decode_kernel<D, kStages, NW>(), 32 * NW,
                                                                     DecodeSmem<D, kStages>::bytes));
     per_sm[dev & 63] = n > 0 ? n : 1;
   }
   return per_sm[dev & 63];
 }
 
-template <int D, int kStages>
+template <int D, int kStages, int NW>
 void launch_decode(const AttentionArgs& a, cudaStream_t stream) {
-  configure_decode<D, kStages>();
-  launch(decode_attention_kernel<D, kStages>, dim3(a.n_splits, a.n_kv_head), 32, DecodeSmem<D, kStages>::bytes, stream, a);
+  configure_decode<D, kStages, NW>();
+  launch(decode_kernel<D, kStages, NW>(), dim3(a.n_splits, a.n_kv_head), 32 * NW, DecodeSmem<D, kStages>::bytes,
+         stream, a);
   PYRESA_CUDA_LAUNCH_CHECK();
 }
 
 template <int D>
 void launch_decode_d(const AttentionArgs& a, cudaStream_t stream) {
+  if (decode_attention_warps() == 2) {  // two warps: 4 stages only
+    launch_decode<D, 4, 2>(a, stream);
+    return;
+  }
   switch (decode_attention_stages()) {
-    case 6: launch_decode<D, 6>(a, stream); break;
-    case 12: launch_decode<D, 12>(a, stream); break;
-    default: launch_decode<D, 4>(a, stream);
+    case 6: launch_decode<D, 6, 1>(a, stream); break;
+    case 12: launch_decode<D, 12, 1>(a, stream); break;
+    default: launch_decode<D, 4, 1>(a, stream);
   }
 }
 
@@ -341,15 +706,34 @@ int& decode_attention_stages() {
   return stages;
 }
 
+int& decode_attention_warps() {
+  static int warps = 1;
+  return warps;
+}
+
+int& decode_combine_mode() {
+  static int mode = 0;
+  return mode;
+}
+
+int decode_attention_resident_ctas() {
+  static int n_sm[64] = {};
+  int dev = 0;
+  cudaGetDevice(&dev);
+  if (!n_sm[dev & 63]) PYRESA_CUDA_CHECK(cudaDeviceGetAttribute(&n_sm[dev & 63], cudaDevAttrMultiProcessorCount, dev));
+  return decode_attention_ctas_per_sm() * n_sm[dev & 63];
+}
+
 bool decode_attention_applies(int n_tok, int n_head, int n_kv_head, int D) {
   return decode_attention_enabled() && n_kv_head > 0 && n_tok * (n_head / n_kv_head) <= 8 && (D == 64 || D == 128);
 }
 
 int decode_attention_ctas_per_sm() {  // at D = 128 (the D = 64 kernel fits at least as many)
+  if (decode_attention_warps() == 2) return ctas_per_sm<128, 4, 2>();
   switch (decode_attention_stages()) {
-    case 6: return ctas_per_sm<128, 6>();
-    case 12: return ctas_per_sm<128, 12>();
-    default: return ctas_per_sm<128, 4>();
+    case 6: return ctas_per_sm<128, 6, 1>();
+    case 12: return ctas_per_sm<128, 12, 1>();
+    default: return ctas_per_sm<128, 4, 1>();
   }
 }
 

@@ -99,6 +99,8 @@ struct CudaEngine::Impl {
   // One-token gate+up with the SwiGLU quantization in its epilogue (PYRESA_CUDA_GLU_EPILOGUE):
   // the down product's input row and the per-block completion counters (zero between launches).
   DeviceBuffer act_glu, glu_counters;
+  // The decode attention's in-kernel combine counters (PYRESA_CUDA_DECODE_COMBINE=1; zeroed once).
+  DeviceBuffer attn_sync;
   bool glu_epilogue = false;  // slower on the H100 (run 10-fixed-fuse): off by default
   size_t act_rb_max = 0;
   int logits_rows = 0;  // rows logits_all holds
@@ -279,6 +281,8 @@ struct CudaEngine::Impl {
     wdeq = DeviceBuffer(std::min(max_w, std::max(kDequantScratchElems, max_w)) * sizeof(__half), "GEMM weight scratch");
     logits1 = DeviceBuffer(c.n_vocab * f, "logits");
     attn_work = DeviceBuffer(kAttnWorkBytes, "attention workspace");
+    attn_sync = DeviceBuffer(sizeof(unsigned) * cuda::attention_sync_words(c.n_head_kv), "attention combine counters");
+    PYRESA_CUDA_CHECK(cudaMemset(attn_sync.get(), 0, attn_sync.bytes()));
     small_ws = DeviceBuffer(size_t(32) << 20, "split-K workspace");
     if (FF % QK_K == 0) {
       act_glu = DeviceBuffer(act_row_bytes(GgmlType::Q8_K, FF), "quantized activations");
@@ -596,6 +600,7 @@ struct CudaEngine::Impl {
       a.scale = scale;
       a.n_splits = tail ? tail_splits : splits;
       a.work = attn_work.get<float>();
+      a.sync = attn_sync.get<unsigned>();
       // Decode steps keep the query and probabilities at ~F32 (two-term F16), as the CPU's decode
       // attention; rectification keeps the probabilities; prefill is plain F16 (compute-bound).
       a.precise = (kind == StepKind::Rectify && rect_precise) || kind == StepKind::SparseDecode ||
@@ -894,6 +899,11 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, CudaEngi
     cuda::select_config().score_early_q = env_int("PYRESA_CUDA_SCORE_EARLY_Q", 1) != 0;
     cuda::select_config().topn_stop = 0;
   }
+  // The decode kernel's splits merged by a separate kernel (0) or inside it (1, run 11: slower);
+  // its warps per CTA (1, or 2: run 11, written after the last device call, not yet measured or
+  // device-tested, so off by default).
+  cuda::decode_combine_mode() = env_int("PYRESA_CUDA_DECODE_COMBINE", 0);
+  cuda::decode_attention_warps() = env_int("PYRESA_CUDA_DECODE_WARPS", 1) == 2 ? 2 : 1;
   m.upload(weights);
   m.check_types();
   m.opt.n_batch = std::max(options.n_batch, m.att.rectify_every + 1);

@@ -409,6 +409,9 @@ std::vector<float> attention(const float* q, int n_tok, int n_head, int n_kv_hea
   DeviceBuffer bl = blocks ? to_device(blocks, sizeof(int32_t) * n_kv_head * n_sel) : DeviceBuffer();
   DeviceBuffer out = poisoned(sizeof(float) * n_tok * n_head * D), work;
   AttentionArgs a = layer_attention_args(qb, out, kb, vb, cap_alloc, n_tok, n_head, n_kv_head, D, pb, n_splits, work);
+  DeviceBuffer sync(sizeof(unsigned) * attention_sync_words(n_kv_head), "test attention sync");
+  PYRESA_CUDA_CHECK(cudaMemset(sync.get(), 0, sync.bytes()));
+  a.sync = sync.get<unsigned>();
   a.blocks = blocks ? bl.get<int32_t>() : nullptr;
   a.blocks_stride = n_sel;
   a.n_sel_dev = nsel.get<int>();
@@ -418,7 +421,12 @@ std::vector<float> attention(const float* q, int n_tok, int n_head, int n_kv_hea
   if (split_query >= 0) a.split_query = split_query != 0;
   if (kernel) cuda::attention_batched(a, kernel, nullptr);
   else cuda::attention(a, nullptr);
-  return to_host<float>(out, (size_t)n_tok * n_head * D);
+  std::vector<float> r = to_host<float>(out, (size_t)n_tok * n_head * D);
+  // The in-kernel combine's counters must be back at zero (the epochs may have moved).
+  const std::vector<unsigned> cnt = to_host<unsigned>(sync, attention_sync_words(n_kv_head));
+  for (int h = 0; h < n_kv_head; ++h)
+    if (cnt[2 * h] != 0) throw std::runtime_error("attention: combine counter not left at zero");
+  return r;
 }
 
 
@@ -616,9 +624,11 @@ std::vector<float> top_candidates(const float* x, int n, int k, const int32_t* p
   return to_host<float>(out_vals, kk);
 }
 
-void set_sparse_step_kernels(bool decode_attention, int decode_stages) {
+void set_sparse_step_kernels(bool decode_attention, int decode_stages, int combine, int warps) {
   cuda::decode_attention_enabled() = decode_attention;
   cuda::decode_attention_stages() = decode_stages;
+  if (combine >= 0) cuda::decode_combine_mode() = combine;
+  if (warps >= 0) cuda::decode_attention_warps() = warps;
 }
 
 namespace {
@@ -636,7 +646,8 @@ int old_decode_splits(int n_tiles, int n_kv_head, int rows, int D, int n_sm) {
 }  // namespace
 
 std::vector<std::pair<std::string, double>> time_sparse_step(int n_tokens, int reps, int copies, int n_head,
-                                                             int n_kv_head, int D, bool select_only, int cap_tokens) {
+                                                             int n_kv_head, int D, bool select_only, int cap_tokens,
+                                                             int sparse_splits) {
   int dev = 0;
   PYRESA_CUDA_CHECK(cudaGetDevice(&dev));
   cudaDeviceProp prop;
@@ -668,6 +679,8 @@ std::vector<std::pair<std::string, double>> time_sparse_step(int n_tokens, int r
   DeviceBuffer ns(4 * 64, "bench n_sel");
   DeviceBuffer out(sizeof(float) * n_head * D, "bench out");
   DeviceBuffer work(size_t(64) << 20, "bench work");
+  DeviceBuffer sync(sizeof(unsigned) * attention_sync_words(n_kv_head), "bench attention sync");
+  PYRESA_CUDA_CHECK(cudaMemset(sync.get(), 0, sync.bytes()));
   ResaParams p;
   const int nbk = (n_tokens + 15) / 16;
   const int n_sel = std::max((int)std::ceil(p.ratio * nbk), std::min(nbk, p.min_blocks));
@@ -680,7 +693,12 @@ std::vector<std::pair<std::string, double>> time_sparse_step(int n_tokens, int r
     select_blocks(qb.get<float>(), n_head, db.get<__half>(), L, l, p, pl.get<int>(), keys.get<uint32_t>(),
                   bl.get<int32_t>() + (size_t)l * n_kv_head * L.max_blocks, L.max_blocks, ns.get<int>(), nullptr);
   };
-  auto attend = [&](int l, bool sparse) {
+  // The first n_sel blocks of each head, in order: the same bytes as a selection, contiguous.
+  std::vector<int32_t> contig((size_t)n_kv_head * L.max_blocks, 0);
+  for (int h = 0; h < n_kv_head; ++h)
+    for (int j = 0; j < L.max_blocks; ++j) contig[(size_t)h * L.max_blocks + j] = j;
+  DeviceBuffer cb = to_device(contig.data(), sizeof(int32_t) * contig.size());
+  auto attend = [&](int l, bool sparse, int variant = 0) {  // variant 1: partials only; 2: contiguous blocks
     AttentionArgs a;
     a.q = qb.get<float>();
     a.q_stride = (int64_t)n_head * D;
@@ -697,15 +715,17 @@ std::vector<std::pair<std::string, double>> time_sparse_step(int n_tokens, int r
     a.block_size = 16;
     a.scale = 1.0f / std::sqrt((float)D);
     a.work = work.get<float>();
+    a.sync = sync.get<unsigned>();
     a.split_query = true;
     a.precise = true;
     if (sparse) {
-      a.blocks = bl.get<int32_t>() + (size_t)l * n_kv_head * L.max_blocks;
+      a.blocks = variant == 2 ? cb.get<int32_t>() : bl.get<int32_t>() + (size_t)l * n_kv_head * L.max_blocks;
       a.blocks_stride = L.max_blocks;
       a.n_sel_dev = ns.get<int>();
     }
-    a.n_splits = splits_for(sparse ? sparse_tiles : dense_tiles);
-    attention(a, nullptr);
+    a.n_splits = sparse && sparse_splits > 0 ? sparse_splits : splits_for(sparse ? sparse_tiles : dense_tiles);
+    if (variant == 1 && decode_attention_applies(1, n_head, n_kv_head, D)) attention_decode_partials(a, nullptr);
+    else attention(a, nullptr);
   };
   for (int l = 0; l < copies; ++l) select(l);  // every copy's block list, and warm-up
   cudaEvent_t e0, e1;
@@ -739,12 +759,14 @@ std::vector<std::pair<std::string, double>> time_sparse_step(int n_tokens, int r
     return r;
   }
   r.emplace_back("sparse_attention_us", time_us([&](int l) { attend(l, true); }));
+  r.emplace_back("sparse_partials_us", time_us([&](int l) { attend(l, true, 1); }));
+  r.emplace_back("sparse_contig_us", time_us([&](int l) { attend(l, true, 2); }));
   r.emplace_back("sparse_step_us", time_us([&](int l) {
                    select(l);
                    attend(l, true);
                  }));
   r.emplace_back("dense_attention_us", time_us([&](int l) { attend(l, false); }));
-  r.emplace_back("sparse_splits", splits_for(sparse_tiles));
+  r.emplace_back("sparse_splits", sparse_splits > 0 ? sparse_splits : splits_for(sparse_tiles));
   r.emplace_back("dense_splits", splits_for(dense_tiles));
   r.emplace_back("n_sel", n_sel);
   PYRESA_CUDA_CHECK(cudaEventDestroy(e0));

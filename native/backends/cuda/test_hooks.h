@@ -86,18 +86,23 @@ std::vector<float> top_candidates(const float* x, int n, int k, const int32_t* p
                                   bool want_sum, std::vector<int32_t>& ids, double& max_out, double& sum_out);
 // The decode step's kernels (the engine's PYRESA_CUDA_SPARSE_STEP, _DECODE_STAGES): decode
 // attention kernel + parallel combine (true) or the general kernel + serial combine; the decode
-// kernel's cp.async stages.
-void set_sparse_step_kernels(bool decode_attention, int decode_stages);
+// kernel's cp.async stages; how its splits are merged (decode_combine_mode: 0 the separate
+// combine kernel, 1 inside the attention kernel; -1 leaves it as it is); the decode kernel's
+// warps per CTA (decode_attention_warps: 1 or 2; -1 leaves it).
+void set_sparse_step_kernels(bool decode_attention, int decode_stages, int combine = -1, int warps = -1);
 // Times the per-layer kernels of a decode step at depth n_tokens alone (7B shapes by default:
 // 28 query / 4 KV heads, D 128, 16-token blocks, ratio 0.1) on the current kernel set: the
 // selection (scoring + top-n), the sparse attention (+ combine) on the selected blocks, both back
 // to back, and the dense attention at the same depth. Each is run `reps` times over `copies`
 // layers' worth of random K/V/descriptors (more than the L2 holds, as in a real step), PDL on
-// where the GPU has it. Returns (name, microseconds per layer) and the split counts used.
+// where the GPU has it. Returns (name, microseconds per layer) and the split counts used; also,
+// to tell the stream from the fixed costs: the decode kernel's partials alone (no combine) and
+// the sparse attention over the first n_sel blocks of each head (the same bytes, contiguous).
 // select_only: the selection's timings alone (select, score, top-n); cap_tokens: the cache's
-// capacity when larger than the context (as an engine made for a longer one).
+// capacity when larger than the context (as an engine made for a longer one); sparse_splits > 0
+// sets the sparse attention's split count (else the engine's choice).
 std::vector<std::pair<std::string, double>> time_sparse_step(int n_tokens, int reps, int copies, int n_head,
                                                              int n_kv_head, int D, bool select_only = false,
-                                                             int cap_tokens = 0);
+                                                             int cap_tokens = 0, int sparse_splits = 0);
 
 }  // namespace pyresa::cuda_test

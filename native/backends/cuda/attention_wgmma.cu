@@ -46,7 +46,6 @@ namespace {
 constexpr int kBN = 64;      // keys per tile
 constexpr int kWG = 2;       // consumer warpgroups, 64 rows each
 constexpr int kStages = 4;   // K/V ring depth
-constexpr int kLag = 2;      // producer: tiles in flight before it signals the oldest
 constexpr int kThreads = 128 * kWG + 128;  // + the producer warpgroup
 constexpr int kRows = 64 * kWG;
 
@@ -60,6 +59,9 @@ struct WgCfg {
   static constexpr size_t SMEM = BAR_OFF + 2 * kStages * 8 + 1024;  // + slack to align the base to 1 KB
 };
 
+#if PYRESA_WGMMA
+constexpr int kLag = 2;  // producer: tiles in flight before it signals the oldest
+
 // Byte offset of element (row, d) in an operand stored as [D/64][n_rows][64] F16 with the
 // 128-byte swizzle (16-byte chunk c of a 128-byte row r lands at chunk c ^ (r & 7)): the layout
 // wgmma's SWIZZLE_128B descriptors read, K-major (Q, K: row = query row / key) and N-major (V:
@@ -68,7 +70,6 @@ __device__ __forceinline__ uint32_t sw128(int row, int d, int n_rows) {
   return (uint32_t)((d >> 6) * n_rows * 128 + row * 128 + ((((d >> 3) & 7) ^ (row & 7)) << 4) + (d & 7) * 2);
 }
 
-#if PYRESA_WGMMA
 // Shared-memory matrix descriptor, 128-byte swizzle: start address, leading and stride byte
 // offsets (K-major: SBO = 8 rows x 128 B between 8-row groups, LBO unused; N-major: LBO between
 // 64-wide N blocks, SBO between 8-key groups), layout type 1 (SWIZZLE_128B) in bits 62-63.

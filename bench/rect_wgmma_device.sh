@@ -4,7 +4,7 @@
 # (bench/attn_bench.py, variants 3 and 4), the engine tests with variant 4, the 7B ReSA@256K
 # same-build A/B (rectification attention on variant 3 vs 4, one --profile run each), and the
 # precision modes at the engine level (bench/rect_precision.py). Stages in RW_STAGES (default
-# "tests bench e2e engine prec", run in that order); each stage is skipped when too little of RW_BUDGET (s) is left.
+# "tests bench e2e engine prec", in that order); each stage is skipped when too little of RW_BUDGET (s) is left.
 # Needs ../whl, ../model (8-layer test model) and .carry/ (7B header, synth_gguf.py) as
 # bench/rect_attn_device.sh. Prints a short summary last.
 set -u
@@ -46,44 +46,6 @@ if has bench && [ $(left) -gt 100 ]; then
   sed -n '/== attention alone/,$p' "$OUT/attn_bench.txt" | tee -a "$SUM"
 fi
 
-if has e2e && [ -d .carry ] && [ ! -f $W/syn7b.gguf ]; then  # the 7B file, written while we build
-  nice -n 10 python3 .carry/synth_gguf.py .carry/r1-distill-qwen-7b-q4_k_m.header.gguf $W/syn7b.gguf \
-    > "$OUT/synth.log" 2>&1 &
-  SYNTH=$!
-fi
-bash bench/gpu_test.sh -k "no_test_has_this_name" 2>&1 | grep -E "build:|error|warning.*(C75|spill)" | head -20
-ls pyresa/_core*.so > /dev/null || { echo "build failed"; tail -40 "$OUT/build.log"; exit 1; }
-M=$(ls ../model/*.gguf | head -1)
-SUM="$OUT/summary.txt"
-: > "$SUM"
-python3 -c "import pyresa._core as c; print('wgmma available:', c.cuda_test.attention_wgmma_available())" | tee -a "$SUM"
-
-if has tests; then
-  timeout $(( $(left) < 150 ? $(left) : 150 )) python3 -m pytest -q --tb=short -p no:cacheprovider \
-    tests/test_cuda_kernels.py -k "batched_attention or dense_attention" > "$OUT/kernel_tests.txt" 2>&1
-  echo "kernel tests rc $?: $(tail -1 "$OUT/kernel_tests.txt")" | tee -a "$SUM"
-  grep -E "^FAILED" "$OUT/kernel_tests.txt" | head -12 | tee -a "$SUM"
-  grep -E "^E .*rel err|^E  +assert" "$OUT/kernel_tests.txt" | head -6
-fi
-V4OK=1
-grep -qE "FAILED .*test_batched_attention\[.*-4-(64|128)\]" "$OUT/kernel_tests.txt" 2>/dev/null && V4OK=0
-
-if has bench && [ $(left) -gt 100 ]; then
-  ATTN_VARIANTS=$([ $V4OK = 1 ] && echo 3,4 || echo 3) timeout 120 python3 bench/attn_bench.py > "$OUT/attn_bench.txt" 2>&1
-  echo "attn_bench rc $?" | tee -a "$SUM"
-  grep -E "sweep" "$OUT/attn_bench.txt" | cut -c1-130
-  sed -n '/== attention alone/,$p' "$OUT/attn_bench.txt" | tee -a "$SUM"
-fi
-
-if has engine && [ $V4OK = 1 ] && [ $(left) -gt 100 ]; then
-  PYRESA_CUDA_RECT_KERNEL=4 PYRESA_CUDA_PREFILL_KERNEL=4 PYRESA_CUDA_TEST_MODEL=$M timeout 150 \
-    python3 -m pytest -q -s -p no:cacheprovider tests/test_cuda_engine.py \
-    -k "resa_greedy or prefill_logits or decode_logits or graph_replay or resa_schedule or truncate" \
-    > "$OUT/engine_tests.txt" 2>&1
-  echo "engine tests (rect+prefill kernel 4) rc $?: $(tail -1 "$OUT/engine_tests.txt")" | tee -a "$SUM"
-  grep -E "resa greedy|prefill 300|decode rel err|FAILED" "$OUT/engine_tests.txt" | head -8 | tee -a "$SUM"
-fi
-
 if has e2e && [ $V4OK = 1 ] && [ -d .carry ]; then
   [ -n "${SYNTH:-}" ] && wait $SYNTH
   for k in 3 4; do
@@ -104,6 +66,15 @@ for f in sys.argv[1:]:
               f"one rectification {sum(pr.values()):.2f} ms, its attention {pr.get('attention', float('nan')):.2f} ms; "
               f"sparse step {sum(p.values()):.3f} ms")
 EOF2
+fi
+
+if has engine && [ $V4OK = 1 ] && [ $(left) -gt 100 ]; then
+  PYRESA_CUDA_RECT_KERNEL=4 PYRESA_CUDA_PREFILL_KERNEL=4 PYRESA_CUDA_TEST_MODEL=$M timeout 150 \
+    python3 -m pytest -q -s -p no:cacheprovider tests/test_cuda_engine.py \
+    -k "resa_greedy or prefill_logits or decode_logits or graph_replay or resa_schedule or truncate" \
+    > "$OUT/engine_tests.txt" 2>&1
+  echo "engine tests (rect+prefill kernel 4) rc $?: $(tail -1 "$OUT/engine_tests.txt")" | tee -a "$SUM"
+  grep -E "resa greedy|prefill 300|decode rel err|FAILED" "$OUT/engine_tests.txt" | head -8 | tee -a "$SUM"
 fi
 
 if has prec && [ $V4OK = 1 ] && [ $(left) -gt 40 ]; then

@@ -5,6 +5,9 @@
 # same-build A/B (rectification attention on variant 3 vs 4, one --profile run each), and the
 # precision modes at the engine level (bench/rect_precision.py). Stages in RW_STAGES (default
 # "tests bench e2e engine prec", in that order); each stage is skipped when too little of RW_BUDGET (s) is left.
+# Call 2 adds "v4tests" (variant 4's kernel tests only), "probe" (bench/rect_engine_probe.py: the
+# rectification's attention in the engine under PDL / split-count variants) and "ncu" (Nsight
+# Compute on one of the engine's wgmma launches).
 # Needs ../whl, ../model (8-layer test model) and .carry/ (7B header, synth_gguf.py) as
 # bench/rect_attn_device.sh. Prints a short summary last.
 set -u
@@ -36,6 +39,13 @@ if has tests; then
   grep -E "^FAILED" "$OUT/kernel_tests.txt" | head -12 | tee -a "$SUM"
   grep -E "^E .*rel err|^E  +assert" "$OUT/kernel_tests.txt" | head -6
 fi
+if has v4tests; then  # only variant 4's cases of the batched attention tests
+  ids=$(python3 -m pytest --collect-only -q -p no:cacheprovider tests/test_cuda_kernels.py -k batched_attention 2>/dev/null |
+    grep -E -- "-4-(64|128)\]$")
+  timeout 120 python3 -m pytest -q --tb=short -p no:cacheprovider $ids > "$OUT/kernel_tests.txt" 2>&1
+  echo "variant-4 kernel tests rc $?: $(tail -1 "$OUT/kernel_tests.txt")" | tee -a "$SUM"
+  grep -E "^FAILED" "$OUT/kernel_tests.txt" | head -12 | tee -a "$SUM"
+fi
 V4OK=1
 grep -qE "FAILED .*test_batched_attention\[.*-4-(64|128)\]" "$OUT/kernel_tests.txt" 2>/dev/null && V4OK=0
 
@@ -44,6 +54,30 @@ if has bench && [ $(left) -gt 100 ]; then
   echo "attn_bench rc $?" | tee -a "$SUM"
   grep -E "sweep" "$OUT/attn_bench.txt" | cut -c1-130
   sed -n '/== attention alone/,$p' "$OUT/attn_bench.txt" | tee -a "$SUM"
+fi
+
+if has probe && [ $V4OK = 1 ] && [ -d .carry ] && [ $(left) -gt 60 ]; then  # the launch context, one engine each
+  [ -n "${SYNTH:-}" ] && wait $SYNTH && SYNTH=""
+  timeout $(( $(left) < 120 ? $(left) : 120 )) python3 bench/rect_engine_probe.py --model $W/syn7b.gguf \
+    --variant k3:PYRESA_CUDA_RECT_KERNEL=3 --variant k4:PYRESA_CUDA_RECT_KERNEL=4 \
+    --variant k4-1wave:PYRESA_CUDA_RECT_KERNEL=4,PYRESA_CUDA_RECT_WAVES=1 \
+    --variant k4-4waves:PYRESA_CUDA_RECT_KERNEL=4,PYRESA_CUDA_RECT_WAVES=4 \
+    --variant k4-nopdl:PYRESA_CUDA_RECT_KERNEL=4,PYRESA_CUDA_PDL=0 \
+    --variant k4-noearly:PYRESA_CUDA_RECT_KERNEL=4,PYRESA_CUDA_PDL_EARLY=0 \
+    --variant k3-nopdl:PYRESA_CUDA_RECT_KERNEL=3,PYRESA_CUDA_PDL=0 > "$OUT/probe.txt" 2>&1
+  echo "probe rc $?" | tee -a "$SUM"
+  grep -E "kernel alone" "$OUT/probe.txt" | tee -a "$SUM"
+  sed -n '/== rectification attention in the engine/,$p' "$OUT/probe.txt" | tee -a "$SUM"
+  grep -E "Error|error" "$OUT/probe.txt" | head -5
+fi
+
+if has ncu && [ $V4OK = 1 ] && [ -d .carry ] && command -v ncu > /dev/null && [ $(left) -gt 100 ]; then
+  [ -n "${SYNTH:-}" ] && wait $SYNTH && SYNTH=""
+  timeout 90 ncu --clock-control none --kernel-name regex:attention_wgmma_kernel --launch-skip 3 --launch-count 1 --section SpeedOfLight \
+    --section LaunchStats --section Occupancy --section WarpStateStats python3 bench/rect_engine_probe.py \
+    --model $W/syn7b.gguf --once --variant k4:PYRESA_CUDA_RECT_KERNEL=4 > "$OUT/ncu.txt" 2>&1
+  echo "ncu rc $? (k4 in the engine, one layer's kernel)" | tee -a "$SUM"
+  grep -E "Duration|Grid Size|Registers Per|Waves Per SM|Achieved Occupancy|Compute \(SM\) Th|Memory Throughput|SM Frequency|DRAM Through|L2 Cache Through|Dynamic Shared|Warp Cycles Per Issued|No Eligible|==ERR|==WARN" "$OUT/ncu.txt" | head -20 | tee -a "$SUM"
 fi
 
 if has e2e && [ $V4OK = 1 ] && [ -d .carry ]; then

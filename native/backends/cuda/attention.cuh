@@ -63,6 +63,8 @@ size_t attention_batched_smem_bytes(int variant, int D);
 bool attention_wgmma_available();
 size_t attention_wgmma_smem_bytes(int D);
 void attention_wgmma(const AttentionArgs& a, cudaStream_t stream);
+// Waves of CTAs the wgmma kernel's split count aims at (default 2; PYRESA_CUDA_RECT_WAVES).
+int& attention_wgmma_waves();
 // Splits over the sequence for attention_batched: one CTA per SM, at least 8 tiles of 32 keys each.
 int attention_batched_splits(int n_tok, int n_head, int n_kv_head, int n_keys, int n_sm, int variant);
 

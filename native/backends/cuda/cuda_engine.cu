@@ -876,6 +876,7 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, CudaEngi
   m.rect_precise = env_int("PYRESA_CUDA_RECT_PRECISE", 1) != 0;
   m.rect_kernel = kernel_switch("PYRESA_CUDA_RECT_KERNEL", 3);
   m.prefill_kernel = kernel_switch("PYRESA_CUDA_PREFILL_KERNEL", 3);
+  cuda::attention_wgmma_waves() = std::max(1, env_int("PYRESA_CUDA_RECT_WAVES", 2));
   for (int* k : {&m.rect_kernel, &m.prefill_kernel}) {
     if (*k == 4 && !cuda::attention_wgmma_available()) *k = 3;  // no sm_90a code or not Hopper
     // too little shared memory: the general kernel

@@ -34,6 +34,14 @@ if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES OR CMAKE_CUDA_ARCHITECTURES STREQUAL "")
     set(CMAKE_CUDA_ARCHITECTURES "80;86;89;90")
   endif()
 endif()
+# Hopper as 90a (its arch-specific instructions: wgmma in attention_wgmma.cu); the sm_90a cubin runs
+# on compute capability 9.0 only, which is what 90 targets. Other architectures keep a stub of that
+# kernel (attention_wgmma_available() is false there).
+# (CMake reads the "a" suffix from 3.25 on; older ones keep 90 and the stub.)
+if(CMAKE_VERSION VERSION_GREATER_EQUAL 3.25)
+  list(TRANSFORM CMAKE_CUDA_ARCHITECTURES REPLACE "^90$" "90a")
+  list(TRANSFORM CMAKE_CUDA_ARCHITECTURES REPLACE "^90-real$" "90a-real")
+endif()
 enable_language(CUDA)
 find_package(CUDAToolkit REQUIRED)
 set(CMAKE_CUDA_STANDARD 17)

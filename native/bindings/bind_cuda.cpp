@@ -279,6 +279,7 @@ void bind_cuda(nb::module_& m) {
      nb::arg("kernel"), nb::arg("precise"), nb::arg("split_query"), nb::arg("n_splits"), nb::arg("iters"));
   t.def("attention_batched_splits", &cuda_test::attention_batched_splits, nb::arg("n_tok"), nb::arg("n_head"),
         nb::arg("n_kv_head"), nb::arg("n_keys"), nb::arg("variant"));
+  t.def("attention_wgmma_available", &cuda_test::attention_wgmma_available);
   t.def("descriptors", [](U16 K, int n_kv_head, int cap, int D, int n_tokens, int block_size) {
     std::vector<float> mn, mx;
     cuda_test::descriptors(K.data(), n_kv_head, cap, D, n_tokens, block_size, mn, mx);

@@ -60,12 +60,21 @@ void attention_combine(const AttentionArgs& a, cudaStream_t stream);
 
 // Dense causal attention for many query rows (rectification, prefill chunks): attention_batched.cu.
 // variant 1: 256 rows per CTA (8 warps x 32 rows); 2: 240 rows (15 warps x 16 rows); 3: 128 rows
-// (4 warps x 32 rows, two CTAs per SM); 4: as 1, the warps in two groups taking turns (ping-pong).
+// (4 warps x 32 rows, two CTAs per SM); 4: wgmma (sm_90a, attention_wgmma.cu), 128 rows, one CTA
+// per SM (variant 3 where attention_wgmma_available() is false).
 // Same arguments and results as attention(); a.blocks must be null.
 void attention_batched(const AttentionArgs& a, int variant, cudaStream_t stream);
 // Shared memory a variant's CTA needs (the engine falls back to attention() where the device
 // cannot give it: variant 3 needs 104 KB at D = 128, 1 and 2 over 200 KB).
 size_t attention_batched_smem_bytes(int variant, int D);
+// The wgmma kernel (attention_wgmma.cu, attention_batched variant 4): whether this build has its
+// sm_90a code and the current device runs it (compute capability 9.0; probed once per device,
+// outside graph capture), its shared memory, and the kernel itself (throws where unavailable).
+bool attention_wgmma_available();
+size_t attention_wgmma_smem_bytes(int D);
+void attention_wgmma(const AttentionArgs& a, cudaStream_t stream);
+// Waves of CTAs the wgmma kernel's split count aims at (default 2; PYRESA_CUDA_RECT_WAVES).
+int& attention_wgmma_waves();
 // Splits over the sequence for attention_batched: one CTA per SM, at least 8 tiles of 32 keys each.
 int attention_batched_splits(int n_tok, int n_head, int n_kv_head, int n_keys, int n_sm, int variant);
 

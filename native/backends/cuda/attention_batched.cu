@@ -16,6 +16,8 @@
 //      (the second row tile's K/V come mostly from L2): the fastest;
 // (A fourth, variant 1 with two warp groups taking turns on the tensor cores, "ping-pong", was
 // slower and spilled registers in the precise mode: removed after run 9.)
+//   4: wgmma (sm_90a), two consumer warpgroups x 64 rows and a producer warp: attention_wgmma.cu
+//      (run 11-rect-wgmma); falls back to 3 where the build or the GPU has no sm_90a code.
 //
 // Precision (as the general kernel): QSPLIT keeps the query as two F16 terms (hi + lo: ~F32, as
 // the CPU's attention), PSPLIT the probabilities (P = P_hi + P_lo): each doubles its product's
@@ -363,6 +365,10 @@ void launch_prec(const AttentionArgs& a, cudaStream_t stream) {
 template <int D>
 void launch_d(const AttentionArgs& a, int variant, cudaStream_t stream) {
   switch (variant) {
+    case 4:
+      if (attention_wgmma_available()) attention_wgmma(a, stream);
+      else launch_prec<D, 4, 2, 32, 2, 2>(a, stream);
+      break;
     case 2: launch_prec<D, 15, 1, 32, 4, 1>(a, stream); break;
     case 3: launch_prec<D, 4, 2, 32, 2, 2>(a, stream); break;
     default: launch_prec<D, 8, 2, 32, 4, 1>(a, stream); break;
@@ -372,6 +378,7 @@ void launch_d(const AttentionArgs& a, int variant, cudaStream_t stream) {
 }  // namespace
 
 size_t attention_batched_smem_bytes(int variant, int D) {
+  if (variant == 4) return attention_wgmma_smem_bytes(D);
   auto pick = [&](auto d) -> size_t {
     constexpr int DD = decltype(d)::value;
     switch (variant) {
@@ -383,7 +390,12 @@ size_t attention_batched_smem_bytes(int variant, int D) {
   return D == 64 ? pick(std::integral_constant<int, 64>{}) : pick(std::integral_constant<int, 128>{});
 }
 
-int attention_batched_rows(int variant) { return variant == 2 ? 240 : variant == 3 ? 128 : 256; }
+int& attention_wgmma_waves() {
+  static int waves = 2;
+  return waves;
+}
+
+int attention_batched_rows(int variant) { return variant == 2 ? 240 : variant == 3 || variant == 4 ? 128 : 256; }
 int attention_batched_ctas_per_sm(int variant) { return variant == 3 ? 2 : 1; }
 
 int attention_batched_splits(int n_tok, int n_head, int n_kv_head, int n_past_plus_n, int n_sm, int variant) {
@@ -391,7 +403,11 @@ int attention_batched_splits(int n_tok, int n_head, int n_kv_head, int n_past_pl
   const int row_tiles = (R + attention_batched_rows(variant) - 1) / attention_batched_rows(variant);
   const int base = row_tiles * n_kv_head;
   const int slots = n_sm * attention_batched_ctas_per_sm(variant);
-  int s = (slots + base - 1) / base;  // one wave
+  // One wave, rounded up (the second CTA per SM absorbs the excess); variant 4 (one 197 KB CTA
+  // per SM) takes attention_wgmma_waves() whole waves, rounded down: with one wave each split
+  // accumulates twice the keys of variant 3's in the tensor cores' F32, whose truncation doubles
+  // the error (3.0e-5 vs 1.3e-5 at 256K, run 11); two waves match variant 3's split length.
+  int s = variant == 4 ? std::max(1, attention_wgmma_waves() * slots / base) : (slots + base - 1) / base;
   s = std::min(s, std::max(1, (n_past_plus_n + 32 * 8 - 1) / (32 * 8)));  // at least 8 tiles per split
   return std::max(1, s);
 }

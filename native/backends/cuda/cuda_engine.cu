@@ -137,8 +137,9 @@ struct CudaEngine::Impl {
   bool precise_dense = true;
   bool rect_precise = true;
   // Dense attention of many rows (attention_batched.cu) variant, 0 = the general kernel:
-  // PYRESA_CUDA_RECT_KERNEL / PYRESA_CUDA_PREFILL_KERNEL = old | 1-3. Default 3 (two 128-row
-  // CTAs per SM), the fastest on the H100 for both (docs/perf-cuda.md, run 9-rect-attn).
+  // PYRESA_CUDA_RECT_KERNEL / PYRESA_CUDA_PREFILL_KERNEL = old | 1-4. Default 3 (two 128-row
+  // CTAs per SM), the fastest on the H100 for both (docs/perf-cuda.md, run 9-rect-attn); 4 is the
+  // wgmma kernel (sm_90a, run 11-rect-wgmma), 3 where it is unavailable.
   int rect_kernel = 3;
   int prefill_kernel = 3;
 
@@ -881,8 +882,12 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, CudaEngi
   m.rect_precise = env_int("PYRESA_CUDA_RECT_PRECISE", 1) != 0;
   m.rect_kernel = kernel_switch("PYRESA_CUDA_RECT_KERNEL", 3);
   m.prefill_kernel = kernel_switch("PYRESA_CUDA_PREFILL_KERNEL", 3);
-  for (int* k : {&m.rect_kernel, &m.prefill_kernel})  // too little shared memory: the general kernel
+  cuda::attention_wgmma_waves() = std::max(1, env_int("PYRESA_CUDA_RECT_WAVES", 2));
+  for (int* k : {&m.rect_kernel, &m.prefill_kernel}) {
+    if (*k == 4 && !cuda::attention_wgmma_available()) *k = 3;  // no sm_90a code or not Hopper
+    // too little shared memory: the general kernel
     if (*k && cuda::attention_batched_smem_bytes(*k, m.c.head_dim) > prop.sharedMemPerBlockOptin) *k = 0;
+  }
   // Decode steps' attention (dense and sparse): 1 = the decode kernel (attention_decode.cu) and the
   // parallel combine, 0 = the general kernel and the serial combine (A/B runs); its cp.async
   // stages (4, 6, 12).

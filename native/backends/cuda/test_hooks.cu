@@ -467,6 +467,8 @@ std::vector<float> attention_timed(const float* q, int n_tok, int n_head, int n_
   return to_host<float>(out, (size_t)n_tok * n_head * D);
 }
 
+bool attention_wgmma_available() { return cuda::attention_wgmma_available(); }
+
 int attention_batched_splits(int n_tok, int n_head, int n_kv_head, int n_keys, int variant) {
   int dev = 0, n_sm = 0;
   PYRESA_CUDA_CHECK(cudaGetDevice(&dev));

@@ -50,7 +50,7 @@ std::vector<float> rope(const float* x, int n, int n_head, int D, int pos0, floa
 // C [M][N] = A [M][K] . B [N][K]^T, F16 bits in
 std::vector<float> gemm_f16(const uint16_t* A, const uint16_t* B, int M, int N, int K);
 // out [n_tok][n_head][D]; K, V [n_kv_head][cap][D] F16 bits; blocks [n_kv_head][n_sel] or null (dense).
-// kernel 0: attention() (the general kernel); 1-3: attention_batched() variant 1-3 (dense).
+// kernel 0: attention() (the general kernel); 1-4: attention_batched() variant 1-4 (dense; 4: wgmma).
 // split_query -1: the engine's choice for the mode (dense: F16 query; sparse: two-term), else 0/1.
 std::vector<float> attention(const float* q, int n_tok, int n_head, int n_kv_head, int D, const uint16_t* K,
                              const uint16_t* V, int cap, int pos0, const int32_t* blocks, int n_sel, int block_size,
@@ -60,6 +60,8 @@ std::vector<float> attention(const float* q, int n_tok, int n_head, int n_kv_hea
 std::vector<float> attention_timed(const float* q, int n_tok, int n_head, int n_kv_head, int D, int n_ctx, int kernel,
                                    bool precise, bool split_query, int n_splits, int iters, double& ms);
 int attention_batched_splits(int n_tok, int n_head, int n_kv_head, int n_keys, int variant);
+// Whether attention_batched variant 4 runs the wgmma kernel here (sm_90a code, compute capability 9.0).
+bool attention_wgmma_available();
 // Descriptors from K [n_kv_head][cap][D] (refresh over [0, n_tokens)), returned in the CPU's
 // layout: kmin, kmax [n_kv_head][n_blocks][D] as floats.
 void descriptors(const uint16_t* K, int n_kv_head, int cap, int D, int n_tokens, int block_size, std::vector<float>& kmin,

@@ -16,6 +16,7 @@
 #include "backends/cuda/common.cuh"
 #include "backends/cuda/gemm.cuh"
 #include "backends/cuda/launch.cuh"
+#include "backends/cuda/matvec_mma.cuh"
 #include "backends/cuda/ops.cuh"
 #include "backends/cuda/quant.cuh"
 #include "backends/cuda/resa.cuh"
@@ -850,6 +851,7 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, CudaEngi
   matvec_wide() = env_int("PYRESA_CUDA_MATVEC_WIDE", 0);
   matvec_ksplit() = env_int("PYRESA_CUDA_MATVEC_KSPLIT", 0);
   matvec_prefetch() = env_int("PYRESA_CUDA_MATVEC_PREFETCH", 2);
+  matvec_mma_mode() = env_int("PYRESA_CUDA_MATVEC_MMA", 1);  // one-token Q4_K/Q6_K on tensor cores
   // Run 10-fixed-fuse (H100): folding the input's preparation into the products and the SwiGLU
   // quantize into gate+up's epilogue both lost (off); q/k/v in one launch, v first, won.
   m.fold_prep = env_int("PYRESA_CUDA_FUSE_NORM", 0);

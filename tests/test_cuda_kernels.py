@@ -132,7 +132,8 @@ def test_matvec_mma_matches_cpu(types, rows, mode, scalar_cpu):
     # One token on the int8 tensor cores (matvec_mma.cu): the same quantized integers as the CPU's
     # vec_dot, the float scaling grouped by (row, superblock, pair of scale groups). Every K split
     # (1-8 warps per tile, also parts with no superblock: nb = 1, 3), rows past the last tile,
-    # mixed Q4_K / Q6_K batches, bias, and accumulation into y.
+    # mixed Q4_K / Q6_K batches, bias, accumulation into y, and grids smaller than the work (each
+    # CTA then loops over item groups).
     rng = np.random.default_rng()
     for nsb in (1, 3, 14, 74):
         cols = nsb * 256
@@ -144,10 +145,11 @@ def test_matvec_mma_matches_cpu(types, rows, mode, scalar_cpu):
                               for t, w, n in zip(types, ws, rows)]).astype(np.float32)
         wbytes = np.concatenate([w.reshape(-1) for w in ws])
         y0 = (0.25 * (np.arange(total) % 7) - 0.5).astype(np.float32)
-        for split in (0, 1, 2, 4, 8):
-            got = np.asarray(core.cuda_test.matvec_mma(list(types), list(rows), cols, wbytes, x, bias, False, split, mode))
-            assert np.isfinite(got).all(), (nsb, split)
-            assert rel_err(got, ref + bias) < 2e-6, (nsb, split, rel_err(got, ref + bias))
+        for split, cap in ((0, 0), (1, 0), (2, 0), (4, 0), (8, 0), (0, 1), (2, 3), (8, 2)):
+            got = np.asarray(core.cuda_test.matvec_mma(list(types), list(rows), cols, wbytes, x, bias, False, split, mode,
+                                                       cap))
+            assert np.isfinite(got).all(), (nsb, split, cap)
+            assert rel_err(got, ref + bias) < 2e-6, (nsb, split, cap, rel_err(got, ref + bias))
         got = np.asarray(core.cuda_test.matvec_mma(list(types), list(rows), cols, wbytes, x, None, True, 0, mode))
         assert rel_err(got, y0 + ref) < 2e-6, (nsb, "accumulate")
 

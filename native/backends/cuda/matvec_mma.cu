@@ -18,6 +18,7 @@
 // Q4_K's high nibbles are used in place (value * 16, the factor taken out of the scale sum
 // exactly), so unpacking costs one AND per 4 weights.
 #include <algorithm>
+#include <cmath>
 #include <stdexcept>
 
 #include "backends/cuda/launch.cuh"
@@ -248,77 +249,123 @@ __device__ __forceinline__ void q6k_tile(const DeviceWeight& w, int64_t ra, int6
   }
 }
 
+// The grid holds at most as many CTAs as fit on the GPU at once, and each CTA loops over item
+// groups gridDim.x apart (a group: kWarps warps = kWarps / split tiles x split K parts), so a
+// product never runs a short second wave of whole tiles (measured: with one 16-row tile per warp
+// and as many warps as tiles, gate+up ran 1.12 waves, and its tail cost more than the tensor
+// cores saved).
 template <bool PIPE>
-__global__ void __launch_bounds__(32 * kWarps, 2) matvec_mma_kernel(MmaBatch batch, const uint8_t* act) {
+__global__ void __launch_bounds__(32 * kWarps, PIPE ? 2 : 3) matvec_mma_kernel(MmaBatch batch, const uint8_t* act) {
   __shared__ float part[kWarps][kTile];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, q = lane & 3;
-  const int gw = blockIdx.x * kWarps + warp;
-  const int tile = gw / batch.split, kpart = gw % batch.split;
-  const int wi = (batch.n > 2 && tile >= batch.first_tile[2]) ? 2 : (batch.n > 1 && tile >= batch.first_tile[1]) ? 1 : 0;
-  const bool live = tile < batch.first_tile[batch.n];
-  const DeviceWeight& w = batch.w[wi];
-  const int64_t r0 = (int64_t)(tile - batch.first_tile[wi]) * kTile;
-  const int b0 = (int)((int64_t)batch.nb * kpart / batch.split), b1 = (int)((int64_t)batch.nb * (kpart + 1) / batch.split);
-  // The weights do not depend on the previous kernel: pull this warp's share into L2 while it
-  // finishes (PDL), one bulk prefetch per row, then wait for the activations.
-  if (live && lane < kTile && r0 + lane < w.rows && b1 > b0) {
-    const int64_t r = r0 + lane;
-    if (w.type == GgmlType::Q4_K) {
-      prefetch_l2_bulk(w.data + r * w.row_bytes + (size_t)b0 * kQ4Bytes, (uint32_t)((b1 - b0) * kQ4Bytes));
-    } else {
-      const int64_t nblk = w.rows * batch.nb, blk = r * batch.nb + b0;
-      prefetch_l2_bulk(w.data + blk * kQ6Ql, (uint32_t)((b1 - b0) * kQ6Ql));
-      prefetch_l2_bulk(w.data + nblk * kQ6Ql + blk * kQ6Qh, (uint32_t)((b1 - b0) * kQ6Qh));
+  const int n_tiles = batch.first_tile[batch.n];
+  const int n_groups = (n_tiles * batch.split + kWarps - 1) / kWarps;
+  auto item = [&](int grp, int& tile, int& kpart, int& wi, int64_t& r0, int& b0, int& b1) {
+    const int gw = grp * kWarps + warp;
+    tile = gw / batch.split;
+    kpart = gw % batch.split;
+    wi = (batch.n > 2 && tile >= batch.first_tile[2]) ? 2 : (batch.n > 1 && tile >= batch.first_tile[1]) ? 1 : 0;
+    r0 = (int64_t)(tile - batch.first_tile[wi]) * kTile;
+    b0 = (int)((int64_t)batch.nb * kpart / batch.split);
+    b1 = (int)((int64_t)batch.nb * (kpart + 1) / batch.split);
+  };
+  {  // The weights do not depend on the previous kernel: pull the first item's share into L2
+     // while it finishes (PDL), one bulk prefetch per row, then wait for the activations.
+    int tile, kpart, wi, b0, b1;
+    int64_t r0;
+    item(blockIdx.x, tile, kpart, wi, r0, b0, b1);
+    const DeviceWeight& w = batch.w[wi];
+    if (tile < n_tiles && lane < kTile && r0 + lane < w.rows && b1 > b0) {
+      const int64_t r = r0 + lane;
+      if (w.type == GgmlType::Q4_K) {
+        prefetch_l2_bulk(w.data + r * w.row_bytes + (size_t)b0 * kQ4Bytes, (uint32_t)((b1 - b0) * kQ4Bytes));
+      } else {
+        const int64_t nblk = w.rows * batch.nb, blk = r * batch.nb + b0;
+        prefetch_l2_bulk(w.data + blk * kQ6Ql, (uint32_t)((b1 - b0) * kQ6Ql));
+        prefetch_l2_bulk(w.data + nblk * kQ6Ql + blk * kQ6Qh, (uint32_t)((b1 - b0) * kQ6Qh));
+      }
     }
   }
   pdl_trigger();
   pdl_wait();
-  float acc_a = 0.0f, acc_b = 0.0f;
-  if (live) {
-    const Act a = act_planes(act, w.cols);
-    const int64_t ra = std::min<int64_t>(r0 + g, w.rows - 1), rb = std::min<int64_t>(r0 + g + 8, w.rows - 1);
-    if (w.type == GgmlType::Q4_K) q4k_tile<PIPE>(w, ra, rb, b0, b1, a, g, q, acc_a, acc_b);
-    else q6k_tile(w, ra, rb, b0, b1, a, g, q, acc_a, acc_b);
-  }
-  // the row's four threads (groups 2q, 2q + 1), in a fixed order
-  acc_a += __shfl_xor_sync(0xffffffffu, acc_a, 1);
-  acc_a += __shfl_xor_sync(0xffffffffu, acc_a, 2);
-  acc_b += __shfl_xor_sync(0xffffffffu, acc_b, 1);
-  acc_b += __shfl_xor_sync(0xffffffffu, acc_b, 2);
-  if (batch.split > 1) {  // the tile's K parts are warps [warp - kpart, warp - kpart + split) of this CTA
-    if (q == 0) {
-      part[warp][g] = acc_a;
-      part[warp][g + 8] = acc_b;
+  for (int grp = blockIdx.x; grp < n_groups; grp += gridDim.x) {
+    int tile, kpart, wi, b0, b1;
+    int64_t r0;
+    item(grp, tile, kpart, wi, r0, b0, b1);
+    const bool live = tile < n_tiles;
+    const DeviceWeight& w = batch.w[wi];
+    float acc_a = 0.0f, acc_b = 0.0f;
+    if (live) {
+      const Act a = act_planes(act, w.cols);
+      const int64_t ra = std::min<int64_t>(r0 + g, w.rows - 1), rb = std::min<int64_t>(r0 + g + 8, w.rows - 1);
+      if (w.type == GgmlType::Q4_K) q4k_tile<PIPE>(w, ra, rb, b0, b1, a, g, q, acc_a, acc_b);
+      else q6k_tile(w, ra, rb, b0, b1, a, g, q, acc_a, acc_b);
     }
-    __syncthreads();
-    if (kpart != 0 || !live) return;
-    if (lane < kTile) {
-      float v = part[warp][lane];
-      for (int k = 1; k < batch.split; ++k) v += part[warp + k][lane];
-      acc_a = v;
+    // the row's four threads (groups 2q, 2q + 1), in a fixed order
+    acc_a += __shfl_xor_sync(0xffffffffu, acc_a, 1);
+    acc_a += __shfl_xor_sync(0xffffffffu, acc_a, 2);
+    acc_b += __shfl_xor_sync(0xffffffffu, acc_b, 1);
+    acc_b += __shfl_xor_sync(0xffffffffu, acc_b, 2);
+    bool write = live;
+    if (batch.split > 1) {  // the tile's K parts: warps [warp - kpart, warp - kpart + split) of this CTA
+      if (q == 0) {
+        part[warp][g] = acc_a;
+        part[warp][g + 8] = acc_b;
+      }
+      __syncthreads();
+      if (lane < kTile) {
+        float v = part[warp][lane];
+        for (int k = 1; k < batch.split; ++k) v += part[warp + k][lane];
+        acc_a = v;
+      }
+      __syncthreads();  // part is reused by the next group
+      write = live && kpart == 0;
+    } else {
+      // lane l < 16 takes row l: row g from lane 4g (acc_a), row g + 8 from lane 4g (acc_b)
+      const float va = __shfl_sync(0xffffffffu, acc_a, (lane & 7) * 4);
+      const float vb = __shfl_sync(0xffffffffu, acc_b, (lane & 7) * 4);
+      acc_a = lane < 8 ? va : vb;
     }
-  } else {
-    if (!live) return;
-    // lane l < 16 takes row l: rows g from lane 4g, rows g + 8 from lane 4g (acc_b)
-    const float va = __shfl_sync(0xffffffffu, acc_a, (lane & 7) * 4);
-    const float vb = __shfl_sync(0xffffffffu, acc_b, (lane & 7) * 4);
-    acc_a = lane < 8 ? va : vb;
-  }
-  const int64_t row = r0 + lane;
-  if (lane < kTile && row < w.rows) {
-    const MatvecOut& o = batch.out[wi];
-    float* y = o.y + row;
-    const float r = o.bias ? acc_a + o.bias[row] : acc_a;
-    *y = o.accumulate ? *y + r : r;
+    const int64_t row = r0 + lane;
+    if (write && lane < kTile && row < w.rows) {
+      const MatvecOut& o = batch.out[wi];
+      float* y = o.y + row;
+      const float r = o.bias ? acc_a + o.bias[row] : acc_a;
+      *y = o.accumulate ? *y + r : r;
+    }
   }
 }
 
-int choose_split(int n_tiles, int nb) {
-  // Enough warps to keep ~16 per SM streaming, while each K part keeps >= 3 superblocks.
-  int s = 1;
-  while (s < kWarps && n_tiles * s < 132 * 16 && nb >= 3 * 2 * s) s *= 2;
-  return s;
+// CTAs of the kernel that fit on the GPU at once.
+template <bool PIPE>
+int resident_ctas() {
+  static int n = 0;
+  if (!n) {
+    int dev = 0, sms = 0, per_sm = 0;
+    PYRESA_CUDA_CHECK(cudaGetDevice(&dev));
+    PYRESA_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    PYRESA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, matvec_mma_kernel<PIPE>, 32 * kWarps, 0));
+    n = std::max(1, sms * per_sm);
+  }
+  return n;
+}
+
+// K parts per tile: the fewest passes of the resident warps times the superblocks of an item
+// (+ ~1.5 superblocks' worth of fixed cost per item: first loads' latency, the reduction).
+int choose_split(int n_tiles, int nb, int resident_warps) {
+  int best = 1;
+  double best_cost = 1e30;
+  for (int s = 1; s <= kWarps; s *= 2) {
+    if (s > 1 && nb < 2 * s) break;
+    const double passes = std::ceil((double)n_tiles * s / resident_warps);
+    const double cost = passes * ((double)nb / s + 1.5);
+    if (cost < best_cost - 1e-9) {
+      best_cost = cost;
+      best = s;
+    }
+  }
+  return best;
 }
 
 }  // namespace
@@ -330,6 +377,10 @@ int& matvec_mma_mode() {
 int& matvec_mma_split() {
   static int s = 0;
   return s;
+}
+int& matvec_mma_grid_cap() {
+  static int c = 0;
+  return c;
 }
 
 bool matvec_mma(const DeviceWeight* ws, const MatvecOut* outs, int n_w, const void* act, cudaStream_t s, bool dry_run) {
@@ -351,11 +402,14 @@ bool matvec_mma(const DeviceWeight* ws, const MatvecOut* outs, int n_w, const vo
     tiles += (int)ceil_div(ws[i].rows, (int64_t)kTile);
   }
   for (int i = n_w; i < 4; ++i) b.first_tile[i] = tiles;
+  const bool pipe = matvec_mma_mode() == 2;
+  const int resident = pipe ? resident_ctas<true>() : resident_ctas<false>();
   const int forced = matvec_mma_split();
-  b.split = forced == 1 || forced == 2 || forced == 4 || forced == 8 ? forced : choose_split(tiles, b.nb);
-  const int grid = (int)ceil_div((int64_t)tiles * b.split, (int64_t)kWarps);
+  b.split = forced == 1 || forced == 2 || forced == 4 || forced == 8 ? forced : choose_split(tiles, b.nb, resident * kWarps);
+  const int groups = (int)ceil_div((int64_t)tiles * b.split, (int64_t)kWarps);
+  const int grid = std::min(groups, matvec_mma_grid_cap() > 0 ? matvec_mma_grid_cap() : resident);
   const auto* a = static_cast<const uint8_t*>(act);
-  if (matvec_mma_mode() == 2) launch(matvec_mma_kernel<true>, grid, 32 * kWarps, 0, s, b, a);
+  if (pipe) launch(matvec_mma_kernel<true>, grid, 32 * kWarps, 0, s, b, a);
   else launch(matvec_mma_kernel<false>, grid, 32 * kWarps, 0, s, b, a);
   PYRESA_CUDA_LAUNCH_CHECK();
   return true;

@@ -27,5 +27,8 @@ int& matvec_mma_mode();
 // K parts per 16-row tile (1, 2, 4 or 8 warps of a CTA share a tile, partial sums added in
 // shared memory in a fixed order); 0: chosen from the shape. Tests set it.
 int& matvec_mma_split();
+// Most CTAs of its grid (0: as many as fit on the GPU at once; each CTA loops over item groups).
+// Tests set it to exercise the loop.
+int& matvec_mma_grid_cap();
 
 }  // namespace pyresa::cuda

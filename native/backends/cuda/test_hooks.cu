@@ -74,14 +74,16 @@ DeviceBuffer pos_buffer(int pos) { return to_device(&pos, sizeof(int)); }
 // The one-token tensor-core products (matvec_mma.cu) on (1) or off (0) for the object's lifetime:
 // the hooks that test the dp4a kernels switch it off, so they keep testing those kernels.
 struct MatvecMmaScope {
-  int mode = matvec_mma_mode(), split = matvec_mma_split();
-  MatvecMmaScope(int on, int forced_split = 0) {
+  int mode = matvec_mma_mode(), split = matvec_mma_split(), cap = matvec_mma_grid_cap();
+  MatvecMmaScope(int on, int forced_split = 0, int grid_cap = 0) {
     matvec_mma_mode() = on;
     matvec_mma_split() = forced_split;
+    matvec_mma_grid_cap() = grid_cap;
   }
   ~MatvecMmaScope() {
     matvec_mma_mode() = mode;
     matvec_mma_split() = split;
+    matvec_mma_grid_cap() = cap;
   }
 };
 
@@ -217,7 +219,7 @@ std::vector<float> matvec_prep(const std::vector<int>& types, const std::vector<
 
 std::vector<float> matvec_mma(const std::vector<int>& types, const std::vector<int64_t>& rows, int64_t cols,
                               const uint8_t* w, size_t w_bytes, const float* x, const float* bias, bool accumulate,
-                              int split, int mode) {
+                              int split, int mode, int cap) {
   const int n_w = (int)types.size();
   if (n_w < 1 || n_w > 3 || rows.size() != types.size()) throw std::invalid_argument("1-3 weights, a row count each");
   DeviceBuffer wb[3];
@@ -251,7 +253,7 @@ std::vector<float> matvec_mma(const std::vector<int>& types, const std::vector<i
   p.x = xb.get<float>();
   p.ld_x = cols;
   prepare_activations(p, GgmlType::Q8_K, 1, cols, act.get(), rb, nullptr);
-  const MatvecMmaScope mma(mode, split);
+  const MatvecMmaScope mma(mode, split, cap);
   if (!cuda::matvec_mma(dw, os, n_w, act.get(), nullptr)) throw std::invalid_argument("matvec_mma does not take these weights");
   return to_host<float>(y, (size_t)total_rows);
 }

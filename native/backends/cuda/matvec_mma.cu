@@ -32,6 +32,7 @@ constexpr int kWarps = 8;      // per CTA
 constexpr int kTile = 16;      // rows per tile (the MMA's M)
 constexpr int kQ4Bytes = 144;  // Q4_K superblock: d, dmin (F16), 12 packed scale bytes, 128 quant bytes
 constexpr int kQ6Ql = 128, kQ6Qh = 64, kQ6Sc = 16;  // Q6_K planes as quant.cu uploads them
+constexpr int kPrefetchBlocks = 2;  // superblocks per row pulled into L2 before the PDL wait
 
 struct MmaBatch {
   DeviceWeight w[3];
@@ -270,12 +271,15 @@ __global__ void __launch_bounds__(32 * kWarps, PIPE ? 2 : 3) matvec_mma_kernel(M
     b0 = (int)((int64_t)batch.nb * kpart / batch.split);
     b1 = (int)((int64_t)batch.nb * (kpart + 1) / batch.split);
   };
-  {  // The weights do not depend on the previous kernel: pull the first item's share into L2
-     // while it finishes (PDL), one bulk prefetch per row, then wait for the activations.
+  {  // The weights do not depend on the previous kernel: pull the start of the first item's rows
+     // into L2 while it finishes (PDL), then wait for the activations. Only kPrefetchBlocks
+     // superblocks per row: the grid is one wave, so prefetching whole items would ask for the
+     // whole matrix at once (gate+up: 76 MB, more than the 50 MB L2).
     int tile, kpart, wi, b0, b1;
     int64_t r0;
     item(blockIdx.x, tile, kpart, wi, r0, b0, b1);
     const DeviceWeight& w = batch.w[wi];
+    b1 = std::min(b1, b0 + kPrefetchBlocks);
     if (tile < n_tiles && lane < kTile && r0 + lane < w.rows && b1 > b0) {
       const int64_t r = r0 + lane;
       if (w.type == GgmlType::Q4_K) {

@@ -318,7 +318,7 @@ __global__ void __launch_bounds__(32 * kWarps, PIPE ? 2 : 3) matvec_mma_kernel(M
         part[warp][g + 8] = acc_b;
       }
       __syncthreads();
-      if (lane < kTile) {
+      if (kpart == 0 && lane < kTile) {  // the tile's first warp adds its parts
         float v = part[warp][lane];
         for (int k = 1; k < batch.split; ++k) v += part[warp + k][lane];
         acc_a = v;

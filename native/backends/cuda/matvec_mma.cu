@@ -59,6 +59,14 @@ __device__ __forceinline__ uint32_t ld_nc32(const void* p) {  // Q6_K words: the
   return __ldg(reinterpret_cast<const unsigned int*>(p));
 }
 
+__device__ __forceinline__ uint32_t smem_addr(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
+__device__ __forceinline__ void cp_async16_ptr(uint32_t dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
 // c += A (16 x 32, u8) . B (32 x 8, s8)
 __device__ __forceinline__ void mma_k32(int (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
                                         uint32_t b1) {
@@ -181,6 +189,62 @@ __device__ __forceinline__ void q4k_tile(const DeviceWeight& w, int64_t ra, int6
   }
 }
 
+// MODE 3: the warp's rows stream through a ring of kStages shared-memory stages by cp.async
+// (one stage = one superblock of its 16 rows), kStages - 1 superblocks always in flight, and no
+// registers held while they are: the register kernels keep only one superblock (2.3 KB) per warp
+// in flight, too few bytes to cover DRAM latency at 16-24 warps per SM (run 11, call 2).
+constexpr int kStages = 3;
+constexpr int kRowStride = 160;  // bytes per row of a stage: 144 + 16 makes the 8-byte reads conflict-free
+constexpr int kStageBytes = kTile * kRowStride;
+constexpr int kRingBytes = kStages * kStageBytes;  // per warp
+
+__device__ __forceinline__ void q4k_tile_async(const DeviceWeight& w, int64_t r0, int b0, int b1, const Act& a, int g,
+                                               int q, int lane, uint8_t* ring, float& acc_a, float& acc_b) {
+  // This lane's 16-byte chunks of a stage: chunk i = lane + 32k (i < 144) is row i / 9, bytes 16 (i % 9).
+  const uint8_t* src[5];
+  uint32_t dst[5];
+#pragma unroll
+  for (int k = 0; k < 5; ++k) {
+    const int i = lane + 32 * k, r = i / 9, j = i % 9;
+    const int64_t row = std::min<int64_t>(r0 + r, w.rows - 1);
+    src[k] = w.data + row * w.row_bytes + 16 * j;
+    dst[k] = smem_addr(ring) + r * kRowStride + 16 * j;
+  }
+  auto issue = [&](int b, int stage) {
+#pragma unroll
+    for (int k = 0; k < 5; ++k)
+      if (k < 4 || lane < 16) cp_async16_ptr(dst[k] + stage * kStageBytes, src[k] + (size_t)b * kQ4Bytes);
+  };
+#pragma unroll
+  for (int st = 0; st < kStages - 1; ++st) {
+    if (b0 + st < b1) issue(b0 + st, st);
+    cp_async_commit();
+  }
+  for (int i = 0; b0 + i < b1; ++i) {
+    const int b = b0 + i;
+    if (b + kStages - 1 < b1) issue(b + kStages - 1, (i + kStages - 1) % kStages);
+    cp_async_commit();
+    cp_async_wait<kStages - 1>();  // this lane's copies of superblock b have landed
+    __syncwarp();                  // and every lane's
+    const uint8_t* st = ring + (i % kStages) * kStageBytes;
+    Q4kLoads L;
+    L.ha = *reinterpret_cast<const uint4*>(st + g * kRowStride);
+    L.hb = *reinterpret_cast<const uint4*>(st + (g + 8) * kRowStride);
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      L.qa[c] = *reinterpret_cast<const uint2*>(st + g * kRowStride + 16 + 32 * c + 8 * q);
+      L.qb[c] = *reinterpret_cast<const uint2*>(st + (g + 8) * kRowStride + 16 + 32 * c + 8 * q);
+    }
+    L.av = *reinterpret_cast<const uint2*>(a.q + (size_t)b * QK_K + 32 * g + 8 * q);
+    const uint32_t* bsp = reinterpret_cast<const uint32_t*>(a.bsum + (size_t)b * 16 + 4 * q);
+    L.bs = make_uint2(bsp[0], bsp[1]);
+    L.ad = a.d[b];
+    q4k_compute(L, g, q, acc_a, acc_b);
+    __syncwarp();  // the stage is refilled by the next iteration's copies
+  }
+  cp_async_wait<0>();
+}
+
 // Q6_K group j (16 weights: half h = j / 8, quarter k = (j / 2) % 4, part l = j % 2) of one row,
 // thread q's 4 weights as unsigned bytes 0..63, from ql words A (k even) / B (k odd) and qh word H.
 __device__ __forceinline__ uint32_t q6k_word(uint32_t A, uint32_t B, uint32_t H, int k) {
@@ -255,9 +319,10 @@ __device__ __forceinline__ void q6k_tile(const DeviceWeight& w, int64_t ra, int6
 // product never runs a short second wave of whole tiles (measured: with one 16-row tile per warp
 // and as many warps as tiles, gate+up ran 1.12 waves, and its tail cost more than the tensor
 // cores saved).
-template <bool PIPE>
-__global__ void __launch_bounds__(32 * kWarps, PIPE ? 2 : 3) matvec_mma_kernel(MmaBatch batch, const uint8_t* act) {
+template <int MODE>
+__global__ void __launch_bounds__(32 * kWarps, MODE == 2 ? 2 : 3) matvec_mma_kernel(MmaBatch batch, const uint8_t* act) {
   __shared__ float part[kWarps][kTile];
+  extern __shared__ __align__(16) uint8_t ring_all[];  // MODE 3: kRingBytes per warp
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, q = lane & 3;
   const int n_tiles = batch.first_tile[batch.n];
@@ -303,7 +368,9 @@ __global__ void __launch_bounds__(32 * kWarps, PIPE ? 2 : 3) matvec_mma_kernel(M
     if (live) {
       const Act a = act_planes(act, w.cols);
       const int64_t ra = std::min<int64_t>(r0 + g, w.rows - 1), rb = std::min<int64_t>(r0 + g + 8, w.rows - 1);
-      if (w.type == GgmlType::Q4_K) q4k_tile<PIPE>(w, ra, rb, b0, b1, a, g, q, acc_a, acc_b);
+      if (MODE == 3 && w.type == GgmlType::Q4_K)
+        q4k_tile_async(w, r0, b0, b1, a, g, q, lane, ring_all + warp * kRingBytes, acc_a, acc_b);
+      else if (w.type == GgmlType::Q4_K) q4k_tile<MODE == 2>(w, ra, rb, b0, b1, a, g, q, acc_a, acc_b);
       else q6k_tile(w, ra, rb, b0, b1, a, g, q, acc_a, acc_b);
     }
     // the row's four threads (groups 2q, 2q + 1), in a fixed order
@@ -342,14 +409,21 @@ __global__ void __launch_bounds__(32 * kWarps, PIPE ? 2 : 3) matvec_mma_kernel(M
 }
 
 // CTAs of the kernel that fit on the GPU at once.
-template <bool PIPE>
+template <int MODE>
+size_t ring_smem() { return MODE == 3 ? (size_t)kWarps * kRingBytes : 0; }
+
+template <int MODE>
 int resident_ctas() {
   static int n = 0;
   if (!n) {
     int dev = 0, sms = 0, per_sm = 0;
     PYRESA_CUDA_CHECK(cudaGetDevice(&dev));
     PYRESA_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-    PYRESA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, matvec_mma_kernel<PIPE>, 32 * kWarps, 0));
+    if (ring_smem<MODE>() > 48 * 1024)
+      PYRESA_CUDA_CHECK(cudaFuncSetAttribute(matvec_mma_kernel<MODE>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             (int)ring_smem<MODE>()));
+    PYRESA_CUDA_CHECK(
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, matvec_mma_kernel<MODE>, 32 * kWarps, ring_smem<MODE>()));
     n = std::max(1, sms * per_sm);
   }
   return n;
@@ -406,15 +480,16 @@ bool matvec_mma(const DeviceWeight* ws, const MatvecOut* outs, int n_w, const vo
     tiles += (int)ceil_div(ws[i].rows, (int64_t)kTile);
   }
   for (int i = n_w; i < 4; ++i) b.first_tile[i] = tiles;
-  const bool pipe = matvec_mma_mode() == 2;
-  const int resident = pipe ? resident_ctas<true>() : resident_ctas<false>();
+  const int mode = matvec_mma_mode();
+  const int resident = mode == 2 ? resident_ctas<2>() : mode == 3 ? resident_ctas<3>() : resident_ctas<1>();
   const int forced = matvec_mma_split();
   b.split = forced == 1 || forced == 2 || forced == 4 || forced == 8 ? forced : choose_split(tiles, b.nb, resident * kWarps);
   const int groups = (int)ceil_div((int64_t)tiles * b.split, (int64_t)kWarps);
   const int grid = std::min(groups, matvec_mma_grid_cap() > 0 ? matvec_mma_grid_cap() : resident);
   const auto* a = static_cast<const uint8_t*>(act);
-  if (pipe) launch(matvec_mma_kernel<true>, grid, 32 * kWarps, 0, s, b, a);
-  else launch(matvec_mma_kernel<false>, grid, 32 * kWarps, 0, s, b, a);
+  if (mode == 2) launch(matvec_mma_kernel<2>, grid, 32 * kWarps, 0, s, b, a);
+  else if (mode == 3) launch(matvec_mma_kernel<3>, grid, 32 * kWarps, ring_smem<3>(), s, b, a);
+  else launch(matvec_mma_kernel<1>, grid, 32 * kWarps, 0, s, b, a);
   PYRESA_CUDA_LAUNCH_CHECK();
   return true;
 }

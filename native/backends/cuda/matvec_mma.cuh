@@ -22,6 +22,7 @@ bool matvec_mma(const DeviceWeight* w, const MatvecOut* out, int n_w, const void
 
 // 1 (default): matvec_multi / matvec / matvec_rows_prep take matvec_mma for one token where it
 // applies; 2: the same with Q4_K's next superblock loaded before the current one's arithmetic;
+// 3: Q4_K rows streamed through a shared-memory ring by cp.async (more bytes in flight per warp);
 // 0: the dp4a kernels of quant.cu. PYRESA_CUDA_MATVEC_MMA.
 int& matvec_mma_mode();
 // K parts per 16-row tile (1, 2, 4 or 8 warps of a CTA share a tile, partial sums added in

@@ -163,36 +163,22 @@ __device__ __forceinline__ void q4k_compute(const Q4kLoads& L, int g, int q, flo
 
 // One warp: rows ra (= r0 + g) and rb (= r0 + g + 8) of a Q4_K weight (clamped into the matrix;
 // the caller discards rows past the end), superblocks [b0, b1); adds the two rows' partial sums
-// over this thread's groups. PIPE: the next superblock's loads are issued before this one's
-// arithmetic (twice the registers for loads, a superblock always in flight per warp).
-template <bool PIPE>
+// over this thread's groups.
 __device__ __forceinline__ void q4k_tile(const DeviceWeight& w, int64_t ra, int64_t rb, int b0, int b1, const Act& a,
                                          int g, int q, float& acc_a, float& acc_b) {
   const uint8_t* pa = w.data + ra * w.row_bytes;
   const uint8_t* pb = w.data + rb * w.row_bytes;
-  if constexpr (PIPE) {
-    if (b0 >= b1) return;
+  for (int b = b0; b < b1; ++b) {
     Q4kLoads cur;
-    q4k_load(cur, pa, pb, b0, a, g, q);
-    for (int b = b0; b < b1; ++b) {
-      Q4kLoads nxt;
-      q4k_load(nxt, pa, pb, b + 1 < b1 ? b + 1 : b, a, g, q);  // the last one reloads (an L1/L2 hit)
-      q4k_compute(cur, g, q, acc_a, acc_b);
-      cur = nxt;
-    }
-  } else {
-    for (int b = b0; b < b1; ++b) {
-      Q4kLoads cur;
-      q4k_load(cur, pa, pb, b, a, g, q);
-      q4k_compute(cur, g, q, acc_a, acc_b);
-    }
+    q4k_load(cur, pa, pb, b, a, g, q);
+    q4k_compute(cur, g, q, acc_a, acc_b);
   }
 }
 
-// MODE 3: the warp's rows stream through a ring of kStages shared-memory stages by cp.async
-// (one stage = one superblock of its 16 rows), kStages - 1 superblocks always in flight, and no
-// registers held while they are: the register kernels keep only one superblock (2.3 KB) per warp
-// in flight, too few bytes to cover DRAM latency at 16-24 warps per SM (run 11, call 2).
+// MODE 2: the warp's rows stream through a ring of kStages shared-memory stages by cp.async
+// (one stage = one superblock of its 16 rows), kStages - 1 superblocks in flight without holding
+// registers. Written because the register kernel keeps only one superblock (2.3 KB) per warp in
+// flight; measured no faster (run 11-mmv), so bytes in flight per warp are not what holds it.
 constexpr int kStages = 3;
 constexpr int kRowStride = 160;  // bytes per row of a stage: 144 + 16 makes the 8-byte reads conflict-free
 constexpr int kStageBytes = kTile * kRowStride;
@@ -320,9 +306,9 @@ __device__ __forceinline__ void q6k_tile(const DeviceWeight& w, int64_t ra, int6
 // and as many warps as tiles, gate+up ran 1.12 waves, and its tail cost more than the tensor
 // cores saved).
 template <int MODE>
-__global__ void __launch_bounds__(32 * kWarps, MODE == 2 ? 2 : 3) matvec_mma_kernel(MmaBatch batch, const uint8_t* act) {
+__global__ void __launch_bounds__(32 * kWarps, 3) matvec_mma_kernel(MmaBatch batch, const uint8_t* act) {
   __shared__ float part[kWarps][kTile];
-  extern __shared__ __align__(16) uint8_t ring_all[];  // MODE 3: kRingBytes per warp
+  extern __shared__ __align__(16) uint8_t ring_all[];  // MODE 2: kRingBytes per warp
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, q = lane & 3;
   const int n_tiles = batch.first_tile[batch.n];
@@ -368,9 +354,9 @@ __global__ void __launch_bounds__(32 * kWarps, MODE == 2 ? 2 : 3) matvec_mma_ker
     if (live) {
       const Act a = act_planes(act, w.cols);
       const int64_t ra = std::min<int64_t>(r0 + g, w.rows - 1), rb = std::min<int64_t>(r0 + g + 8, w.rows - 1);
-      if (MODE == 3 && w.type == GgmlType::Q4_K)
+      if (MODE == 2 && w.type == GgmlType::Q4_K)
         q4k_tile_async(w, r0, b0, b1, a, g, q, lane, ring_all + warp * kRingBytes, acc_a, acc_b);
-      else if (w.type == GgmlType::Q4_K) q4k_tile<MODE == 2>(w, ra, rb, b0, b1, a, g, q, acc_a, acc_b);
+      else if (w.type == GgmlType::Q4_K) q4k_tile(w, ra, rb, b0, b1, a, g, q, acc_a, acc_b);
       else q6k_tile(w, ra, rb, b0, b1, a, g, q, acc_a, acc_b);
     }
     // the row's four threads (groups 2q, 2q + 1), in a fixed order
@@ -410,7 +396,7 @@ __global__ void __launch_bounds__(32 * kWarps, MODE == 2 ? 2 : 3) matvec_mma_ker
 
 // CTAs of the kernel that fit on the GPU at once.
 template <int MODE>
-size_t ring_smem() { return MODE == 3 ? (size_t)kWarps * kRingBytes : 0; }
+size_t ring_smem() { return MODE == 2 ? (size_t)kWarps * kRingBytes : 0; }
 
 template <int MODE>
 int resident_ctas() {
@@ -449,7 +435,7 @@ int choose_split(int n_tiles, int nb, int resident_warps) {
 }  // namespace
 
 int& matvec_mma_mode() {
-  static int m = 1;
+  static int m = 0;
   return m;
 }
 int& matvec_mma_split() {
@@ -481,14 +467,13 @@ bool matvec_mma(const DeviceWeight* ws, const MatvecOut* outs, int n_w, const vo
   }
   for (int i = n_w; i < 4; ++i) b.first_tile[i] = tiles;
   const int mode = matvec_mma_mode();
-  const int resident = mode == 2 ? resident_ctas<2>() : mode == 3 ? resident_ctas<3>() : resident_ctas<1>();
+  const int resident = mode == 2 ? resident_ctas<2>() : resident_ctas<1>();
   const int forced = matvec_mma_split();
   b.split = forced == 1 || forced == 2 || forced == 4 || forced == 8 ? forced : choose_split(tiles, b.nb, resident * kWarps);
   const int groups = (int)ceil_div((int64_t)tiles * b.split, (int64_t)kWarps);
   const int grid = std::min(groups, matvec_mma_grid_cap() > 0 ? matvec_mma_grid_cap() : resident);
   const auto* a = static_cast<const uint8_t*>(act);
-  if (mode == 2) launch(matvec_mma_kernel<2>, grid, 32 * kWarps, 0, s, b, a);
-  else if (mode == 3) launch(matvec_mma_kernel<3>, grid, 32 * kWarps, ring_smem<3>(), s, b, a);
+  if (mode == 2) launch(matvec_mma_kernel<2>, grid, 32 * kWarps, ring_smem<2>(), s, b, a);
   else launch(matvec_mma_kernel<1>, grid, 32 * kWarps, 0, s, b, a);
   PYRESA_CUDA_LAUNCH_CHECK();
   return true;

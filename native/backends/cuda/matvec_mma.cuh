@@ -4,7 +4,8 @@
 // scaling), so their instruction issue, not DRAM, caps them at ~60 % of the copy rate. Here one
 // warp instruction multiplies 16 rows x 32 weights, and the per-sub-block scales are applied once
 // per (row, sub-block) instead of once per lane: ~15-20 bytes per instruction, so the products
-// become memory-bound. docs/perf-cuda.md "Run 11-mmv" has the floor, the prediction and the runs.
+// become memory-bound. docs/perf-cuda.md "Run 11-mmv" has the floor, the prediction and the runs:
+// on the H100 they are not faster than the dp4a kernels (off by default).
 #pragma once
 #include <cuda_runtime.h>
 
@@ -20,10 +21,10 @@ namespace pyresa::cuda {
 bool matvec_mma(const DeviceWeight* w, const MatvecOut* out, int n_w, const void* act, cudaStream_t stream,
                 bool dry_run = false);
 
-// 1 (default): matvec_multi / matvec / matvec_rows_prep take matvec_mma for one token where it
-// applies; 2: the same with Q4_K's next superblock loaded before the current one's arithmetic;
-// 3: Q4_K rows streamed through a shared-memory ring by cp.async (more bytes in flight per warp);
-// 0: the dp4a kernels of quant.cu. PYRESA_CUDA_MATVEC_MMA.
+// 1: matvec_multi / matvec / matvec_rows_prep take matvec_mma for one token where it applies;
+// 2: the same with Q4_K rows streamed through a shared-memory ring by cp.async; 0 (default):
+// the dp4a kernels of quant.cu, which measured faster on the H100 (docs/perf-cuda.md, run 11-mmv).
+// PYRESA_CUDA_MATVEC_MMA.
 int& matvec_mma_mode();
 // K parts per 16-row tile (1, 2, 4 or 8 warps of a CTA share a tile, partial sums added in
 // shared memory in a fixed order); 0: chosen from the shape. Tests set it.

@@ -124,6 +124,36 @@ def test_matvec_ksplit_matches_cpu(t, rows, scalar_cpu):
             assert rel_err(got, ref) < 2e-6, (path, nsb, rel_err(got, ref))
 
 
+@pytest.mark.parametrize("mode", [1, 2])
+@pytest.mark.parametrize("types,rows", [((Q4_K,), (37,)), ((Q6_K,), (37,)), ((Q4_K,), (1000,)), ((Q6_K,), (333,)),
+                                        ((Q4_K, Q4_K, Q6_K), (64, 16, 40)), ((Q6_K, Q4_K), (23, 50))],
+                         ids=["q4k-37", "q6k-37", "q4k-1000", "q6k-333", "q4k-q4k-q6k", "q6k-q4k"])
+def test_matvec_mma_matches_cpu(types, rows, mode, scalar_cpu):
+    # One token on the int8 tensor cores (matvec_mma.cu): the same quantized integers as the CPU's
+    # vec_dot, the float scaling grouped by (row, superblock, pair of scale groups). Every K split
+    # (1-8 warps per tile, also parts with no superblock: nb = 1, 3), rows past the last tile,
+    # mixed Q4_K / Q6_K batches, bias, accumulation into y, and grids smaller than the work (each
+    # CTA then loops over item groups).
+    rng = np.random.default_rng()
+    for nsb in (1, 3, 14, 74):
+        cols = nsb * 256
+        ws = [random_weights(rng, t, r, cols) for t, r in zip(types, rows)]
+        x = rng.standard_normal(cols).astype(np.float32)
+        total = sum(rows)
+        bias = rng.standard_normal(total).astype(np.float32)
+        ref = np.concatenate([[core.vec_dot(t, np.ascontiguousarray(w[r]), x) for r in range(n)]
+                              for t, w, n in zip(types, ws, rows)]).astype(np.float32)
+        wbytes = np.concatenate([w.reshape(-1) for w in ws])
+        y0 = (0.25 * (np.arange(total) % 7) - 0.5).astype(np.float32)
+        for split, cap in ((0, 0), (1, 0), (2, 0), (4, 0), (8, 0), (0, 1), (2, 3), (8, 2)):
+            got = np.asarray(core.cuda_test.matvec_mma(list(types), list(rows), cols, wbytes, x, bias, False, split, mode,
+                                                       cap))
+            assert np.isfinite(got).all(), (nsb, split, cap)
+            assert rel_err(got, ref + bias) < 2e-6, (nsb, split, cap, rel_err(got, ref + bias))
+        got = np.asarray(core.cuda_test.matvec_mma(list(types), list(rows), cols, wbytes, x, None, True, 0, mode))
+        assert rel_err(got, y0 + ref) < 2e-6, (nsb, "accumulate")
+
+
 def cpu_rms_norm(x, w, eps):
     # The CPU's RMS norm: float products summed in double, the scale in float.
     ss = np.sum((x * x).astype(np.float64))

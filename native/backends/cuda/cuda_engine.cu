@@ -16,6 +16,7 @@
 #include "backends/cuda/common.cuh"
 #include "backends/cuda/gemm.cuh"
 #include "backends/cuda/launch.cuh"
+#include "backends/cuda/matvec_mma.cuh"
 #include "backends/cuda/ops.cuh"
 #include "backends/cuda/quant.cuh"
 #include "backends/cuda/resa.cuh"
@@ -857,6 +858,8 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, CudaEngi
   matvec_wide() = env_int("PYRESA_CUDA_MATVEC_WIDE", 0);
   matvec_ksplit() = env_int("PYRESA_CUDA_MATVEC_KSPLIT", 0);
   matvec_prefetch() = env_int("PYRESA_CUDA_MATVEC_PREFETCH", 2);
+  // One-token Q4_K/Q6_K on the int8 tensor cores: measured slower than dp4a (run 11-mmv), off.
+  matvec_mma_mode() = env_int("PYRESA_CUDA_MATVEC_MMA", 0);
   // Run 10-fixed-fuse (H100): folding the input's preparation into the products and the SwiGLU
   // quantize into gate+up's epilogue both lost (off); q/k/v in one launch, v first, won.
   m.fold_prep = env_int("PYRESA_CUDA_FUSE_NORM", 0);

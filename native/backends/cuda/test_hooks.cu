@@ -13,6 +13,7 @@
 #include "backends/cuda/common.cuh"
 #include "backends/cuda/gemm.cuh"
 #include "backends/cuda/launch.cuh"
+#include "backends/cuda/matvec_mma.cuh"
 #include "backends/cuda/ops.cuh"
 #include "backends/cuda/quant.cuh"
 #include "backends/cuda/resa.cuh"
@@ -70,6 +71,22 @@ DeviceWeight upload(int type, int64_t rows, int64_t cols, const uint8_t* w, size
 }
 DeviceBuffer pos_buffer(int pos) { return to_device(&pos, sizeof(int)); }
 
+// The one-token tensor-core products (matvec_mma.cu) on (1) or off (0) for the object's lifetime:
+// the hooks that test the dp4a kernels switch it off, so they keep testing those kernels.
+struct MatvecMmaScope {
+  int mode = matvec_mma_mode(), split = matvec_mma_split(), cap = matvec_mma_grid_cap();
+  MatvecMmaScope(int on, int forced_split = 0, int grid_cap = 0) {
+    matvec_mma_mode() = on;
+    matvec_mma_split() = forced_split;
+    matvec_mma_grid_cap() = grid_cap;
+  }
+  ~MatvecMmaScope() {
+    matvec_mma_mode() = mode;
+    matvec_mma_split() = split;
+    matvec_mma_grid_cap() = cap;
+  }
+};
+
 }  // namespace
 
 std::vector<float> matvec(int type, int64_t rows, int64_t cols, const uint8_t* w, size_t w_bytes, const float* x, int n,
@@ -83,6 +100,7 @@ std::vector<float> matvec(int type, int64_t rows, int64_t cols, const uint8_t* w
   const int wide = mode >= 0 ? (mode & 1) : matvec_wide();
   const int ksplit = mode >= 0 ? (mode & 2 ? 1 : 0) : matvec_ksplit();
   const int cap = path < 0 ? -path / 1000 : matvec_grid_cap();
+  const MatvecMmaScope mma(path < 0 ? 0 : matvec_mma_mode());  // a dp4a kernel asked for by its path
   if (path < 0) path = 0;
   const bool gemm = path != 0;
   DeviceBuffer wb;
@@ -169,6 +187,7 @@ std::vector<float> matvec_prep(const std::vector<int>& types, const std::vector<
   }
   const size_t rb = act_row_bytes(GgmlType::Q8_K, cols);
   DeviceBuffer act = poisoned(rb);
+  const MatvecMmaScope mma(0);  // the dp4a kernels, whose arithmetic matvec_rows_prep shares
   const int saved[6] = {matvec_rows_per_warp(), matvec_steps(), matvec_grid_cap(), matvec_wide(), matvec_ksplit(),
                         matvec_prep_grid_cap()};
   matvec_rows_per_warp() = 2;  // the default kernel, whose arithmetic matvec_rows_prep shares
@@ -198,6 +217,47 @@ std::vector<float> matvec_prep(const std::vector<int>& types, const std::vector<
   return to_host<float>(y, (size_t)total_rows);
 }
 
+std::vector<float> matvec_mma(const std::vector<int>& types, const std::vector<int64_t>& rows, int64_t cols,
+                              const uint8_t* w, size_t w_bytes, const float* x, const float* bias, bool accumulate,
+                              int split, int mode, int cap) {
+  const int n_w = (int)types.size();
+  if (n_w < 1 || n_w > 3 || rows.size() != types.size()) throw std::invalid_argument("1-3 weights, a row count each");
+  DeviceBuffer wb[3];
+  DeviceWeight dw[3];
+  size_t off = 0;
+  int64_t total_rows = 0;
+  for (int i = 0; i < n_w; ++i) {
+    const size_t bytes = device_weight_bytes(static_cast<GgmlType>(types[i]), rows[i], cols);
+    if (off + bytes > w_bytes) throw std::invalid_argument("too few weight bytes");
+    dw[i] = upload(types[i], rows[i], cols, w + off, bytes, wb[i]);
+    off += bytes;
+    total_rows += rows[i];
+  }
+  DeviceBuffer xb = to_device(x, sizeof(float) * cols);
+  DeviceBuffer bb = bias ? to_device(bias, sizeof(float) * total_rows) : DeviceBuffer();
+  std::vector<float> y0(total_rows);
+  for (int64_t i = 0; i < total_rows; ++i) y0[i] = 0.25f * (float)(i % 7) - 0.5f;
+  DeviceBuffer y = accumulate ? to_device(y0.data(), sizeof(float) * total_rows) : poisoned(sizeof(float) * total_rows);
+  MatvecOut os[3];
+  int64_t r0 = 0;
+  for (int i = 0; i < n_w; ++i) {
+    os[i].y = y.get<float>() + r0;
+    os[i].ldy = rows[i];
+    os[i].bias = bias ? bb.get<float>() + r0 : nullptr;
+    os[i].accumulate = accumulate;
+    r0 += rows[i];
+  }
+  const size_t rb = act_row_bytes(GgmlType::Q8_K, cols);
+  DeviceBuffer act(rb, "test activations");
+  ActPrep p;
+  p.x = xb.get<float>();
+  p.ld_x = cols;
+  prepare_activations(p, GgmlType::Q8_K, 1, cols, act.get(), rb, nullptr);
+  const MatvecMmaScope mma(mode, split, cap);
+  if (!cuda::matvec_mma(dw, os, n_w, act.get(), nullptr)) throw std::invalid_argument("matvec_mma does not take these weights");
+  return to_host<float>(y, (size_t)total_rows);
+}
+
 std::vector<float> gate_up_glu(int type, int64_t rows, int64_t cols, const uint8_t* w, size_t w_bytes, const float* x,
                                int mode, int cap, int repeats, std::vector<uint8_t>& act_out) {
   const size_t bytes = device_weight_bytes(static_cast<GgmlType>(type), rows, cols);
@@ -216,6 +276,7 @@ std::vector<float> gate_up_glu(int type, int64_t rows, int64_t cols, const uint8
   DeviceBuffer out = poisoned(rb_out);
   DeviceBuffer counters(sizeof(int) * (rows / QK_K + 1), "test counters");
   PYRESA_CUDA_CHECK(cudaMemset(counters.get(), 0, counters.bytes()));
+  const MatvecMmaScope mma(0);  // the epilogue's reference: the dp4a kernel it extends
   const int saved[5] = {matvec_rows_per_warp(), matvec_steps(), matvec_grid_cap(), matvec_wide(), matvec_ksplit()};
   matvec_rows_per_warp() = 2;
   matvec_steps() = 2;

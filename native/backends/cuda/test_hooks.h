@@ -27,6 +27,13 @@ double time_dqmm(int type, int64_t rows, int64_t cols, int M, int path, int reps
 // 1: matvec_rows_prep with the preparation folded in (cap: its most CTAs, 0 none); 2: prepared
 // input, one matvec_rows_prep launch. bias: all rows' (or null); accumulate: y starts at a
 // pattern. act_out: the Q8_K activation planes (modes 0 and 2: prepare's; 1: CTA 0's shared copy).
+// One token through the tensor-core products (matvec_mma.cu): y = concat_i(W_i . x) for 1-3
+// weights (Q4_K / Q6_K, mixed) of one row length, bias over all rows (or null), accumulate: y
+// starts at 0.25 * (i % 7) - 0.5; split: K parts per tile (0: the kernel's choice; 1, 2, 4, 8);
+// mode: matvec_mma_mode() (1, 2); cap: most CTAs (0: as many as fit; fewer loop over the work).
+std::vector<float> matvec_mma(const std::vector<int>& types, const std::vector<int64_t>& rows, int64_t cols,
+                              const uint8_t* w, size_t w_bytes, const float* x, const float* bias, bool accumulate,
+                              int split, int mode, int cap);
 std::vector<float> matvec_prep(const std::vector<int>& types, const std::vector<int64_t>& rows, int64_t cols,
                                const uint8_t* w, size_t w_bytes, const float* x, const float* norm_w, float eps,
                                int transform, const float* bias, bool accumulate, int mode, int cap,

@@ -11,7 +11,7 @@ source "$(dirname "$0")/gpu_common.sh"  # $src (cwd), $OUT
 case "${1:-}" in
 a)
   nice -n 10 bash .carry/llamacpp-bench.sh build > "$OUT/llama_build.log" 2>&1 &
-  timeout 330 bash bench/gpu_test.sh ${TEST_ARGS:-} || echo "GPU TESTS FAILED OR TIMED OUT"
+  timeout ${TEST_TIMEOUT:-330} bash bench/gpu_test.sh ${TEST_ARGS:-} || echo "GPU TESTS FAILED OR TIMED OUT"
   grep -E "passed|failed" "$OUT/pytest.log" | tail -3
   for _ in $(seq 1 60); do  # the 7B file, written by the llama.cpp script
     [ -f /root/llamacpp/syn7b.gguf ] && ! pgrep -f synth_gguf.py > /dev/null && break; sleep 3
@@ -20,7 +20,7 @@ a)
   eval "set -- ${AB_VARIANTS:-}"
   args=()
   for v in "$@"; do args+=(--variant "$v"); done
-  [ ${#args[@]} -gt 0 ] && timeout 330 python3 bench/gpu_ab.py --model /root/llamacpp/syn7b.gguf \
+  [ ${#args[@]} -gt 0 ] && timeout ${AB_TIMEOUT:-330} python3 bench/gpu_ab.py --model /root/llamacpp/syn7b.gguf \
     --depths "${AB_DEPTHS:-0,262144}" --modes "${AB_MODES:-dense,resa}" --rounds "${AB_ROUNDS:-1}" \
     --out "$OUT/ab.json" "${args[@]}" 2>&1 | tee "$OUT/ab.txt" | tail -40
   ;;

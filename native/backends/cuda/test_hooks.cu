@@ -89,6 +89,45 @@ struct MatvecMmaScope {
 
 }  // namespace
 
+namespace {
+// 1-3 weights of one row length, uploaded back to back from `w` (ggml bytes), with their outputs
+// as consecutive slices of one y (accumulate: y starts at 0.25 * (i % 7) - 0.5; else poisoned)
+// and a bias over all rows (or none): the one-token product hooks' common setup.
+struct WeightBatch {
+  int n_w = 0;
+  int64_t total_rows = 0;
+  DeviceBuffer wb[3], bb, y;
+  DeviceWeight dw[3];
+  MatvecOut os[3];
+  WeightBatch(const std::vector<int>& types, const std::vector<int64_t>& rows, int64_t cols, const uint8_t* w,
+              size_t w_bytes, const float* bias, bool accumulate) {
+    n_w = (int)types.size();
+    if (n_w < 1 || n_w > 3 || rows.size() != types.size()) throw std::invalid_argument("1-3 weights, a row count each");
+    size_t off = 0;
+    for (int i = 0; i < n_w; ++i) {
+      const size_t bytes = device_weight_bytes(static_cast<GgmlType>(types[i]), rows[i], cols);
+      if (off + bytes > w_bytes) throw std::invalid_argument("too few weight bytes");
+      dw[i] = upload(types[i], rows[i], cols, w + off, bytes, wb[i]);
+      off += bytes;
+      total_rows += rows[i];
+    }
+    bb = bias ? to_device(bias, sizeof(float) * total_rows) : DeviceBuffer();
+    std::vector<float> y0(total_rows);
+    for (int64_t i = 0; i < total_rows; ++i) y0[i] = 0.25f * (float)(i % 7) - 0.5f;
+    y = accumulate ? to_device(y0.data(), sizeof(float) * total_rows) : poisoned(sizeof(float) * total_rows);
+    int64_t r0 = 0;
+    for (int i = 0; i < n_w; ++i) {
+      os[i].y = y.get<float>() + r0;
+      os[i].ldy = rows[i];
+      os[i].bias = bias ? bb.get<float>() + r0 : nullptr;
+      os[i].accumulate = accumulate;
+      r0 += rows[i];
+    }
+  }
+  std::vector<float> result() { return to_host<float>(y, (size_t)total_rows); }
+};
+}  // namespace
+
 std::vector<float> matvec(int type, int64_t rows, int64_t cols, const uint8_t* w, size_t w_bytes, const float* x, int n,
                           const float* bias, int path) {
   // path -(1000 * cap + 100 * wide + 10 * steps + rows): the one-token K-quant kernel with that
@@ -151,40 +190,18 @@ std::vector<float> matvec_prep(const std::vector<int>& types, const std::vector<
                                const uint8_t* w, size_t w_bytes, const float* x, const float* norm_w, float eps,
                                int transform, const float* bias, bool accumulate, int mode, int cap,
                                std::vector<uint8_t>& act_out) {
-  const int n_w = (int)types.size();
-  if (n_w < 1 || n_w > 3 || rows.size() != types.size()) throw std::invalid_argument("1-3 weights, a row count each");
-  DeviceBuffer wb[3];
-  DeviceWeight dw[3];
-  size_t off = 0;
-  int64_t total_rows = 0;
-  for (int i = 0; i < n_w; ++i) {
-    const size_t bytes = device_weight_bytes(static_cast<GgmlType>(types[i]), rows[i], cols);
-    if (off + bytes > w_bytes) throw std::invalid_argument("too few weight bytes");
-    dw[i] = upload(types[i], rows[i], cols, w + off, bytes, wb[i]);
-    off += bytes;
-    total_rows += rows[i];
-  }
+  WeightBatch wbt(types, rows, cols, w, w_bytes, bias, accumulate);
+  const int n_w = wbt.n_w;
+  DeviceWeight* dw = wbt.dw;
+  MatvecOut* os = wbt.os;
   DeviceBuffer xb = to_device(x, sizeof(float) * cols);
   DeviceBuffer nw = norm_w ? to_device(norm_w, sizeof(float) * cols) : DeviceBuffer();
-  DeviceBuffer bb = bias ? to_device(bias, sizeof(float) * total_rows) : DeviceBuffer();
-  std::vector<float> y0(total_rows);
-  for (int64_t i = 0; i < total_rows; ++i) y0[i] = 0.25f * (float)(i % 7) - 0.5f;
-  DeviceBuffer y = accumulate ? to_device(y0.data(), sizeof(float) * total_rows) : poisoned(sizeof(float) * total_rows);
   ActPrep p;
   p.transform = static_cast<ActTransform>(transform);
   p.x = xb.get<float>();
   p.ld_x = cols;
   p.norm_w = norm_w ? nw.get<float>() : nullptr;
   p.eps = eps;
-  MatvecOut os[3];
-  int64_t r0 = 0;
-  for (int i = 0; i < n_w; ++i) {
-    os[i].y = y.get<float>() + r0;
-    os[i].ldy = rows[i];
-    os[i].bias = bias ? bb.get<float>() + r0 : nullptr;
-    os[i].accumulate = accumulate;
-    r0 += rows[i];
-  }
   const size_t rb = act_row_bytes(GgmlType::Q8_K, cols);
   DeviceBuffer act = poisoned(rb);
   const MatvecMmaScope mma(0);  // the dp4a kernels, whose arithmetic matvec_rows_prep shares
@@ -214,39 +231,14 @@ std::vector<float> matvec_prep(const std::vector<int>& types, const std::vector<
   matvec_prep_grid_cap() = saved[5];
   if (!ok) throw std::invalid_argument("matvec_rows_prep does not take these weights");
   act_out = to_host<uint8_t>(act, rb);
-  return to_host<float>(y, (size_t)total_rows);
+  return wbt.result();
 }
 
 std::vector<float> matvec_mma(const std::vector<int>& types, const std::vector<int64_t>& rows, int64_t cols,
                               const uint8_t* w, size_t w_bytes, const float* x, const float* bias, bool accumulate,
                               int split, int mode, int cap) {
-  const int n_w = (int)types.size();
-  if (n_w < 1 || n_w > 3 || rows.size() != types.size()) throw std::invalid_argument("1-3 weights, a row count each");
-  DeviceBuffer wb[3];
-  DeviceWeight dw[3];
-  size_t off = 0;
-  int64_t total_rows = 0;
-  for (int i = 0; i < n_w; ++i) {
-    const size_t bytes = device_weight_bytes(static_cast<GgmlType>(types[i]), rows[i], cols);
-    if (off + bytes > w_bytes) throw std::invalid_argument("too few weight bytes");
-    dw[i] = upload(types[i], rows[i], cols, w + off, bytes, wb[i]);
-    off += bytes;
-    total_rows += rows[i];
-  }
+  WeightBatch wbt(types, rows, cols, w, w_bytes, bias, accumulate);
   DeviceBuffer xb = to_device(x, sizeof(float) * cols);
-  DeviceBuffer bb = bias ? to_device(bias, sizeof(float) * total_rows) : DeviceBuffer();
-  std::vector<float> y0(total_rows);
-  for (int64_t i = 0; i < total_rows; ++i) y0[i] = 0.25f * (float)(i % 7) - 0.5f;
-  DeviceBuffer y = accumulate ? to_device(y0.data(), sizeof(float) * total_rows) : poisoned(sizeof(float) * total_rows);
-  MatvecOut os[3];
-  int64_t r0 = 0;
-  for (int i = 0; i < n_w; ++i) {
-    os[i].y = y.get<float>() + r0;
-    os[i].ldy = rows[i];
-    os[i].bias = bias ? bb.get<float>() + r0 : nullptr;
-    os[i].accumulate = accumulate;
-    r0 += rows[i];
-  }
   const size_t rb = act_row_bytes(GgmlType::Q8_K, cols);
   DeviceBuffer act(rb, "test activations");
   ActPrep p;
@@ -254,8 +246,9 @@ std::vector<float> matvec_mma(const std::vector<int>& types, const std::vector<i
   p.ld_x = cols;
   prepare_activations(p, GgmlType::Q8_K, 1, cols, act.get(), rb, nullptr);
   const MatvecMmaScope mma(mode, split, cap);
-  if (!cuda::matvec_mma(dw, os, n_w, act.get(), nullptr)) throw std::invalid_argument("matvec_mma does not take these weights");
-  return to_host<float>(y, (size_t)total_rows);
+  if (!cuda::matvec_mma(wbt.dw, wbt.os, wbt.n_w, act.get(), nullptr))
+    throw std::invalid_argument("matvec_mma does not take these weights");
+  return wbt.result();
 }
 
 std::vector<float> gate_up_glu(int type, int64_t rows, int64_t cols, const uint8_t* w, size_t w_bytes, const float* x,

@@ -38,9 +38,15 @@ endif()
 # on compute capability 9.0 only, which is what 90 targets. Other architectures keep a stub of that
 # kernel (attention_wgmma_available() is false there).
 # (CMake reads the "a" suffix from 3.25 on; older ones keep 90 and the stub.)
+# "90" also carried compute_90 PTX, which newer GPUs (Blackwell) compile at load time; 90a's PTX
+# does not run there, so compute_90 PTX is kept beside it (the wgmma kernel is a stub in it).
 if(CMAKE_VERSION VERSION_GREATER_EQUAL 3.25)
-  list(TRANSFORM CMAKE_CUDA_ARCHITECTURES REPLACE "^90$" "90a")
+  list(FIND CMAKE_CUDA_ARCHITECTURES "90" _pyresa_has_90)
+  list(TRANSFORM CMAKE_CUDA_ARCHITECTURES REPLACE "^90$" "90a-real")
   list(TRANSFORM CMAKE_CUDA_ARCHITECTURES REPLACE "^90-real$" "90a-real")
+  if(NOT _pyresa_has_90 EQUAL -1)
+    list(APPEND CMAKE_CUDA_ARCHITECTURES "90-virtual")
+  endif()
 endif()
 enable_language(CUDA)
 find_package(CUDAToolkit REQUIRED)

@@ -562,68 +562,72 @@ void descriptors(const uint16_t* K, int n_kv_head, int cap, int D, int n_tokens,
       }
 }
 
+namespace {
+// One layer's K, its descriptors, the selection's scratch and outputs (poisoned) and parameters:
+// the setup of the selection hooks. run(): select_blocks for one query, the block lists as
+// [n_kv_head][n_sel] (n_sel returned too).
+struct SelectionRig {
+  DescLayout L;
+  DeviceBuffer kb, db, keys, bl, ns;
+  ResaParams p;
+  int n_head, n_kv_head, cap, D;
+  SelectionRig(int n_head_, const uint16_t* K, int n_kv_head_, int cap_, int D_, int block_size, double ratio,
+               int min_blocks, int local_blocks)
+      : L(test_layout(n_kv_head_, cap_, D_, block_size)), n_head(n_head_), n_kv_head(n_kv_head_), cap(cap_), D(D_) {
+    kb = to_device(K, 2 * (size_t)n_kv_head * cap * D);
+    db = DeviceBuffer(L.elems() * 2, "test descriptors");
+    PYRESA_CUDA_CHECK(cudaMemset(db.get(), 0, db.bytes()));
+    keys = poisoned(select_scratch_bytes(L));  // one scratch for every call, as the engine's
+    bl = poisoned(4 * (size_t)n_kv_head * L.max_blocks);
+    ns = poisoned(4);
+    p.block_size = block_size;
+    p.ratio = ratio;
+    p.min_blocks = min_blocks;
+    p.local_blocks = local_blocks;
+  }
+  void refresh(const int* p0_dev, int n_tokens) {
+    refresh_descriptors(db.get<__half>(), L, 0, kb.get<__half>(), (int64_t)cap * D, p0_dev, 0, n_tokens, nullptr);
+  }
+  std::vector<int32_t> run(const float* q_dev, const int* pos_dev, int& n_sel) {
+    cuda::select_blocks(q_dev, n_head, db.get<__half>(), L, 0, p, pos_dev, keys.get<uint32_t>(), bl.get<int32_t>(),
+                        L.max_blocks, ns.get<int>(), nullptr);
+    n_sel = to_host<int>(ns, 1)[0];
+    const std::vector<int32_t> all = to_host<int32_t>(bl, (size_t)n_kv_head * L.max_blocks);
+    std::vector<int32_t> res((size_t)n_kv_head * n_sel);
+    for (int h = 0; h < n_kv_head; ++h)
+      std::memcpy(&res[(size_t)h * n_sel], &all[(size_t)h * L.max_blocks], 4 * (size_t)n_sel);
+    return res;
+  }
+};
+}  // namespace
+
 std::vector<int32_t> select_blocks(const float* q, int n_head, const uint16_t* K, int n_kv_head, int cap, int D,
                                    int n_tokens, int block_size, double ratio, int min_blocks, int local_blocks,
                                    int& n_sel_out) {
-  const DescLayout L = test_layout(n_kv_head, cap, D, block_size);
-  DeviceBuffer kb = to_device(K, 2 * (size_t)n_kv_head * cap * D);
-  DeviceBuffer db(L.elems() * 2, "test descriptors");
-  PYRESA_CUDA_CHECK(cudaMemset(db.get(), 0, db.bytes()));
+  SelectionRig rig(n_head, K, n_kv_head, cap, D, block_size, ratio, min_blocks, local_blocks);
   DeviceBuffer p0 = pos_buffer(0), pl = pos_buffer(n_tokens - 1);
-  refresh_descriptors(db.get<__half>(), L, 0, kb.get<__half>(), (int64_t)cap * D, p0.get<int>(), 0, n_tokens, nullptr);
+  rig.refresh(p0.get<int>(), n_tokens);
   DeviceBuffer qb = to_device(q, sizeof(float) * n_head * D);
-  DeviceBuffer keys = poisoned(select_scratch_bytes(L));
-  DeviceBuffer bl = poisoned(4 * (size_t)n_kv_head * L.max_blocks);
-  DeviceBuffer ns = poisoned(4);
-  ResaParams p;
-  p.block_size = block_size;
-  p.ratio = ratio;
-  p.min_blocks = min_blocks;
-  p.local_blocks = local_blocks;
-  cuda::select_blocks(qb.get<float>(), n_head, db.get<__half>(), L, 0, p, pl.get<int>(), keys.get<uint32_t>(),
-                      bl.get<int32_t>(), L.max_blocks, ns.get<int>(), nullptr);
-  n_sel_out = to_host<int>(ns, 1)[0];
-  std::vector<int32_t> all = to_host<int32_t>(bl, (size_t)n_kv_head * L.max_blocks);
-  std::vector<int32_t> res((size_t)n_kv_head * n_sel_out);
-  for (int h = 0; h < n_kv_head; ++h)
-    std::memcpy(&res[(size_t)h * n_sel_out], &all[(size_t)h * L.max_blocks], 4 * (size_t)n_sel_out);
-  return res;
+  return rig.run(qb.get<float>(), pl.get<int>(), n_sel_out);
 }
 
 std::vector<std::vector<int32_t>> select_blocks_steps(const float* q, int n_steps, int n_head, const uint16_t* K,
                                                       int n_kv_head, int cap, int D, const int* n_tokens,
                                                       int block_size, double ratio, int min_blocks, int local_blocks) {
-  const DescLayout L = test_layout(n_kv_head, cap, D, block_size);
-  DeviceBuffer kb = to_device(K, 2 * (size_t)n_kv_head * cap * D);
-  DeviceBuffer db(L.elems() * 2, "test descriptors");
-  PYRESA_CUDA_CHECK(cudaMemset(db.get(), 0, db.bytes()));
+  // One rig (one scratch) for every step, as the engine's: what a step leaves in it must not matter.
+  SelectionRig rig(n_head, K, n_kv_head, cap, D, block_size, ratio, min_blocks, local_blocks);
   DeviceBuffer p0 = pos_buffer(0), pl = pos_buffer(0);
   DeviceBuffer qb(sizeof(float) * n_head * D, "test query");
-  // One scratch for every step, as the engine's: what a step leaves in it must not matter.
-  DeviceBuffer keys = poisoned(select_scratch_bytes(L));
-  DeviceBuffer bl = poisoned(4 * (size_t)n_kv_head * L.max_blocks);
-  DeviceBuffer ns = poisoned(4);
-  ResaParams p;
-  p.block_size = block_size;
-  p.ratio = ratio;
-  p.min_blocks = min_blocks;
-  p.local_blocks = local_blocks;
   std::vector<std::vector<int32_t>> res;
   for (int s = 0; s < n_steps; ++s) {
     const int n = n_tokens[s], last = n - 1;
-    refresh_descriptors(db.get<__half>(), L, 0, kb.get<__half>(), (int64_t)cap * D, p0.get<int>(), 0, n, nullptr);
+    rig.refresh(p0.get<int>(), n);
     PYRESA_CUDA_CHECK(cudaMemcpy(pl.get(), &last, sizeof(int), cudaMemcpyHostToDevice));
     PYRESA_CUDA_CHECK(cudaMemcpy(qb.get(), q + (size_t)s * n_head * D, sizeof(float) * n_head * D,
                                  cudaMemcpyHostToDevice));
-    PYRESA_CUDA_CHECK(cudaMemset(bl.get(), 0xFF, bl.bytes()));  // a stale list must not pass for a written one
-    cuda::select_blocks(qb.get<float>(), n_head, db.get<__half>(), L, 0, p, pl.get<int>(), keys.get<uint32_t>(),
-                        bl.get<int32_t>(), L.max_blocks, ns.get<int>(), nullptr);
-    const int n_sel = to_host<int>(ns, 1)[0];
-    const std::vector<int32_t> all = to_host<int32_t>(bl, (size_t)n_kv_head * L.max_blocks);
-    std::vector<int32_t> r((size_t)n_kv_head * n_sel);
-    for (int h = 0; h < n_kv_head; ++h)
-      std::memcpy(&r[(size_t)h * n_sel], &all[(size_t)h * L.max_blocks], 4 * (size_t)n_sel);
-    res.push_back(std::move(r));
+    PYRESA_CUDA_CHECK(cudaMemset(rig.bl.get(), 0xFF, rig.bl.bytes()));  // a stale list must not pass for a written one
+    int n_sel = 0;
+    res.push_back(rig.run(qb.get<float>(), pl.get<int>(), n_sel));
   }
   return res;
 }

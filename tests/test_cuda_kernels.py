@@ -325,7 +325,7 @@ def step_kernels(request):
     per CTA or two (each one span of every tile)."""
     core.cuda_test.set_sparse_step_kernels(*request.param)
     yield request.param
-    core.cuda_test.set_sparse_step_kernels(True, 4, 0, 1)
+    core.cuda_test.set_sparse_step_kernels(True, 4, 0, 2)  # the defaults
 
 
 @pytest.fixture(params=[(0, 0, False, 0, False), (1, 0, False, 0, True), (1, 1, False, 0, True), (1, 2, False, 0, True),
@@ -450,7 +450,7 @@ def test_decode_combine_inside_matches_separate(D, sparse, n_kv, splits, warps):
         inside = core.cuda_test.attention(*args)
         again = core.cuda_test.attention(*args)
     finally:
-        core.cuda_test.set_sparse_step_kernels(True, 4, 0, 1)
+        core.cuda_test.set_sparse_step_kernels(True, 4, 0, 2)  # the defaults
     inside = inside.reshape(-1)
     assert np.isfinite(inside).all()
     assert np.array_equal(inside.view(np.uint32), separate.reshape(-1).view(np.uint32))

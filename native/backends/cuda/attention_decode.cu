@@ -707,7 +707,7 @@ int& decode_attention_stages() {
 }
 
 int& decode_attention_warps() {
-  static int warps = 1;
+  static int warps = 2;
   return warps;
 }
 

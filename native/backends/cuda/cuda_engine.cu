@@ -908,10 +908,10 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, CudaEngi
     cuda::select_config().topn_stop = 0;
   }
   // The decode kernel's splits merged by a separate kernel (0) or inside it (1, run 11: slower);
-  // its warps per CTA (1, or 2: run 11, written after the last device call, not yet measured or
-  // device-tested, so off by default).
+  // its warps per CTA (2, default since run 12: +2.8 % ReSA@256K and +3.7 % at 32K in run 11's
+  // same-build A/B; 1 = the one-warp kernel of run 9).
   cuda::decode_combine_mode() = env_int("PYRESA_CUDA_DECODE_COMBINE", 0);
-  cuda::decode_attention_warps() = env_int("PYRESA_CUDA_DECODE_WARPS", 1) == 2 ? 2 : 1;
+  cuda::decode_attention_warps() = env_int("PYRESA_CUDA_DECODE_WARPS", 2) == 1 ? 1 : 2;
   m.upload(weights);
   m.check_types();
   m.opt.n_batch = std::max(options.n_batch, m.att.rectify_every + 1);

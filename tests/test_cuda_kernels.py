@@ -124,7 +124,7 @@ def test_matvec_ksplit_matches_cpu(t, rows, scalar_cpu):
             assert rel_err(got, ref) < 2e-6, (path, nsb, rel_err(got, ref))
 
 
-@pytest.mark.parametrize("mode", [1, 2])
+@pytest.mark.parametrize("mode", [1, 2, 3])
 @pytest.mark.parametrize("types,rows", [((Q4_K,), (37,)), ((Q6_K,), (37,)), ((Q4_K,), (1000,)), ((Q6_K,), (333,)),
                                         ((Q4_K, Q4_K, Q6_K), (64, 16, 40)), ((Q6_K, Q4_K), (23, 50))],
                          ids=["q4k-37", "q6k-37", "q4k-1000", "q6k-333", "q4k-q4k-q6k", "q6k-q4k"])

@@ -860,6 +860,7 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, CudaEngi
   matvec_prefetch() = env_int("PYRESA_CUDA_MATVEC_PREFETCH", 2);
   // One-token Q4_K/Q6_K on the int8 tensor cores: measured slower than dp4a (run 11-mmv), off.
   matvec_mma_mode() = env_int("PYRESA_CUDA_MATVEC_MMA", 0);
+  matvec_mma_split() = env_int("PYRESA_CUDA_MATVEC_MMA_SPLIT", 0);  // K parts per tile (0: by cost)
   // Run 10-fixed-fuse (H100): folding the input's preparation into the products and the SwiGLU
   // quantize into gate+up's epilogue both lost (off); q/k/v in one launch, v first, won.
   m.fold_prep = env_int("PYRESA_CUDA_FUSE_NORM", 0);

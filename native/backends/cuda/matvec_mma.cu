@@ -240,71 +240,222 @@ __device__ __forceinline__ uint32_t q6k_word(uint32_t A, uint32_t B, uint32_t H,
   return lo | hi;
 }
 
+// Q6_K planes of a weight (quant.cu uploads Q6_K as ql, qh, sc and d planes) and the block
+// indices of one warp's two rows.
+struct Q6Rows {
+  const uint8_t* ql;
+  const uint8_t* qh;
+  const int8_t* sc;
+  const uint16_t* d;
+  int64_t ba, bb;  // block index of superblock 0 of rows a and b
+};
+__device__ __forceinline__ Q6Rows q6k_rows(const DeviceWeight& w, int64_t ra, int64_t rb) {
+  const int64_t nb = w.cols / QK_K, nblk = w.rows * nb;
+  return {w.data, w.data + nblk * kQ6Ql, reinterpret_cast<const int8_t*>(w.data + nblk * (kQ6Ql + kQ6Qh)),
+          reinterpret_cast<const uint16_t*>(w.data + nblk * (kQ6Ql + kQ6Qh + kQ6Sc)), ra * nb, rb * nb};
+}
+
+// What one thread loads for one Q6_K superblock of its two rows.
+struct Q6kLoads {
+  uint32_t la[2][2][2], lb[2][2][2], ha[2][2], hb[2][2];  // ql words [h][l][k & 1], qh words [h][l]
+  uint32_t sca0, sca1, scb0, scb1;                         // int8 scale pairs (groups 2q, 2q+1 / 8+2q, 9+2q)
+  uint32_t dab;                                            // F16 d of rows a (low) and b (high)
+  uint32_t av0, av1, bs0, bs1;                             // activations and their block sums
+  float ad;
+};
+__device__ __forceinline__ void q6k_load(Q6kLoads& L, const Q6Rows& R, int b, const Act& a, int g, int q) {
+  const int64_t ba = R.ba + b, bb = R.bb + b;
+  // words: ql at 64h + 32(k & 1) + 16l + 4q, qh at 32h + 16l + 4q
+#pragma unroll
+  for (int h = 0; h < 2; ++h)
+#pragma unroll
+    for (int l = 0; l < 2; ++l) {
+#pragma unroll
+      for (int k1 = 0; k1 < 2; ++k1) {
+        L.la[h][l][k1] = ld_nc32(R.ql + ba * kQ6Ql + 64 * h + 32 * k1 + 16 * l + 4 * q);
+        L.lb[h][l][k1] = ld_nc32(R.ql + bb * kQ6Ql + 64 * h + 32 * k1 + 16 * l + 4 * q);
+      }
+      L.ha[h][l] = ld_nc32(R.qh + ba * kQ6Qh + 32 * h + 16 * l + 4 * q);
+      L.hb[h][l] = ld_nc32(R.qh + bb * kQ6Qh + 32 * h + 16 * l + 4 * q);
+    }
+  L.sca0 = *reinterpret_cast<const uint16_t*>(R.sc + ba * kQ6Sc + 2 * q);
+  L.sca1 = *reinterpret_cast<const uint16_t*>(R.sc + ba * kQ6Sc + 8 + 2 * q);
+  L.scb0 = *reinterpret_cast<const uint16_t*>(R.sc + bb * kQ6Sc + 2 * q);
+  L.scb1 = *reinterpret_cast<const uint16_t*>(R.sc + bb * kQ6Sc + 8 + 2 * q);
+  L.dab = (uint32_t)R.d[ba] | ((uint32_t)R.d[bb] << 16);
+  // activations: this thread supplies column g of group j = g (set 0) and j = 8 + g (set 1)
+  L.av0 = *reinterpret_cast<const uint32_t*>(a.q + (size_t)b * QK_K + 16 * g + 4 * q);
+  L.av1 = *reinterpret_cast<const uint32_t*>(a.q + (size_t)b * QK_K + 128 + 16 * g + 4 * q);
+  L.bs0 = *reinterpret_cast<const uint32_t*>(a.bsum + (size_t)b * 16 + 2 * q);      // groups 2q, 2q+1
+  L.bs1 = *reinterpret_cast<const uint32_t*>(a.bsum + (size_t)b * 16 + 8 + 2 * q);  // 8+2q, 9+2q
+  L.ad = a.d[b];
+}
+
+__device__ __forceinline__ void q6k_compute(const Q6kLoads& L, int g, float& acc_a, float& acc_b) {
+  int c0[4] = {0, 0, 0, 0}, c1[4] = {0, 0, 0, 0};
+#pragma unroll
+  for (int j = 0; j < 16; ++j) {
+    const int h = j >> 3, k = (j >> 1) & 3, l = j & 1;
+    const uint32_t wa = q6k_word(L.la[h][l][0], L.la[h][l][1], L.ha[h][l], k);
+    const uint32_t wb = q6k_word(L.lb[h][l][0], L.lb[h][l][1], L.hb[h][l], k);
+    const uint32_t bv = g == (j & 7) ? (h ? L.av1 : L.av0) : 0u;
+    if (h == 0) mma_k16(c0, wa, wb, bv);
+    else mma_k16(c1, wa, wb, bv);
+  }
+  // sum_j sc_j * (dot_j - 32 * bsum_j) over this thread's 4 groups, per row (dp2a: the int16
+  // block sums of a pair times the pair's int8 scales, bytes 0 and 1)
+  const uint32_t sca0 = L.sca0, sca1 = L.sca1, scb0 = L.scb0, scb1 = L.scb1;
+  const int ia = c0[0] * (int)(int8_t)(sca0 & 0xffu) + c0[1] * (int)(int8_t)(sca0 >> 8) +
+                 c1[0] * (int)(int8_t)(sca1 & 0xffu) + c1[1] * (int)(int8_t)(sca1 >> 8) -
+                 32 * (__dp2a_lo((int)L.bs0, (int)sca0, 0) + __dp2a_lo((int)L.bs1, (int)sca1, 0));
+  const int ib = c0[2] * (int)(int8_t)(scb0 & 0xffu) + c0[3] * (int)(int8_t)(scb0 >> 8) +
+                 c1[2] * (int)(int8_t)(scb1 & 0xffu) + c1[3] * (int)(int8_t)(scb1 >> 8) -
+                 32 * (__dp2a_lo((int)L.bs0, (int)scb0, 0) + __dp2a_lo((int)L.bs1, (int)scb1, 0));
+  acc_a = fmaf(L.ad * h2f((uint16_t)(L.dab & 0xffffu)), (float)ia, acc_a);
+  acc_b = fmaf(L.ad * h2f((uint16_t)(L.dab >> 16)), (float)ib, acc_b);
+}
+
 // As q4k_tile for Q6_K (planes ql, qh, sc, d; 16 groups of 16: two C sets of 8 columns).
 __device__ __forceinline__ void q6k_tile(const DeviceWeight& w, int64_t ra, int64_t rb, int b0, int b1, const Act& a,
                                          int g, int q, float& acc_a, float& acc_b) {
-  const int64_t nb = w.cols / QK_K;
-  const int64_t nblk = w.rows * nb;
-  const uint8_t* ql = w.data;
-  const uint8_t* qh = w.data + nblk * kQ6Ql;
-  const int8_t* scp = reinterpret_cast<const int8_t*>(w.data + nblk * (kQ6Ql + kQ6Qh));
-  const uint16_t* dp = reinterpret_cast<const uint16_t*>(w.data + nblk * (kQ6Ql + kQ6Qh + kQ6Sc));
+  const Q6Rows R = q6k_rows(w, ra, rb);
   for (int b = b0; b < b1; ++b) {
-    const int64_t ba = ra * nb + b, bb = rb * nb + b;
-    // words: ql at 64h + 32(k & 1) + 16l + 4q, qh at 32h + 16l + 4q; index [h][l][k & 1]
-    uint32_t la[2][2][2], lb[2][2][2], ha[2][2], hb[2][2];
-#pragma unroll
-    for (int h = 0; h < 2; ++h)
-#pragma unroll
-      for (int l = 0; l < 2; ++l) {
-#pragma unroll
-        for (int k1 = 0; k1 < 2; ++k1) {
-          la[h][l][k1] = ld_nc32(ql + ba * kQ6Ql + 64 * h + 32 * k1 + 16 * l + 4 * q);
-          lb[h][l][k1] = ld_nc32(ql + bb * kQ6Ql + 64 * h + 32 * k1 + 16 * l + 4 * q);
-        }
-        ha[h][l] = ld_nc32(qh + ba * kQ6Qh + 32 * h + 16 * l + 4 * q);
-        hb[h][l] = ld_nc32(qh + bb * kQ6Qh + 32 * h + 16 * l + 4 * q);
-      }
-    // scales of groups 2q, 2q + 1 (C set 0) and 8 + 2q, 9 + 2q (C set 1), int8 pairs
-    const uint32_t sca0 = *reinterpret_cast<const uint16_t*>(scp + ba * kQ6Sc + 2 * q);
-    const uint32_t sca1 = *reinterpret_cast<const uint16_t*>(scp + ba * kQ6Sc + 8 + 2 * q);
-    const uint32_t scb0 = *reinterpret_cast<const uint16_t*>(scp + bb * kQ6Sc + 2 * q);
-    const uint32_t scb1 = *reinterpret_cast<const uint16_t*>(scp + bb * kQ6Sc + 8 + 2 * q);
-    const float da = h2f(dp[ba]), db = h2f(dp[bb]);
-    // activations: this thread supplies column g of group j = g (set 0) and j = 8 + g (set 1)
-    const uint32_t av0 = *reinterpret_cast<const uint32_t*>(a.q + (size_t)b * QK_K + 16 * g + 4 * q);
-    const uint32_t av1 = *reinterpret_cast<const uint32_t*>(a.q + (size_t)b * QK_K + 128 + 16 * g + 4 * q);
-    const uint32_t bs0 = *reinterpret_cast<const uint32_t*>(a.bsum + (size_t)b * 16 + 2 * q);      // groups 2q, 2q+1
-    const uint32_t bs1 = *reinterpret_cast<const uint32_t*>(a.bsum + (size_t)b * 16 + 8 + 2 * q);  // 8+2q, 9+2q
-    const float ad = a.d[b];
-    int c0[4] = {0, 0, 0, 0}, c1[4] = {0, 0, 0, 0};
-#pragma unroll
-    for (int j = 0; j < 16; ++j) {
-      const int h = j >> 3, k = (j >> 1) & 3, l = j & 1;
-      const uint32_t wa = q6k_word(la[h][l][0], la[h][l][1], ha[h][l], k);
-      const uint32_t wb = q6k_word(lb[h][l][0], lb[h][l][1], hb[h][l], k);
-      const uint32_t bv = g == (j & 7) ? (h ? av1 : av0) : 0u;
-      if (h == 0) mma_k16(c0, wa, wb, bv);
-      else mma_k16(c1, wa, wb, bv);
-    }
-    // sum_j sc_j * (dot_j - 32 * bsum_j) over this thread's 4 groups, per row (dp2a: the int16
-    // block sums of a pair times the pair's int8 scales, bytes 0 and 1)
-    const int ia = c0[0] * (int)(int8_t)(sca0 & 0xffu) + c0[1] * (int)(int8_t)(sca0 >> 8) +
-                   c1[0] * (int)(int8_t)(sca1 & 0xffu) + c1[1] * (int)(int8_t)(sca1 >> 8) -
-                   32 * (__dp2a_lo((int)bs0, (int)sca0, 0) + __dp2a_lo((int)bs1, (int)sca1, 0));
-    const int ib = c0[2] * (int)(int8_t)(scb0 & 0xffu) + c0[3] * (int)(int8_t)(scb0 >> 8) +
-                   c1[2] * (int)(int8_t)(scb1 & 0xffu) + c1[3] * (int)(int8_t)(scb1 >> 8) -
-                   32 * (__dp2a_lo((int)bs0, (int)scb0, 0) + __dp2a_lo((int)bs1, (int)scb1, 0));
-    acc_a = fmaf(ad * da, (float)ia, acc_a);
-    acc_b = fmaf(ad * db, (float)ib, acc_b);
+    Q6kLoads cur;
+    q6k_load(cur, R, b, a, g, q);
+    q6k_compute(cur, g, acc_a, acc_b);
   }
 }
+
+// MODE 3 (one weight type per launch): the loads of the next superblock are issued before the
+// current one's products, also across items (the next item's first superblock before this item's
+// last products and its K-part reduction), so a warp always has one superblock in flight while it
+// computes. Written because modes 1 and 2 issue an item's first loads only after the previous
+// item's reduction: with 3-4 superblocks per item (gate+up's K split) that latency is paid every
+// item (run 12: a warp reading the same bytes with nothing else to do reaches 2.6 TB/s,
+// bench/membench_patterns.py).
+struct Q4Rows {
+  const uint8_t* pa;
+  const uint8_t* pb;
+};
+__device__ __forceinline__ Q4Rows q4k_rows(const DeviceWeight& w, int64_t ra, int64_t rb) {
+  return {w.data + ra * w.row_bytes, w.data + rb * w.row_bytes};
+}
+__device__ __forceinline__ void load_sb(Q4kLoads& L, const Q4Rows& R, int b, const Act& a, int g, int q) {
+  q4k_load(L, R.pa, R.pb, b, a, g, q);
+}
+__device__ __forceinline__ void load_sb(Q6kLoads& L, const Q6Rows& R, int b, const Act& a, int g, int q) {
+  q6k_load(L, R, b, a, g, q);
+}
+__device__ __forceinline__ void compute_sb(const Q4kLoads& L, int g, int q, float& acc_a, float& acc_b) {
+  q4k_compute(L, g, q, acc_a, acc_b);
+}
+__device__ __forceinline__ void compute_sb(const Q6kLoads& L, int g, int, float& acc_a, float& acc_b) {
+  q6k_compute(L, g, acc_a, acc_b);
+}
+template <GgmlType T>
+struct TypeOf;
+template <>
+struct TypeOf<GgmlType::Q4_K> {
+  using Loads = Q4kLoads;
+  using Rows = Q4Rows;
+  static __device__ __forceinline__ Rows rows(const DeviceWeight& w, int64_t ra, int64_t rb) { return q4k_rows(w, ra, rb); }
+};
+template <>
+struct TypeOf<GgmlType::Q6_K> {
+  using Loads = Q6kLoads;
+  using Rows = Q6Rows;
+  static __device__ __forceinline__ Rows rows(const DeviceWeight& w, int64_t ra, int64_t rb) { return q6k_rows(w, ra, rb); }
+};
 
 // The grid holds at most as many CTAs as fit on the GPU at once, and each CTA loops over item
 // groups gridDim.x apart (a group: kWarps warps = kWarps / split tiles x split K parts), so a
 // product never runs a short second wave of whole tiles (measured: with one 16-row tile per warp
 // and as many warps as tiles, gate+up ran 1.12 waves, and its tail cost more than the tensor
 // cores saved).
+struct Item {
+  int tile, kpart, wi, b0, b1;
+  int64_t r0;
+  bool live;    // a tile of the batch (the last group may hold fewer)
+  __device__ bool work() const { return live && b0 < b1; }
+};
+__device__ __forceinline__ Item item_of(const MmaBatch& batch, int grp, int warp, int n_tiles) {
+  Item it;
+  const int gw = grp * kWarps + warp;
+  it.tile = gw / batch.split;
+  it.kpart = gw % batch.split;
+  it.wi = (batch.n > 2 && it.tile >= batch.first_tile[2]) ? 2 : (batch.n > 1 && it.tile >= batch.first_tile[1]) ? 1 : 0;
+  it.r0 = (int64_t)(it.tile - batch.first_tile[it.wi]) * kTile;
+  it.b0 = (int)((int64_t)batch.nb * it.kpart / batch.split);
+  it.b1 = (int)((int64_t)batch.nb * (it.kpart + 1) / batch.split);
+  it.live = it.tile < n_tiles;
+  return it;
+}
+
+// The weights do not depend on the previous kernel: pull the start of the CTA's first item's rows
+// into L2 while it finishes (PDL), then wait for the activations. Only kPrefetchBlocks superblocks
+// per row: the grid is one wave, so prefetching whole items would ask for the whole matrix at once
+// (gate+up: 76 MB, more than the 50 MB L2).
+__device__ __forceinline__ void prefetch_first_item(const MmaBatch& batch, const Item& it, int lane) {
+  const DeviceWeight& w = batch.w[it.wi];
+  const int b0 = it.b0, b1 = min(it.b1, it.b0 + kPrefetchBlocks);
+  if (it.live && lane < kTile && it.r0 + lane < w.rows && b1 > b0) {
+    const int64_t r = it.r0 + lane;
+    if (w.type == GgmlType::Q4_K) {
+      prefetch_l2_bulk(w.data + r * w.row_bytes + (size_t)b0 * kQ4Bytes, (uint32_t)((b1 - b0) * kQ4Bytes));
+    } else {
+      const int64_t nblk = w.rows * batch.nb, blk = r * batch.nb + b0;
+      prefetch_l2_bulk(w.data + blk * kQ6Ql, (uint32_t)((b1 - b0) * kQ6Ql));
+      prefetch_l2_bulk(w.data + nblk * kQ6Ql + blk * kQ6Qh, (uint32_t)((b1 - b0) * kQ6Qh));
+    }
+  }
+}
+
+// The warps of one tile's K parts (split consecutive warps) wait for each other: a named barrier
+// per tile, so the other tiles of the CTA go on (ids 1-8; 0 is __syncthreads').
+__device__ __forceinline__ void tile_barrier(int warp, int split) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(1 + warp / split), "r"(32 * split) : "memory");
+}
+
+// An item's end: the row's four threads (groups 2q, 2q + 1) added in a fixed order, then the
+// tile's K parts (warps [warp - kpart, warp - kpart + split) of this CTA, through shared memory),
+// then the row's output. Every warp of the tile calls it once per group (it has barriers).
+__device__ __forceinline__ void finish_item(const MmaBatch& batch, const Item& it, float acc_a, float acc_b,
+                                            float (&part)[kWarps][kTile], int lane, int warp) {
+  const int g = lane >> 2, q = lane & 3;
+  acc_a += __shfl_xor_sync(0xffffffffu, acc_a, 1);
+  acc_a += __shfl_xor_sync(0xffffffffu, acc_a, 2);
+  acc_b += __shfl_xor_sync(0xffffffffu, acc_b, 1);
+  acc_b += __shfl_xor_sync(0xffffffffu, acc_b, 2);
+  bool write = it.live;
+  if (batch.split > 1) {
+    if (q == 0) {
+      part[warp][g] = acc_a;
+      part[warp][g + 8] = acc_b;
+    }
+    tile_barrier(warp, batch.split);
+    if (it.kpart == 0 && lane < kTile) {  // the tile's first warp adds its parts
+      float v = part[warp][lane];
+      for (int k = 1; k < batch.split; ++k) v += part[warp + k][lane];
+      acc_a = v;
+    }
+    tile_barrier(warp, batch.split);  // part is reused by the next group
+    write = it.live && it.kpart == 0;
+  } else {
+    // lane l < 16 takes row l: row g from lane 4g (acc_a), row g + 8 from lane 4g (acc_b)
+    const float va = __shfl_sync(0xffffffffu, acc_a, (lane & 7) * 4);
+    const float vb = __shfl_sync(0xffffffffu, acc_b, (lane & 7) * 4);
+    acc_a = lane < 8 ? va : vb;
+  }
+  const DeviceWeight& w = batch.w[it.wi];
+  const int64_t row = it.r0 + lane;
+  if (write && lane < kTile && row < w.rows) {
+    const MatvecOut& o = batch.out[it.wi];
+    float* y = o.y + row;
+    const float r = o.bias ? acc_a + o.bias[row] : acc_a;
+    *y = o.accumulate ? *y + r : r;
+  }
+}
+
 template <int MODE>
 __global__ void __launch_bounds__(32 * kWarps, 3) matvec_mma_kernel(MmaBatch batch, const uint8_t* act) {
   __shared__ float part[kWarps][kTile];
@@ -313,117 +464,136 @@ __global__ void __launch_bounds__(32 * kWarps, 3) matvec_mma_kernel(MmaBatch bat
   const int g = lane >> 2, q = lane & 3;
   const int n_tiles = batch.first_tile[batch.n];
   const int n_groups = (n_tiles * batch.split + kWarps - 1) / kWarps;
-  auto item = [&](int grp, int& tile, int& kpart, int& wi, int64_t& r0, int& b0, int& b1) {
-    const int gw = grp * kWarps + warp;
-    tile = gw / batch.split;
-    kpart = gw % batch.split;
-    wi = (batch.n > 2 && tile >= batch.first_tile[2]) ? 2 : (batch.n > 1 && tile >= batch.first_tile[1]) ? 1 : 0;
-    r0 = (int64_t)(tile - batch.first_tile[wi]) * kTile;
-    b0 = (int)((int64_t)batch.nb * kpart / batch.split);
-    b1 = (int)((int64_t)batch.nb * (kpart + 1) / batch.split);
-  };
-  {  // The weights do not depend on the previous kernel: pull the start of the first item's rows
-     // into L2 while it finishes (PDL), then wait for the activations. Only kPrefetchBlocks
-     // superblocks per row: the grid is one wave, so prefetching whole items would ask for the
-     // whole matrix at once (gate+up: 76 MB, more than the 50 MB L2).
-    int tile, kpart, wi, b0, b1;
-    int64_t r0;
-    item(blockIdx.x, tile, kpart, wi, r0, b0, b1);
-    const DeviceWeight& w = batch.w[wi];
-    b1 = std::min(b1, b0 + kPrefetchBlocks);
-    if (tile < n_tiles && lane < kTile && r0 + lane < w.rows && b1 > b0) {
-      const int64_t r = r0 + lane;
-      if (w.type == GgmlType::Q4_K) {
-        prefetch_l2_bulk(w.data + r * w.row_bytes + (size_t)b0 * kQ4Bytes, (uint32_t)((b1 - b0) * kQ4Bytes));
-      } else {
-        const int64_t nblk = w.rows * batch.nb, blk = r * batch.nb + b0;
-        prefetch_l2_bulk(w.data + blk * kQ6Ql, (uint32_t)((b1 - b0) * kQ6Ql));
-        prefetch_l2_bulk(w.data + nblk * kQ6Ql + blk * kQ6Qh, (uint32_t)((b1 - b0) * kQ6Qh));
-      }
-    }
-  }
+  prefetch_first_item(batch, item_of(batch, blockIdx.x, warp, n_tiles), lane);
   pdl_trigger();
   pdl_wait();
   for (int grp = blockIdx.x; grp < n_groups; grp += gridDim.x) {
-    int tile, kpart, wi, b0, b1;
-    int64_t r0;
-    item(grp, tile, kpart, wi, r0, b0, b1);
-    const bool live = tile < n_tiles;
-    const DeviceWeight& w = batch.w[wi];
+    const Item it = item_of(batch, grp, warp, n_tiles);
+    const DeviceWeight& w = batch.w[it.wi];
     float acc_a = 0.0f, acc_b = 0.0f;
-    if (live) {
+    if (it.live) {
       const Act a = act_planes(act, w.cols);
-      const int64_t ra = std::min<int64_t>(r0 + g, w.rows - 1), rb = std::min<int64_t>(r0 + g + 8, w.rows - 1);
+      const int64_t ra = std::min<int64_t>(it.r0 + g, w.rows - 1), rb = std::min<int64_t>(it.r0 + g + 8, w.rows - 1);
       if (MODE == 2 && w.type == GgmlType::Q4_K)
-        q4k_tile_async(w, r0, b0, b1, a, g, q, lane, ring_all + warp * kRingBytes, acc_a, acc_b);
-      else if (w.type == GgmlType::Q4_K) q4k_tile(w, ra, rb, b0, b1, a, g, q, acc_a, acc_b);
-      else q6k_tile(w, ra, rb, b0, b1, a, g, q, acc_a, acc_b);
+        q4k_tile_async(w, it.r0, it.b0, it.b1, a, g, q, lane, ring_all + warp * kRingBytes, acc_a, acc_b);
+      else if (w.type == GgmlType::Q4_K) q4k_tile(w, ra, rb, it.b0, it.b1, a, g, q, acc_a, acc_b);
+      else q6k_tile(w, ra, rb, it.b0, it.b1, a, g, q, acc_a, acc_b);
     }
-    // the row's four threads (groups 2q, 2q + 1), in a fixed order
-    acc_a += __shfl_xor_sync(0xffffffffu, acc_a, 1);
-    acc_a += __shfl_xor_sync(0xffffffffu, acc_a, 2);
-    acc_b += __shfl_xor_sync(0xffffffffu, acc_b, 1);
-    acc_b += __shfl_xor_sync(0xffffffffu, acc_b, 2);
-    bool write = live;
-    if (batch.split > 1) {  // the tile's K parts: warps [warp - kpart, warp - kpart + split) of this CTA
-      if (q == 0) {
-        part[warp][g] = acc_a;
-        part[warp][g + 8] = acc_b;
-      }
-      __syncthreads();
-      if (kpart == 0 && lane < kTile) {  // the tile's first warp adds its parts
-        float v = part[warp][lane];
-        for (int k = 1; k < batch.split; ++k) v += part[warp + k][lane];
-        acc_a = v;
-      }
-      __syncthreads();  // part is reused by the next group
-      write = live && kpart == 0;
-    } else {
-      // lane l < 16 takes row l: row g from lane 4g (acc_a), row g + 8 from lane 4g (acc_b)
-      const float va = __shfl_sync(0xffffffffu, acc_a, (lane & 7) * 4);
-      const float vb = __shfl_sync(0xffffffffu, acc_b, (lane & 7) * 4);
-      acc_a = lane < 8 ? va : vb;
-    }
-    const int64_t row = r0 + lane;
-    if (write && lane < kTile && row < w.rows) {
-      const MatvecOut& o = batch.out[wi];
-      float* y = o.y + row;
-      const float r = o.bias ? acc_a + o.bias[row] : acc_a;
-      *y = o.accumulate ? *y + r : r;
-    }
+    finish_item(batch, it, acc_a, acc_b, part, lane, warp);
   }
 }
 
-// CTAs of the kernel that fit on the GPU at once.
-template <int MODE>
-size_t ring_smem() { return MODE == 2 ? (size_t)kWarps * kRingBytes : 0; }
+// MODE 3 (every weight of the launch of type T): see Q4Rows above. One superblock's loads are
+// always in flight: the next superblock of the item, or at the item's last one the next item's
+// first (issued before this item's products and reduction). Two load buffers alternate by unit
+// (step(A, B) then step(B, A)): a copy from the next buffer into the current one would wait for
+// the loads just issued (call 2 of run 12 did that: no overlap, 3.24 ms per token).
+template <GgmlType T>
+__global__ void __launch_bounds__(32 * kWarps, 2) matvec_mma_pipe_kernel(MmaBatch batch, const uint8_t* act) {
+  using TT = TypeOf<T>;
+  using Loads = typename TT::Loads;
+  __shared__ float part[kWarps][kTile];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, q = lane & 3;
+  const int n_tiles = batch.first_tile[batch.n];
+  const int n_groups = (n_tiles * batch.split + kWarps - 1) / kWarps;
+  int grp = blockIdx.x;
+  Item it = item_of(batch, grp, warp, n_tiles);
+  prefetch_first_item(batch, it, lane);
+  pdl_trigger();
+  pdl_wait();
+  const Act a = act_planes(act, batch.w[0].cols);
+  auto rows_of = [&](const Item& x) {
+    const DeviceWeight& w = batch.w[x.wi];
+    return TT::rows(w, std::min<int64_t>(x.r0 + g, w.rows - 1), std::min<int64_t>(x.r0 + g + 8, w.rows - 1));
+  };
+  auto next_item = [&](int gi) {
+    Item x = item_of(batch, gi, warp, n_tiles);
+    x.live = x.live && gi < n_groups;
+    return x;
+  };
+  // Groups with nothing for this warp (past the last tile, or an empty K part) still take part in
+  // the tile's reduction; returns whether a group with work is left.
+  auto skip_idle = [&]() {
+    bool skipped = false;
+    while (grp < n_groups && !it.work()) {
+      finish_item(batch, it, 0.0f, 0.0f, part, lane, warp);
+      grp += gridDim.x;
+      it = next_item(grp);
+      skipped = true;
+    }
+    return skipped;
+  };
+  float acc_a = 0.0f, acc_b = 0.0f;
+  int b = 0;
+  // One unit (superblock b of item it, whose loads are in cur): the next unit's loads into nxt,
+  // cur's products; at the item's end its reduction and the move to the next item with work.
+  // Returns false when the warp's groups are done; otherwise nxt holds the next unit.
+  auto step = [&](Loads& cur, Loads& nxt) -> bool {
+    const bool in_item = b + 1 < it.b1;
+    const int ngrp = grp + gridDim.x;
+    const Item nx = next_item(ngrp);
+    if (in_item) load_sb(nxt, rows_of(it), b + 1, a, g, q);
+    else if (nx.work()) load_sb(nxt, rows_of(nx), nx.b0, a, g, q);
+    compute_sb(cur, g, q, acc_a, acc_b);
+    if (in_item) {
+      ++b;
+      return true;
+    }
+    finish_item(batch, it, acc_a, acc_b, part, lane, warp);
+    acc_a = acc_b = 0.0f;
+    grp = ngrp;
+    it = nx;
+    if (skip_idle()) {
+      if (grp >= n_groups) return false;
+      load_sb(nxt, rows_of(it), it.b0, a, g, q);  // not prefetched: idle groups came between
+    } else if (grp >= n_groups) {
+      return false;
+    }
+    b = it.b0;
+    return true;
+  };
+  skip_idle();
+  if (grp >= n_groups) return;
+  Loads A, B;
+  b = it.b0;
+  load_sb(A, rows_of(it), b, a, g, q);
+  while (step(A, B) && step(B, A)) {
+  }
+}
 
+// CTAs of a kernel that fit on the GPU at once (asked once per kernel).
+template <class Kernel>
+int resident_ctas(Kernel kernel, size_t smem) {
+  int dev = 0, sms = 0, per_sm = 0;
+  PYRESA_CUDA_CHECK(cudaGetDevice(&dev));
+  PYRESA_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  if (smem > 48 * 1024)
+    PYRESA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+  PYRESA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 32 * kWarps, smem));
+  return std::max(1, sms * per_sm);
+}
 template <int MODE>
 int resident_ctas() {
-  static int n = 0;
-  if (!n) {
-    int dev = 0, sms = 0, per_sm = 0;
-    PYRESA_CUDA_CHECK(cudaGetDevice(&dev));
-    PYRESA_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-    if (ring_smem<MODE>() > 48 * 1024)
-      PYRESA_CUDA_CHECK(cudaFuncSetAttribute(matvec_mma_kernel<MODE>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                             (int)ring_smem<MODE>()));
-    PYRESA_CUDA_CHECK(
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, matvec_mma_kernel<MODE>, 32 * kWarps, ring_smem<MODE>()));
-    n = std::max(1, sms * per_sm);
-  }
+  static int n = resident_ctas(matvec_mma_kernel<MODE>, MODE == 2 ? (size_t)kWarps * kRingBytes : 0);
+  return n;
+}
+template <GgmlType T>
+int resident_pipe_ctas() {
+  static int n = resident_ctas(matvec_mma_pipe_kernel<T>, 0);
   return n;
 }
 
 // K parts per tile: the fewest passes of the resident warps times the superblocks of an item
-// (+ ~1.5 superblocks' worth of fixed cost per item: first loads' latency, the reduction).
-int choose_split(int n_tiles, int nb, int resident_warps) {
+// (+ a fixed cost per item in superblocks: the first loads' latency and the reduction, ~1.5 in
+// modes 1 and 2; in mode 3 the first loads overlap the previous item, ~0.5 is left).
+int choose_split(int n_tiles, int nb, int resident_warps, double item_cost, int min_blocks_per_part) {
   int best = 1;
   double best_cost = 1e30;
   for (int s = 1; s <= kWarps; s *= 2) {
-    if (s > 1 && nb < 2 * s) break;
+    if (s > 1 && nb < min_blocks_per_part * s) break;
     const double passes = std::ceil((double)n_tiles * s / resident_warps);
-    const double cost = passes * ((double)nb / s + 1.5);
+    const double cost = passes * ((double)nb / s + item_cost);
     if (cost < best_cost - 1e-9) {
       best_cost = cost;
       best = s;
@@ -466,14 +636,24 @@ bool matvec_mma(const DeviceWeight* ws, const MatvecOut* outs, int n_w, const vo
     tiles += (int)ceil_div(ws[i].rows, (int64_t)kTile);
   }
   for (int i = n_w; i < 4; ++i) b.first_tile[i] = tiles;
-  const int mode = matvec_mma_mode();
-  const int resident = mode == 2 ? resident_ctas<2>() : resident_ctas<1>();
+  int mode = matvec_mma_mode();
+  bool one_type = true;
+  for (int i = 1; i < n_w; ++i) one_type = one_type && ws[i].type == ws[0].type;
+  if (mode == 3 && !one_type) mode = 1;  // the pipelined kernel takes one weight type per launch
+  const bool q4 = ws[0].type == GgmlType::Q4_K;
+  const int resident = mode == 3 ? (q4 ? resident_pipe_ctas<GgmlType::Q4_K>() : resident_pipe_ctas<GgmlType::Q6_K>())
+                       : mode == 2 ? resident_ctas<2>()
+                                   : resident_ctas<1>();
   const int forced = matvec_mma_split();
-  b.split = forced == 1 || forced == 2 || forced == 4 || forced == 8 ? forced : choose_split(tiles, b.nb, resident * kWarps);
+  b.split = forced == 1 || forced == 2 || forced == 4 || forced == 8
+                ? forced
+                : choose_split(tiles, b.nb, resident * kWarps, mode == 3 ? 0.5 : 1.5, mode == 3 ? 1 : 2);
   const int groups = (int)ceil_div((int64_t)tiles * b.split, (int64_t)kWarps);
   const int grid = std::min(groups, matvec_mma_grid_cap() > 0 ? matvec_mma_grid_cap() : resident);
   const auto* a = static_cast<const uint8_t*>(act);
-  if (mode == 2) launch(matvec_mma_kernel<2>, grid, 32 * kWarps, ring_smem<2>(), s, b, a);
+  if (mode == 3 && q4) launch(matvec_mma_pipe_kernel<GgmlType::Q4_K>, grid, 32 * kWarps, 0, s, b, a);
+  else if (mode == 3) launch(matvec_mma_pipe_kernel<GgmlType::Q6_K>, grid, 32 * kWarps, 0, s, b, a);
+  else if (mode == 2) launch(matvec_mma_kernel<2>, grid, 32 * kWarps, (size_t)kWarps * kRingBytes, s, b, a);
   else launch(matvec_mma_kernel<1>, grid, 32 * kWarps, 0, s, b, a);
   PYRESA_CUDA_LAUNCH_CHECK();
   return true;

@@ -22,7 +22,9 @@ bool matvec_mma(const DeviceWeight* w, const MatvecOut* out, int n_w, const void
                 bool dry_run = false);
 
 // 1: matvec_multi / matvec / matvec_rows_prep take matvec_mma for one token where it applies;
-// 2: the same with Q4_K rows streamed through a shared-memory ring by cp.async; 0 (default):
+// 2: the same with Q4_K rows streamed through a shared-memory ring by cp.async; 3: launches of
+// one weight type pipelined (the next superblock's loads, also the next item's, in flight while
+// the current one is multiplied; mixed launches as 1); 0 (default):
 // the dp4a kernels of quant.cu, which measured faster on the H100 (docs/perf-cuda.md, run 11-mmv).
 // PYRESA_CUDA_MATVEC_MMA.
 int& matvec_mma_mode();

@@ -136,7 +136,7 @@ struct CudaEngine::Impl {
   bool qkv_one = true;
   bool qkv_v_first = true;
   bool precise_dense = true;
-  bool rect_precise = true;
+  bool rect_precise = false;
   // Dense attention of many rows (attention_batched.cu) variant, 0 = the general kernel:
   // PYRESA_CUDA_RECT_KERNEL / PYRESA_CUDA_PREFILL_KERNEL = old | 1-4. Default 3 (two 128-row
   // CTAs per SM), the fastest on the H100 for both (docs/perf-cuda.md, run 9-rect-attn); 4 is the
@@ -604,11 +604,11 @@ struct CudaEngine::Impl {
       a.work = attn_work.get<float>();
       a.sync = attn_sync.get<unsigned>();
       // Decode steps keep the query and probabilities at ~F32 (two-term F16), as the CPU's decode
-      // attention; rectification keeps the probabilities; prefill is plain F16 (compute-bound).
+      // attention; rectification (by default) and prefill are plain F16 (compute-bound).
       a.precise = (kind == StepKind::Rectify && rect_precise) || kind == StepKind::SparseDecode ||
                   (kind == StepKind::Decode && precise_dense);
-      // The CPU engine attends with an F32 query everywhere (its sparse operator); prefill here
-      // keeps plain F16 (compute-bound), decode and rectification keep the query at ~F32.
+      // The CPU engine attends with an F32 query everywhere (its sparse operator); decode here
+      // keeps the query at ~F32 too.
       a.split_query = kind == StepKind::SparseDecode || (kind == StepKind::Decode && precise_dense) ||
                       (kind == StepKind::Rectify && rect_precise);
       if (kind == StepKind::SparseDecode) {
@@ -883,7 +883,13 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, CudaEngi
     set_pdl_early_ops(early);
   }
   m.precise_dense = env_int("PYRESA_CUDA_PRECISE_DENSE", 1) != 0;
-  m.rect_precise = env_int("PYRESA_CUDA_RECT_PRECISE", 1) != 0;
+  // The rectification's attention with an F16 query and F16 probabilities (0, the default since
+  // run 12), as llama.cpp's flash attention computes every attention, or with both kept at ~F32
+  // by two F16 terms (1). Run 11-rect-wgmma measured what the two terms buy at the engine level:
+  // the logits move by 1.45e-3 (relative) between the two modes, no more than reordering the same
+  // precise arithmetic moves them (1.53e-3) and under what the CPU's own two kernel sets differ
+  // by (4.0e-3); plain F16 halves the tensor work: ReSA@256K 205.2 -> 212.5 tok/s (run 12).
+  m.rect_precise = env_int("PYRESA_CUDA_RECT_PRECISE", 0) != 0;
   m.rect_kernel = kernel_switch("PYRESA_CUDA_RECT_KERNEL", 3);
   m.prefill_kernel = kernel_switch("PYRESA_CUDA_PREFILL_KERNEL", 3);
   cuda::attention_wgmma_waves() = std::max(1, env_int("PYRESA_CUDA_RECT_WAVES", 2));

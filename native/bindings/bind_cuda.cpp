@@ -178,6 +178,8 @@ void bind_cuda(nb::module_& m) {
       .def("fill_synthetic", &CudaEngine::fill_synthetic, nb::arg("n_tokens"), nb::arg("seed") = 1,
            "Benchmarks: random F16 K/V for positions [0, n_tokens), descriptors rebuilt, n_past = n_tokens.")
       .def("synchronize", &CudaEngine::synchronize)
+      .def("dense_attention_kernels", &CudaEngine::dense_attention_kernels,
+           "(rectification, prefill chunk) dense attention kernel: attention_batched variant, 0 = the general kernel.")
       .def("profile_step",
            [](CudaEngine& e, int token, bool rectify) {
              auto r = e.profile_step(token, rectify);

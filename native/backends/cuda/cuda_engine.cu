@@ -55,13 +55,16 @@ int env_int(const char* name, int def) {
   return v && *v ? std::atoi(v) : def;
 }
 
-// "old" (or 0): the general attention kernel; 1-3: that variant of the batched one.
+// "old" (or 0): the general attention kernel; 1-4: that variant of the batched one (4, the wgmma
+// kernel, falls back to 3 where it is unavailable: see the engine's constructor). Until run 12 this
+// took 1-3 only, so "4" silently meant the general kernel: run 11's "variant 4 in the engine"
+// figures were the general kernel's (docs/perf-cuda.md, run 12-attn12).
 int kernel_switch(const char* name, int def) {
   const char* v = std::getenv(name);
   if (!v || !*v) return def;
   if (std::string(v) == "old") return 0;
   const int k = std::atoi(v);
-  return k >= 1 && k <= 3 ? k : 0;
+  return k >= 1 && k <= 4 ? k : 0;
 }
 
 int pow2_floor(int x) {
@@ -1207,6 +1210,8 @@ std::vector<std::pair<std::string, double>> CudaEngine::profile_step(int32_t tok
   PYRESA_CUDA_CHECK(cudaStreamSynchronize(m.stream));
   return out;
 }
+
+std::pair<int, int> CudaEngine::dense_attention_kernels() const { return {impl_->rect_kernel, impl_->prefill_kernel}; }
 
 void CudaEngine::synchronize() { PYRESA_CUDA_CHECK(cudaStreamSynchronize(impl_->stream)); }
 

@@ -20,6 +20,7 @@
 
 #include "backends/cuda/attention.cuh"
 #include "backends/cuda/attention_decode.cuh"
+#include "backends/cuda/attention_epilogue.cuh"
 #include "backends/cuda/common.cuh"
 #include "backends/cuda/launch.cuh"
 #include "backends/cuda/mma.cuh"
@@ -154,6 +155,23 @@ __device__ __forceinline__ void merge_splits_in_kernel(const AttentionArgs& a, i
         *reinterpret_cast<float2*>(dst + i * 2 * LG + 2 * q) = L > 0.0f ? make_float2(sx / L, sy / L) : make_float2(0.0f, 0.0f);
     }
     __syncwarp();  // cs / ls are rewritten for the next chunk
+  }
+}
+
+// The finished rows A (2 t4) and B (2 t4 + 1) of this thread in the transposed layout: o[dp][half]
+// holds dimension 16 dp + g4 of row half, o[dp][2 + half] dimension 16 dp + 8 + g4; l already
+// summed over the lanes (g4) that share the row.
+template <int D>
+__device__ __forceinline__ void store_decode_rows(const AttentionArgs& a, const float (&o)[D / 16][4], float mA, float mB,
+                                                  float lA, float lB, int R, int h, int split, int n_splits, int g4,
+                                                  int t4) {
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int r = 2 * t4 + half;
+    if (r >= R) continue;
+    store_attention_row<D, D / 8, 1>(a, r, h, split, n_splits, half ? mB : mA, half ? lB : lA, g4 == 0, [&](int j) {
+      return RowPiece<1>{16 * (j >> 1) + 8 * (j & 1) + g4, {o[j >> 1][2 * (j & 1) + half]}};
+    });
   }
 }
 
@@ -368,33 +386,7 @@ __global__ void __launch_bounds__(32) decode_attention_kernel(AttentionArgs a) {
     lB += __shfl_xor_sync(0xffffffffu, lB, off);
   }
 
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int r = half ? rB : rA;
-    if (r >= R) continue;
-    const float m = half ? mB : mA, l = half ? lB : lA;
-    if (n_splits == 1) {
-      const int i = r / G, hq = h * G + r % G;
-      float* dst = a.out + i * a.out_stride + (int64_t)hq * D;
-      const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-#pragma unroll
-      for (int dp = 0; dp < D / 16; ++dp) {
-        dst[16 * dp + g4] = o[dp][half] * inv;
-        dst[16 * dp + 8 + g4] = o[dp][2 + half] * inv;
-      }
-    } else {
-      float* dst = a.work + ((int64_t)(h * n_splits + split) * R + r) * (D + 2);
-#pragma unroll
-      for (int dp = 0; dp < D / 16; ++dp) {
-        dst[16 * dp + g4] = o[dp][half];
-        dst[16 * dp + 8 + g4] = o[dp][2 + half];
-      }
-      if (g4 == 0) {
-        dst[D] = m;
-        dst[D + 1] = l;
-      }
-    }
-  }
+  store_decode_rows<D>(a, o, mA, mB, lA, lB, R, h, split, n_splits, g4, t4);
   if (n_splits > 1 && a.combine_mergers > 0) merge_splits_in_kernel<D>(a, h, R, reinterpret_cast<float*>(Ks));
 }
 
@@ -611,33 +603,7 @@ __global__ void __launch_bounds__(64, 3) decode_attention_kernel_2w(AttentionArg
   }
   __syncwarp();  // xs is read: the in-kernel combine may reuse the K stages
 
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int r = half ? rB : rA;
-    if (r >= R) continue;
-    const float m = half ? mB : mA, l = half ? lB : lA;
-    if (n_splits == 1) {
-      const int i = r / G, hq = h * G + r % G;
-      float* dst = a.out + i * a.out_stride + (int64_t)hq * D;
-      const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-#pragma unroll
-      for (int dp = 0; dp < D / 16; ++dp) {
-        dst[16 * dp + g4] = o[dp][half] * inv;
-        dst[16 * dp + 8 + g4] = o[dp][2 + half] * inv;
-      }
-    } else {
-      float* dst = a.work + ((int64_t)(h * n_splits + split) * R + r) * (D + 2);
-#pragma unroll
-      for (int dp = 0; dp < D / 16; ++dp) {
-        dst[16 * dp + g4] = o[dp][half];
-        dst[16 * dp + 8 + g4] = o[dp][2 + half];
-      }
-      if (g4 == 0) {
-        dst[D] = m;
-        dst[D + 1] = l;
-      }
-    }
-  }
+  store_decode_rows<D>(a, o, mA, mB, lA, lB, R, h, split, n_splits, g4, t4);
   if (n_splits > 1 && a.combine_mergers > 0) merge_splits_in_kernel<D>(a, h, R, reinterpret_cast<float*>(Ks));
 }
 

@@ -1,0 +1,76 @@
+#!/bin/bash
+# One device call for run 12-attn12 (docs/perf-cuda.md): build (Hopper as sm_90a) while the 7B
+# file is written, then
+#   tests:   the attention kernel tests (every kernel: the shared epilogue of run 12) and the
+#            engine tests with the rectification and prefill on the wgmma kernel (variant 4),
+#            plus the kernel switches' test;
+#   probe:   bench/rect_engine_probe.py: the rectification's attention in the 7B engine per
+#            variant (eager profile), and the kernels alone;
+#   ab:      bench/gpu_ab.py, same build: ReSA@256K and prefill tok/s per variant ($AB_VARIANTS).
+# Stages in A12_STAGES (default "tests probe ab"), each skipped when too little of A12_BUDGET (s)
+# is left. Needs ../whl, ../model (8-layer test model) and .carry/ (7B header, synth_gguf.py).
+# Prints a short summary last.
+set -u
+source "$(dirname "$0")/gpu_common.sh"  # $src (cwd), $OUT
+T0=$(date +%s)
+left() { echo $(( ${A12_BUDGET:-530} - ($(date +%s) - T0) )); }
+cap() { local l; l=$(left); echo $(( l < $1 ? l : $1 )); }
+STAGES=" ${A12_STAGES:-tests probe ab} "
+has() { [[ "$STAGES" == *" $1 "* ]]; }
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site ../whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$src
+W=/root/llamacpp
+mkdir -p $W
+if [ -d .carry ] && [ ! -f $W/syn7b.gguf ] && (has probe || has ab); then
+  nice -n 10 python3 .carry/synth_gguf.py .carry/r1-distill-qwen-7b-q4_k_m.header.gguf $W/syn7b.gguf \
+    > "$OUT/synth.log" 2>&1 &
+  SYNTH=$!
+fi
+bash bench/gpu_test.sh -k "no_test_has_this_name" 2>&1 | grep -E "build:|error|warning.*(C75|spill)" | head -20
+ls pyresa/_core*.so > /dev/null || { echo "build failed"; tail -40 "$OUT/build.log"; exit 1; }
+M=$(ls ../model/*.gguf | head -1)
+SUM="$OUT/summary.txt"
+: > "$SUM"
+python3 -c "import pyresa._core as c; print('wgmma available:', c.cuda_test.attention_wgmma_available())" | tee -a "$SUM"
+
+if has tests; then
+  timeout $(cap 220) python3 -m pytest -q --tb=short -p no:cacheprovider tests/test_cuda_kernels.py \
+    -k "attention or combine" > "$OUT/kernel_tests.txt" 2>&1
+  echo "attention kernel tests rc $?: $(tail -1 "$OUT/kernel_tests.txt")" | tee -a "$SUM"
+  grep -E "^FAILED" "$OUT/kernel_tests.txt" | head -12 | tee -a "$SUM"
+  PYRESA_CUDA_TEST_MODEL=$M timeout $(cap 60) python3 -m pytest -q --tb=short -p no:cacheprovider \
+    tests/test_cuda_engine.py -k "kernel_switches" > "$OUT/switch_tests.txt" 2>&1
+  echo "kernel switch tests rc $?: $(tail -1 "$OUT/switch_tests.txt")" | tee -a "$SUM"
+  grep -E "^FAILED|^E " "$OUT/switch_tests.txt" | head -6 | tee -a "$SUM"
+  PYRESA_CUDA_RECT_KERNEL=${A12_ENGINE_KERNEL:-4} PYRESA_CUDA_PREFILL_KERNEL=${A12_ENGINE_KERNEL:-4} \
+    PYRESA_CUDA_TEST_MODEL=$M timeout $(cap 150) python3 -m pytest -q -s -p no:cacheprovider tests/test_cuda_engine.py \
+    -k "resa_greedy or prefill_logits or decode_logits or graph_replay or resa_schedule or truncate or last_row or first_token" \
+    > "$OUT/engine_tests.txt" 2>&1
+  echo "engine tests (rect+prefill kernel ${A12_ENGINE_KERNEL:-4}) rc $?: $(tail -1 "$OUT/engine_tests.txt")" | tee -a "$SUM"
+  grep -E "resa greedy|prefill 300|decode rel err|FAILED" "$OUT/engine_tests.txt" | head -8 | tee -a "$SUM"
+fi
+
+if has probe && [ -d .carry ] && [ $(left) -gt 80 ]; then
+  [ -n "${SYNTH:-}" ] && wait $SYNTH && SYNTH=""
+  timeout $(cap 110) python3 bench/rect_engine_probe.py --model $W/syn7b.gguf \
+    --variant k3:PYRESA_CUDA_RECT_KERNEL=3 --variant k4:PYRESA_CUDA_RECT_KERNEL=4 \
+    --variant k4-1wave:PYRESA_CUDA_RECT_KERNEL=4,PYRESA_CUDA_RECT_WAVES=1 > "$OUT/probe.txt" 2>&1
+  echo "probe rc $?" | tee -a "$SUM"
+  grep -E "kernel alone" "$OUT/probe.txt" | tee -a "$SUM"
+  sed -n '/== rectification attention in the engine/,$p' "$OUT/probe.txt" | tee -a "$SUM"
+  grep -E "Error|error" "$OUT/probe.txt" | head -5
+fi
+
+if has ab && [ -d .carry ] && [ $(left) -gt 60 ]; then
+  [ -n "${SYNTH:-}" ] && wait $SYNTH && SYNTH=""
+  timeout $(( $(left) - 5 )) python3 bench/gpu_ab.py --model $W/syn7b.gguf --depths ${AB_DEPTHS:-262144} --modes resa \
+    --prefill ${AB_PREFILL:-8192} --rounds ${AB_ROUNDS:-2} --out "$OUT/ab.json" \
+    ${AB_VARIANTS:---variant k3:PYRESA_CUDA_RECT_KERNEL=3,PYRESA_CUDA_PREFILL_KERNEL=3 --variant k4:PYRESA_CUDA_RECT_KERNEL=4,PYRESA_CUDA_PREFILL_KERNEL=4} \
+    > "$OUT/ab.txt" 2>&1
+  echo "gpu_ab rc $?" | tee -a "$SUM"
+  grep -E "^   |^ *[a-z0-9_-]+  " "$OUT/ab.txt" | tail -20 | tee -a "$SUM"
+  sed -n '/^tok\/s/,$p' "$OUT/ab.txt" | tee -a "$SUM"
+fi
+echo "total $(( $(date +%s) - T0 )) s"
+echo "===== summary"
+cat "$SUM"

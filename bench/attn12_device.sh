@@ -6,7 +6,9 @@
 #            plus the kernel switches' test;
 #   probe:   bench/rect_engine_probe.py: the rectification's attention in the 7B engine per
 #            variant (eager profile), and the kernels alone;
-#   ab:      bench/gpu_ab.py, same build: ReSA@256K and prefill tok/s per variant ($AB_VARIANTS).
+#   ab:      bench/gpu_ab.py, same build: ReSA@256K and prefill tok/s per variant ($AB_VARIANTS);
+#   etests:  every engine test with the defaults; kbench: bench/sparse_step_bench.py (the decode
+#            kernels alone, one warp vs two); prec: bench/rect_precision.py.
 # Stages in A12_STAGES (default "tests probe ab"), each skipped when too little of A12_BUDGET (s)
 # is left. Needs ../whl, ../model (8-layer test model) and .carry/ (7B header, synth_gguf.py).
 # Prints a short summary last.
@@ -50,6 +52,27 @@ if has tests; then
   grep -E "resa greedy|prefill 300|decode rel err|FAILED" "$OUT/engine_tests.txt" | head -8 | tee -a "$SUM"
 fi
 
+if has etests; then  # every engine test with the defaults (rectification and prefill on the wgmma kernel since run 12)
+  PYRESA_CUDA_TEST_MODEL=$M timeout $(cap 200) python3 -m pytest -q -s -p no:cacheprovider tests/test_cuda_engine.py \
+    > "$OUT/engine_tests.txt" 2>&1
+  echo "engine tests (defaults) rc $?: $(tail -1 "$OUT/engine_tests.txt")" | tee -a "$SUM"
+  grep -E "resa greedy|prefill 300|decode rel err|FAILED" "$OUT/engine_tests.txt" | head -8 | tee -a "$SUM"
+fi
+
+if has kbench && [ $(left) -gt 60 ]; then  # the decode kernels alone: one warp (sep, st6) vs two (w2)
+  timeout $(cap 90) python3 bench/sparse_step_bench.py --depths ${KB_DEPTHS:-4096,32768,262144} \
+    --sets ${KB_SETS:-sep,st6,w2,in,w2in} > "$OUT/kbench.txt" 2>&1
+  echo "sparse_step_bench rc $?" | tee -a "$SUM"
+  tail -22 "$OUT/kbench.txt" | tee -a "$SUM"
+fi
+
+if has prec && [ $(left) -gt 100 ]; then  # precision at the engine level (run 11's "k4" rows were the general kernel)
+  timeout $(cap 120) python3 bench/rect_precision.py "$M" --prompt ${A12_PREC_PROMPT:-2000} \
+    --steps ${A12_PREC_STEPS:-99} > "$OUT/precision.txt" 2>&1
+  echo "rect_precision rc $?" | tee -a "$SUM"
+  sed -n '/== ReSA logits/,$p' "$OUT/precision.txt" | tee -a "$SUM"
+fi
+
 if has probe && [ -d .carry ] && [ $(left) -gt 80 ]; then
   [ -n "${SYNTH:-}" ] && wait $SYNTH && SYNTH=""
   timeout $(cap 110) python3 bench/rect_engine_probe.py --model $W/syn7b.gguf \
@@ -63,7 +86,7 @@ fi
 
 if has ab && [ -d .carry ] && [ $(left) -gt 60 ]; then
   [ -n "${SYNTH:-}" ] && wait $SYNTH && SYNTH=""
-  timeout $(( $(left) - 5 )) python3 bench/gpu_ab.py --model $W/syn7b.gguf --depths ${AB_DEPTHS:-262144} --modes resa \
+  timeout $(( $(left) - 5 )) python3 bench/gpu_ab.py --model $W/syn7b.gguf --depths ${AB_DEPTHS:-262144} --modes ${AB_MODES:-resa} \
     --prefill ${AB_PREFILL:-8192} --rounds ${AB_ROUNDS:-2} --out "$OUT/ab.json" \
     ${AB_VARIANTS:---variant k3:PYRESA_CUDA_RECT_KERNEL=3,PYRESA_CUDA_PREFILL_KERNEL=3 --variant k4:PYRESA_CUDA_RECT_KERNEL=4,PYRESA_CUDA_PREFILL_KERNEL=4} \
     > "$OUT/ab.txt" 2>&1

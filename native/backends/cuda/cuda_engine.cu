@@ -141,11 +141,11 @@ struct CudaEngine::Impl {
   bool precise_dense = true;
   bool rect_precise = true;
   // Dense attention of many rows (attention_batched.cu) variant, 0 = the general kernel:
-  // PYRESA_CUDA_RECT_KERNEL / PYRESA_CUDA_PREFILL_KERNEL = old | 1-4. Default 3 (two 128-row
-  // CTAs per SM), the fastest on the H100 for both (docs/perf-cuda.md, run 9-rect-attn); 4 is the
-  // wgmma kernel (sm_90a, run 11-rect-wgmma), 3 where it is unavailable.
-  int rect_kernel = 3;
-  int prefill_kernel = 3;
+  // PYRESA_CUDA_RECT_KERNEL / PYRESA_CUDA_PREFILL_KERNEL = old | 1-4. Default 4, the wgmma kernel
+  // (sm_90a, attention_wgmma.cu; run 12-attn12: the fastest in the engine for both), 3 (two
+  // 128-row CTAs per SM on mma.sync, run 9-rect-attn) where it is unavailable.
+  int rect_kernel = 4;
+  int prefill_kernel = 4;
 
   // Graph cache: (kind, attention splits) -> executable graph.
   std::map<std::pair<int, int>, cudaGraphExec_t> graphs;
@@ -886,8 +886,10 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, CudaEngi
   }
   m.precise_dense = env_int("PYRESA_CUDA_PRECISE_DENSE", 1) != 0;
   m.rect_precise = env_int("PYRESA_CUDA_RECT_PRECISE", 1) != 0;
-  m.rect_kernel = kernel_switch("PYRESA_CUDA_RECT_KERNEL", 3);
-  m.prefill_kernel = kernel_switch("PYRESA_CUDA_PREFILL_KERNEL", 3);
+  // The wgmma kernel by default (run 12-attn12, H100 same-build A/B: ReSA@256K 205.0 -> 210.6 tok/s,
+  // pp8192 12,513 -> 12,851); variant 3 where it is unavailable (below).
+  m.rect_kernel = kernel_switch("PYRESA_CUDA_RECT_KERNEL", 4);
+  m.prefill_kernel = kernel_switch("PYRESA_CUDA_PREFILL_KERNEL", 4);
   cuda::attention_wgmma_waves() = std::max(1, env_int("PYRESA_CUDA_RECT_WAVES", 2));
   for (int* k : {&m.rect_kernel, &m.prefill_kernel}) {
     if (*k == 4 && !cuda::attention_wgmma_available()) *k = 3;  // no sm_90a code or not Hopper

@@ -896,11 +896,11 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, CudaEngi
     // too little shared memory: the general kernel
     if (*k && cuda::attention_batched_smem_bytes(*k, m.c.head_dim) > prop.sharedMemPerBlockOptin) *k = 0;
   }
-  // Decode steps' attention (dense and sparse): 1 = the decode kernel (attention_decode.cu) and the
-  // parallel combine, 0 = the general kernel and the serial combine (A/B runs); its cp.async
-  // stages (4, 6, 12).
+  // Decode steps' attention (dense and sparse): 1 = the decode kernel (attention_decode.cu: two
+  // warps per CTA; the one-warp kernel and its PYRESA_CUDA_DECODE_WARPS / _DECODE_STAGES switches
+  // were removed in run 12-attn12, slower at every depth) and the parallel combine, 0 = the
+  // general kernel and the serial combine (A/B runs).
   cuda::decode_attention_enabled() = env_int("PYRESA_CUDA_SPARSE_STEP", 1) != 0;
-  cuda::decode_attention_stages() = env_int("PYRESA_CUDA_DECODE_STAGES", 4);
   // Block selection (run 11): the cluster top-n or "old" (one CTA per KV head); the cluster size
   // (0: from the cache size); the scoring triggering the top-n's launch early (off: slower); the
   // scoring reading the query before the position (on: ~0.15 us per layer).
@@ -912,11 +912,9 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, CudaEngi
     cuda::select_config().score_early_q = env_int("PYRESA_CUDA_SCORE_EARLY_Q", 1) != 0;
     cuda::select_config().topn_stop = 0;
   }
-  // The decode kernel's splits merged by a separate kernel (0) or inside it (1, run 11: slower);
-  // its warps per CTA (2, default since run 12: +2.8 % ReSA@256K and +3.7 % at 32K in run 11's
-  // same-build A/B; 1 = the one-warp kernel of run 9).
+  // The decode kernel's splits merged by a separate kernel (0) or inside it (1, runs 11 and 12:
+  // slower).
   cuda::decode_combine_mode() = env_int("PYRESA_CUDA_DECODE_COMBINE", 0);
-  cuda::decode_attention_warps() = env_int("PYRESA_CUDA_DECODE_WARPS", 2) == 1 ? 1 : 2;
   m.upload(weights);
   m.check_types();
   m.opt.n_batch = std::max(options.n_batch, m.att.rectify_every + 1);

@@ -14,23 +14,13 @@
 # Prints a short summary last.
 set -u
 source "$(dirname "$0")/gpu_common.sh"  # $src (cwd), $OUT
+source "$(dirname "$0")/gpu_build_7b.sh"  # prepare_build, wait_7b, $W, $M
 T0=$(date +%s)
 left() { echo $(( ${A12_BUDGET:-530} - ($(date +%s) - T0) )); }
 cap() { local l; l=$(left); echo $(( l < $1 ? l : $1 )); }
 STAGES=" ${A12_STAGES:-tests probe ab} "
 has() { [[ "$STAGES" == *" $1 "* ]]; }
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site ../whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$src
-W=/root/llamacpp
-mkdir -p $W
-if [ -d .carry ] && [ ! -f $W/syn7b.gguf ] && (has probe || has ab); then
-  nice -n 10 python3 .carry/synth_gguf.py .carry/r1-distill-qwen-7b-q4_k_m.header.gguf $W/syn7b.gguf \
-    > "$OUT/synth.log" 2>&1 &
-  SYNTH=$!
-fi
-bash bench/gpu_test.sh -k "no_test_has_this_name" 2>&1 | grep -E "build:|error|warning.*(C75|spill)" | head -20
-ls pyresa/_core*.so > /dev/null || { echo "build failed"; tail -40 "$OUT/build.log"; exit 1; }
-M=$(ls ../model/*.gguf | head -1)
+prepare_build $( (has probe || has ab) && echo 1)
 SUM="$OUT/summary.txt"
 : > "$SUM"
 python3 -c "import pyresa._core as c; print('wgmma available:', c.cuda_test.attention_wgmma_available())" | tee -a "$SUM"
@@ -74,7 +64,7 @@ if has prec && [ $(left) -gt 100 ]; then  # precision at the engine level (run 1
 fi
 
 if has probe && [ -d .carry ] && [ $(left) -gt 80 ]; then
-  [ -n "${SYNTH:-}" ] && wait $SYNTH && SYNTH=""
+  wait_7b
   timeout $(cap 110) python3 bench/rect_engine_probe.py --model $W/syn7b.gguf \
     --variant k3:PYRESA_CUDA_RECT_KERNEL=3 --variant k4:PYRESA_CUDA_RECT_KERNEL=4 \
     --variant k4-1wave:PYRESA_CUDA_RECT_KERNEL=4,PYRESA_CUDA_RECT_WAVES=1 > "$OUT/probe.txt" 2>&1
@@ -85,7 +75,7 @@ if has probe && [ -d .carry ] && [ $(left) -gt 80 ]; then
 fi
 
 if has ab && [ -d .carry ] && [ $(left) -gt 60 ]; then
-  [ -n "${SYNTH:-}" ] && wait $SYNTH && SYNTH=""
+  wait_7b
   timeout $(( $(left) - 5 )) python3 bench/gpu_ab.py --model $W/syn7b.gguf --depths ${AB_DEPTHS:-262144} --modes ${AB_MODES:-resa} \
     --prefill ${AB_PREFILL:-8192} --rounds ${AB_ROUNDS:-2} --out "$OUT/ab.json" \
     ${AB_VARIANTS:---variant k3:PYRESA_CUDA_RECT_KERNEL=3,PYRESA_CUDA_PREFILL_KERNEL=3 --variant k4:PYRESA_CUDA_RECT_KERNEL=4,PYRESA_CUDA_PREFILL_KERNEL=4} \

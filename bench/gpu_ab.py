@@ -34,6 +34,7 @@ def main():
     ap.add_argument("--modes", default="dense,resa")
     ap.add_argument("--variant", action="append", required=True, help="NAME:VAR=VALUE,... (NAME: = no change)")
     ap.add_argument("--rounds", type=int, default=1, help="run the variants this many times, interleaved")
+    ap.add_argument("--prefill", type=int, default=0, help="also time a prefill of this many tokens (0: none)")
     ap.add_argument("--out", default=None, help="JSON file for every run's figures")
     args = ap.parse_args()
     variants = [parse_variant(v) for v in args.variant]
@@ -43,16 +44,21 @@ def main():
         for name, env in variants:
             with tempfile.NamedTemporaryFile(suffix=".json") as f:
                 cmd = [sys.executable, str(bench), "--model", args.model, "--depths", args.depths, "--modes",
-                       args.modes, "--prefill", "0", "--sampling", "0", "--out", f.name]
+                       args.modes, "--prefill", str(args.prefill), "--sampling", "0", "--out", f.name]
                 print(f"== round {rnd} variant {name} {env}", flush=True)
                 r = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True)
                 if r.returncode:
                     print(r.stdout[-2000:], r.stderr[-2000:], flush=True)
                     continue
                 res = json.load(open(f.name))
+            if res.get("prefill"):
+                runs.append({"round": rnd, "variant": name, "env": env, "depth": 0, "mode": f"pp{args.prefill}",
+                             "tokens_per_s": res["prefill"]["tokens_per_s"], "ms_per_token": None})
             for d in res["decode"]:
                 runs.append({"round": rnd, "variant": name, "env": env, "depth": d["depth"], "mode": d["mode"],
                              "tokens_per_s": d["tokens_per_s"], "ms_per_token": d["ms_per_token"]})
+            print("   " + ", ".join(f"{r['depth']}/{r['mode']} {r['tokens_per_s']:.1f}" for r in runs
+                                if r["round"] == rnd and r["variant"] == name), flush=True)
     if args.out:
         json.dump(runs, open(args.out, "w"), indent=1)
     keys = sorted({(r["depth"], r["mode"]) for r in runs})

@@ -3,8 +3,9 @@
 cache filled synthetically to --depth, ReSA set, then the eager per-op profile of a rectification
 step (CudaEngine.profile_step(tok, True)) --reps times; prints the attention's and the whole
 rectification's best time per variant. The kernel alone (bench/attn_bench.py) and the engine
-disagreed in run 11's first call (14.7 vs 27.1 ms): this separates the launch context (PDL,
-early triggers, split count) from the kernel.
+disagreed in run 11's first call (14.7 vs 27.1 ms): the engine had run the general kernel
+("4" was not a value its switch took; run 12-attn12); the kernels each engine really uses are
+printed with its line.
 
     python3 bench/rect_engine_probe.py --model syn7b.gguf --variant k3:PYRESA_CUDA_RECT_KERNEL=3 \
         --variant k4:PYRESA_CUDA_RECT_KERNEL=4 [--reps 3] [--once]
@@ -52,6 +53,7 @@ def main():
         eng = core.CudaEngine(g.config, g.tensor_table(), args.depth + 256, 0, 2048, 0)
         eng.fill_synthetic(args.depth, 1234 + args.depth)
         eng.set_attention("resa", 16, 0.1, 16, 1, 32)
+        kernels = eng.dense_attention_kernels()  # (rectification, prefill): what the engine really runs
         if args.once:
             eng.profile_step(tok, True)
             eng.synchronize()
@@ -60,8 +62,8 @@ def main():
         prof = [eng.profile_step(tok, True) for _ in range(args.reps)]
         att = min(p["attention"] for p in prof)
         tot = min(sum(p.values()) for p in prof)
-        rows.append((name, env, att, tot))
-        print(f"{name:>14} {env}: rectification attention {att:7.2f} ms (all reps: "
+        rows.append((name, env, att, tot, kernels))
+        print(f"{name:>14} {env} kernels {kernels}: rectification attention {att:7.2f} ms (all reps: "
               f"{', '.join('%.2f' % p['attention'] for p in prof)}), rectification {tot:7.2f} ms "
               f"[{time.perf_counter() - t0:.1f} s]", flush=True)
         del eng
@@ -72,8 +74,8 @@ def main():
             else:
                 os.environ[k] = v
     print("\n== rectification attention in the engine (eager profile, best of reps), per rectification")
-    for name, env, att, tot in rows:
-        print(f"{name:>14}: attention {att:7.2f} ms, rectification {tot:7.2f} ms   {env}")
+    for name, env, att, tot, kernels in rows:
+        print(f"{name:>14}: attention {att:7.2f} ms, rectification {tot:7.2f} ms   {env} (rect, prefill kernel {kernels})")
 
 
 if __name__ == "__main__":

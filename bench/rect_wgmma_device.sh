@@ -8,26 +8,19 @@
 # Call 2 adds "v4tests" (variant 4's kernel tests only), "probe" (bench/rect_engine_probe.py: the
 # rectification's attention in the engine under PDL / split-count variants) and "ncu" (Nsight
 # Compute on one of the engine's wgmma launches).
+# Run 12-attn12 found why call 1's engine figures for variant 4 were slow: the engine's switch took
+# 1-3, so PYRESA_CUDA_RECT_KERNEL=4 ran the general kernel; fixed there (bench/attn12_device.sh
+# was run 12's call; variant 4 is now the default).
 # Needs ../whl, ../model (8-layer test model) and .carry/ (7B header, synth_gguf.py) as
 # bench/rect_attn_device.sh. Prints a short summary last.
 set -u
 source "$(dirname "$0")/gpu_common.sh"  # $src (cwd), $OUT
+source "$(dirname "$0")/gpu_build_7b.sh"  # prepare_build, wait_7b, $W, $M
 T0=$(date +%s)
 left() { echo $(( ${RW_BUDGET:-520} - ($(date +%s) - T0) )); }
 STAGES=" ${RW_STAGES:-tests bench e2e engine prec} "
 has() { [[ "$STAGES" == *" $1 "* ]]; }
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site ../whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$src
-W=/root/llamacpp
-mkdir -p $W
-if has e2e && [ -d .carry ] && [ ! -f $W/syn7b.gguf ]; then  # the 7B file, written while we build
-  nice -n 10 python3 .carry/synth_gguf.py .carry/r1-distill-qwen-7b-q4_k_m.header.gguf $W/syn7b.gguf \
-    > "$OUT/synth.log" 2>&1 &
-  SYNTH=$!
-fi
-bash bench/gpu_test.sh -k "no_test_has_this_name" 2>&1 | grep -E "build:|error|warning.*(C75|spill)" | head -20
-ls pyresa/_core*.so > /dev/null || { echo "build failed"; tail -40 "$OUT/build.log"; exit 1; }
-M=$(ls ../model/*.gguf | head -1)
+prepare_build $( (has e2e || has probe || has ncu) && echo 1)
 SUM="$OUT/summary.txt"
 : > "$SUM"
 python3 -c "import pyresa._core as c; print('wgmma available:', c.cuda_test.attention_wgmma_available())" | tee -a "$SUM"
@@ -57,7 +50,7 @@ if has bench && [ $(left) -gt 100 ]; then
 fi
 
 if has probe && [ $V4OK = 1 ] && [ -d .carry ] && [ $(left) -gt 60 ]; then  # the launch context, one engine each
-  [ -n "${SYNTH:-}" ] && wait $SYNTH && SYNTH=""
+  wait_7b
   timeout $(( $(left) < 120 ? $(left) : 120 )) python3 bench/rect_engine_probe.py --model $W/syn7b.gguf \
     --variant k3:PYRESA_CUDA_RECT_KERNEL=3 --variant k4:PYRESA_CUDA_RECT_KERNEL=4 \
     --variant k4-1wave:PYRESA_CUDA_RECT_KERNEL=4,PYRESA_CUDA_RECT_WAVES=1 \
@@ -72,7 +65,7 @@ if has probe && [ $V4OK = 1 ] && [ -d .carry ] && [ $(left) -gt 60 ]; then  # th
 fi
 
 if has ncu && [ $V4OK = 1 ] && [ -d .carry ] && command -v ncu > /dev/null && [ $(left) -gt 100 ]; then
-  [ -n "${SYNTH:-}" ] && wait $SYNTH && SYNTH=""
+  wait_7b
   timeout 90 ncu --clock-control none --kernel-name regex:attention_wgmma_kernel --launch-skip 3 --launch-count 1 --section SpeedOfLight \
     --section LaunchStats --section Occupancy --section WarpStateStats python3 bench/rect_engine_probe.py \
     --model $W/syn7b.gguf --once --variant k4:PYRESA_CUDA_RECT_KERNEL=4 > "$OUT/ncu.txt" 2>&1
@@ -81,7 +74,7 @@ if has ncu && [ $V4OK = 1 ] && [ -d .carry ] && command -v ncu > /dev/null && [ 
 fi
 
 if has e2e && [ $V4OK = 1 ] && [ -d .carry ]; then
-  [ -n "${SYNTH:-}" ] && wait $SYNTH
+  wait_7b
   for k in 3 4; do
     [ $(left) -gt 60 ] || break
     echo "== 7B ReSA@256K, rect kernel $k" | tee -a "$SUM"

@@ -9,6 +9,8 @@
 # Call 1 ran it as above; call 2 (two-warp kernel): TEST_K="attention or combine or cuda_engine"
 # KB_ARGS="--sets sep,in,w2,w2in,w2_66" NCU_SETS="w2" AB_DEPTHS=262144 AB_MODES=dense,resa
 # AB_VARIANTS="--variant w1:PYRESA_CUDA_DECODE_WARPS=1 --variant w2:PYRESA_CUDA_DECODE_WARPS=2 ..."
+# (Run 12-attn12 removed the one-warp kernel and its switches: the sets sep and in are now the
+# two-warp kernel; w2... and st6... no longer exist.)
 set -u
 source "$(dirname "$0")/gpu_common.sh"  # $src (cwd), $OUT
 t0=$(date +%s)

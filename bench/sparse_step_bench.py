@@ -15,36 +15,32 @@ ap = argparse.ArgumentParser(description=__doc__)
 ap.add_argument("--depths", default="32768,131072,262144")
 ap.add_argument("--reps", type=int, default=200)
 ap.add_argument("--copies", type=int, default=4, help="layers' worth of K/V/descriptors cycled (defeats the L2)")
-ap.add_argument("--only-new", action="store_true", help="the two-warp set ('w2') only (e.g. under ncu)")
 ap.add_argument("--sets", default=None, help="comma-separated set names (default: all)")
 ap.add_argument("--json", default=None)
 args = ap.parse_args()
 
-# (name, decode attention kernel?, decode attention stages, combine: 0 separate / 1 inside the
-# attention kernel, sparse splits: 0 = the engine's choice; warps per CTA of the decode kernel).
-SETS = [("old", False, 4, 0, 0, 1), ("sep", True, 4, 0, 0, 1), ("in", True, 4, 1, 0, 1), ("in66", True, 4, 1, 66, 1),
-        ("in50", True, 4, 1, 50, 1), ("in132", True, 4, 1, 132, 1), ("st6", True, 6, 0, 0, 1),
-        ("st6in", True, 6, 1, 0, 1), ("w2", True, 4, 0, 0, 2), ("w2in", True, 4, 1, 0, 2), ("w2_66", True, 4, 0, 66, 2),
-        ("w2_132", True, 4, 0, 132, 2)]
+# (name, decode attention kernel?, combine: 0 separate / 1 inside the attention kernel, sparse
+# splits: 0 = the engine's choice). Until run 12 the decode kernel had one-warp builds (4, 6, 12
+# stages: sets sep, st6, in...) beside the two-warp one (w2...); the two-warp kernel is the only
+# one now, under the old one-warp names.
+SETS = [("old", False, 0, 0), ("sep", True, 0, 0), ("in", True, 1, 0), ("in66", True, 1, 66), ("in50", True, 1, 50),
+        ("in132", True, 1, 132), ("sep66", True, 0, 66), ("sep132", True, 0, 132)]
 ap2 = [s for s in (args.sets or "").split(",") if s]
 rows = []
 for d in [int(x) for x in args.depths.split(",") if x]:
-    for name, attn, stages, comb, splits, warps in SETS:
-        if args.only_new and name != "w2":
-            continue
+    for name, attn, comb, splits in SETS:
         if ap2 and name not in ap2:
             continue
-        core.cuda_test.set_sparse_step_kernels(attn, stages, comb, warps)
+        core.cuda_test.set_sparse_step_kernels(attn, comb)
         r = dict(core.cuda_test.time_sparse_step(d, args.reps, args.copies, sparse_splits=splits))
         r.update(depth=d, kernels=name)
         rows.append(r)
         print(r, flush=True)
-core.cuda_test.set_sparse_step_kernels(True, 4, 0, 1)
+core.cuda_test.set_sparse_step_kernels(True, 0)
 
 print("sets: old = PYRESA_CUDA_SPARSE_STEP=0; sep = decode attention kernel + separate combine kernel (run 10); "
       "in = combine inside the attention kernel (PYRESA_CUDA_DECODE_COMBINE=1), inNN = with NN sparse splits; "
-      "st6 = PYRESA_CUDA_DECODE_STAGES=6; w2 = two warps per CTA (PYRESA_CUDA_DECODE_WARPS=2), w2in with the combine "
-      "inside, w2_NN with NN sparse splits. 'partials' = the decode kernel alone, no combine; 'contig' = the sparse "
+      "sepNN = separate combine, NN sparse splits. 'partials' = the decode kernel alone, no combine; 'contig' = the sparse "
       "attention over the first n_sel blocks (same bytes, contiguous)")
 print(f"\n{'depth':>7} {'set':>5} {'score':>6} {'top-n':>6} {'select':>7} {'sparse att':>10} {'partials':>8} "
       f"{'contig':>7} {'sel+att':>8} {'dense att':>9} {'splits s/d':>10} | per step (x28): {'sel+att':>8} {'dense att':>9}")

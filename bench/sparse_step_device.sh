@@ -20,7 +20,7 @@ if [ -n "${NCU:-}" ] && [ $(left) -gt 200 ]; then
   timeout 120 ncu --csv --print-units base --cache-control none --clock-control none \
     --kernel-name regex:"score|select|attention|combine" --launch-count 80 \
     --metrics gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__warps_active.avg.pct_of_peak_sustained_active \
-    python3 bench/sparse_step_bench.py --depths 262144 --reps 4 --copies 2 --only-new > "$OUT/ncu.csv" 2>&1
+    python3 bench/sparse_step_bench.py --depths 262144 --reps 4 --copies 2 --sets sep > "$OUT/ncu.csv" 2>&1
   echo "ncu rc=$?"
   python3 - "$OUT/ncu.csv" <<'PY' > "$OUT/ncu_summary.txt" 2>&1
 import csv, sys, collections

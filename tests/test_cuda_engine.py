@@ -179,6 +179,23 @@ def test_graph_replay_equals_eager(gguf, monkeypatch):
         np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.parametrize("value,rect", [(None, 4), ("old", 0), ("0", 0), ("1", 1), ("2", 2), ("3", 3), ("4", 4),
+                                        ("5", 0)])
+def test_dense_attention_kernel_switches(gguf, monkeypatch, value, rect):
+    """PYRESA_CUDA_RECT_KERNEL / _PREFILL_KERNEL pick the kernel the engine uses (until run 12, "4"
+    silently chose the general kernel). 4 (wgmma), the default, falls back to 3 where it is
+    unavailable (no sm_90a code, or not a compute capability 9.0 GPU)."""
+    if rect == 4 and not core.cuda_test.attention_wgmma_available():
+        rect = 3
+    for var in ("PYRESA_CUDA_RECT_KERNEL", "PYRESA_CUDA_PREFILL_KERNEL"):
+        if value is None:
+            monkeypatch.delenv(var, raising=False)
+        else:
+            monkeypatch.setenv(var, value)
+    gpu = core.CudaEngine(gguf.config, gguf.tensor_table(), 256, 0, 64, 0)
+    assert gpu.dense_attention_kernels() == (rect, rect)
+
+
 def test_truncate_and_reeval(gguf):
     gpu = core.CudaEngine(gguf.config, gguf.tensor_table(), 512, 0, 512, 0)
     toks = prompt(gguf, 100, seed=4)

@@ -178,6 +178,8 @@ void bind_cuda(nb::module_& m) {
       .def("fill_synthetic", &CudaEngine::fill_synthetic, nb::arg("n_tokens"), nb::arg("seed") = 1,
            "Benchmarks: random F16 K/V for positions [0, n_tokens), descriptors rebuilt, n_past = n_tokens.")
       .def("synchronize", &CudaEngine::synchronize)
+      .def("dense_attention_kernels", &CudaEngine::dense_attention_kernels,
+           "(rectification, prefill chunk) dense attention kernel: attention_batched variant, 0 = the general kernel.")
       .def("profile_step",
            [](CudaEngine& e, int token, bool rectify) {
              auto r = e.profile_step(token, rectify);
@@ -332,7 +334,7 @@ void bind_cuda(nb::module_& m) {
     return nb::make_tuple(numpy_array(std::move(ids), {n}), numpy_array(std::move(vals), {n}), mx, sum);
   });
   t.def("set_sparse_step_kernels", &cuda_test::set_sparse_step_kernels, nb::arg("decode_attention"),
-        nb::arg("decode_stages"), nb::arg("combine") = -1, nb::arg("warps") = -1);
+        nb::arg("combine") = -1);
   t.def("time_sparse_step", [](int n_tokens, int reps, int copies, int n_head, int n_kv_head, int D, bool select_only,
                                int cap_tokens, int sparse_splits) {
     nb::dict d;

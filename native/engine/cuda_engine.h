@@ -89,6 +89,10 @@ class CudaEngine {
   // Benchmarks: one eager decode (or rectification) step at the current position with events
   // between its ops; milliseconds per op label, summed over layers. The position does not advance.
   std::vector<std::pair<std::string, double>> profile_step(int32_t token, bool rectify);
+  // The dense attention kernels a rectification and a prefill chunk use (attention_batched
+  // variant, 0 = the general kernel), as chosen from PYRESA_CUDA_RECT_KERNEL / _PREFILL_KERNEL
+  // and what the device supports.
+  std::pair<int, int> dense_attention_kernels() const;
 
  private:
   struct Impl;

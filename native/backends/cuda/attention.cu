@@ -4,6 +4,7 @@
 
 #include "backends/cuda/attention.cuh"
 #include "backends/cuda/attention_decode.cuh"
+#include "backends/cuda/attention_epilogue.cuh"
 #include "backends/cuda/common.cuh"
 #include "backends/cuda/launch.cuh"
 #include "backends/cuda/mma.cuh"
@@ -207,35 +208,8 @@ __global__ void __launch_bounds__(32 * NW) attention_kernel(AttentionArgs a) {
   }
   cp_async_wait<0>();
 
-  lA += __shfl_xor_sync(0xffffffffu, lA, 1);
-  lA += __shfl_xor_sync(0xffffffffu, lA, 2);
-  lB += __shfl_xor_sync(0xffffffffu, lB, 1);
-  lB += __shfl_xor_sync(0xffffffffu, lB, 2);
-
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int r = half ? rB : rA;
-    if (r >= R) continue;
-    const float m = half ? mB : mA, l = half ? lB : lA;
-    if (n_splits == 1) {
-      const int i = r / G, hq = h * G + r % G;
-      float* dst = a.out + i * a.out_stride + (int64_t)hq * D;
-      const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-#pragma unroll
-      for (int nd = 0; nd < D / 8; ++nd)
-        *reinterpret_cast<float2*>(dst + 8 * nd + 2 * t4) = make_float2(o[nd][2 * half] * inv, o[nd][2 * half + 1] * inv);
-    } else {
-      const int64_t base = ((int64_t)(h * n_splits + split) * R + r);
-      float* dst = a.work + base * (D + 2);
-#pragma unroll
-      for (int nd = 0; nd < D / 8; ++nd)
-        *reinterpret_cast<float2*>(dst + 8 * nd + 2 * t4) = make_float2(o[nd][2 * half], o[nd][2 * half + 1]);
-      if (t4 == 0) {
-        dst[D] = m;
-        dst[D + 1] = l;
-      }
-    }
-  }
+  store_mma_row<D>(a, rA, h, split, n_splits, mA, lA, t4, [&](int nd) { return make_float2(o[nd][0], o[nd][1]); });
+  store_mma_row<D>(a, rB, h, split, n_splits, mB, lB, t4, [&](int nd) { return make_float2(o[nd][2], o[nd][3]); });
 }
 
 // out row r of KV head h = sum_s o_s 2^(m_s - M) / sum_s l_s 2^(m_s - M). The splits' (m, l) are

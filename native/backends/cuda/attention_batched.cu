@@ -28,6 +28,7 @@
 #include <type_traits>
 
 #include "backends/cuda/attention.cuh"
+#include "backends/cuda/attention_epilogue.cuh"
 #include "backends/cuda/common.cuh"
 #include "backends/cuda/launch.cuh"
 #include "backends/cuda/mma.cuh"
@@ -208,41 +209,6 @@ __device__ __forceinline__ void pv_tile(float (&o)[MT][D / 8][4], const uint32_t
     }
 }
 
-// Normalised rows to out (one split) or the unnormalised partials + (m, l) to the workspace.
-template <int D, int MT>
-__device__ __forceinline__ void store_rows(const AttentionArgs& a, const float (&o)[MT][D / 8][4],
-                                           const float (&m)[MT][2], const float (&l)[MT][2], int rbase, int R, int G,
-                                           int h, int split, int n_splits, int g4, int t4) {
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      float lv = l[mt][hf];
-      lv += __shfl_xor_sync(0xffffffffu, lv, 1);
-      lv += __shfl_xor_sync(0xffffffffu, lv, 2);
-      const int r = rbase + 16 * mt + g4 + 8 * hf;
-      if (r >= R) continue;
-      if (n_splits == 1) {
-        const int i = r / G, hq = h * G + r % G;
-        float* dst = a.out + i * a.out_stride + (int64_t)hq * D;
-        const float inv = lv > 0.0f ? 1.0f / lv : 0.0f;
-#pragma unroll
-        for (int nd = 0; nd < D / 8; ++nd)
-          *reinterpret_cast<float2*>(dst + 8 * nd + 2 * t4) =
-              make_float2(o[mt][nd][2 * hf] * inv, o[mt][nd][2 * hf + 1] * inv);
-      } else {
-        float* dst = a.work + ((int64_t)(h * n_splits + split) * R + r) * (D + 2);
-#pragma unroll
-        for (int nd = 0; nd < D / 8; ++nd)
-          *reinterpret_cast<float2*>(dst + 8 * nd + 2 * t4) = make_float2(o[mt][nd][2 * hf], o[mt][nd][2 * hf + 1]);
-        if (t4 == 0) {
-          dst[D] = m[mt][hf];
-          dst[D + 1] = lv;
-        }
-      }
-    }
-}
-
 // One K/V tile (keys t*TT ...) into a stage, chunks c0, c0 + stride, ... of its TT * D/8 16-byte
 // pieces. Keys past max_pos are zero-filled (no read) and masked.
 template <int D, int TT, int LD>
@@ -324,7 +290,12 @@ __global__ void __launch_bounds__(32 * NW, MINB) attention_batched_kernel(Attent
     pv_tile<D, MT, TT, LD, PSPLIT>(o, pa, pl, Vs + stage * TT * LD, lane);
   }
   cp_async_wait<0>();
-  store_rows<D, MT>(a, o, m, l, row0 + 16 * warp * MT, R, G, h, split, n_splits, g4, t4);
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf)
+      store_mma_row<D>(a, row0 + 16 * (warp * MT + mt) + g4 + 8 * hf, h, split, n_splits, m[mt][hf], l[mt][hf], t4,
+                       [&](int nd) { return make_float2(o[mt][nd][2 * hf], o[mt][nd][2 * hf + 1]); });
 }
 
 // Opt-in to more than 48 KB of shared memory, once per kernel (the caller's static flags: one

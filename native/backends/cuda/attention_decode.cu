@@ -9,17 +9,25 @@
 // probabilities come out of the S^T accumulators transposed with respect to the B operand of the
 // P.V product and are put right with movmatrix (an 8x8 transpose across the warp).
 //
-// Why one warp per CTA with 4 stages (default; 6 or 12 by decode_attention_stages): a decode step
-// is a stream over the K/V bytes (1.5 GB per step at 256K sparse, 15 GB dense); the bytes in
-// flight per SM come from the cp.async stages, so 3 CTAs of 4 stages (3 tiles of 16 KB in flight
-// each) per SM, one wave over the GPU, instead of 5 CTAs of 2 stages in 1.5 waves. The block list
-// of the CTA's range is read into shared memory once (the general kernel reads it from global
-// memory before each tile's copies). Measured (run 9, H100, 256K): sparse 45.7 -> 38.1 us per
-// layer with the combine, dense 261 -> 221 us.
+// Why two warps per CTA and 4 stages: a decode step is a stream over the K/V bytes (1.5 GB per
+// step at 256K sparse, 15 GB dense); the bytes in flight per SM come from the cp.async stages, so
+// 3 CTAs of 4 stages (3 tiles of 16 KB in flight each) per SM, one wave over the GPU. Warp w takes
+// span w (16 tokens) of every 32-token tile, copies it (its own half of each stage), and keeps its
+// own online softmax over it; the two warps' (m, l, O) are merged once at the end through shared
+// memory. A one-warp CTA (runs 9-11, 4, 6 or 12 stages) was bound by its own instruction latency
+// (Nsight Compute, run 11, 256K sparse: one warp per scheduler, 5.4 cycles per issued instruction,
+// DRAM at 51 %); here each warp does half of a tile's products on the same shared memory and
+// occupancy, and the two warps never wait for each other inside the loop. Measured (run 12-attn12,
+// H100): 256K sparse 35.6 -> 31.8 us per layer with the combine, dense 210 -> 208 us, 4K-32K
+// sparse -33 %; the 7B engine +2.2 to +4.3 % at 4K-256K, dense and ReSA; the one-warp kernel and
+// its 6 / 12-stage builds were then removed. The block list of the CTA's range is read into
+// shared memory once (the general kernel reads it from global memory before each tile's copies).
+
 #include <climits>
 
 #include "backends/cuda/attention.cuh"
 #include "backends/cuda/attention_decode.cuh"
+#include "backends/cuda/attention_epilogue.cuh"
 #include "backends/cuda/common.cuh"
 #include "backends/cuda/launch.cuh"
 #include "backends/cuda/mma.cuh"
@@ -29,9 +37,10 @@ namespace pyresa::cuda {
 namespace {
 
 constexpr int kTT = 32;          // tokens per tile (two 16-token spans)
+constexpr int kStages = 4;       // cp.async stages per CTA (3 CTAs per SM at D = 128)
 constexpr int kSpanCache = 512;   // span starts kept in shared memory (sparse); more: read per tile
 
-template <int D, int kStages>
+template <int D>
 struct DecodeSmem {
   static constexpr int LD = D + 8;  // padded row: ldmatrix rows land in distinct banks
   static constexpr size_t q_elems = (size_t)8 * LD;
@@ -157,11 +166,29 @@ __device__ __forceinline__ void merge_splits_in_kernel(const AttentionArgs& a, i
   }
 }
 
-template <int D, int kStages>
-__global__ void __launch_bounds__(32) decode_attention_kernel(AttentionArgs a) {
+// The finished rows A (2 t4) and B (2 t4 + 1) of this thread in the transposed layout: o[dp][half]
+// holds dimension 16 dp + g4 of row half, o[dp][2 + half] dimension 16 dp + 8 + g4; l already
+// summed over the lanes (g4) that share the row.
+template <int D>
+__device__ __forceinline__ void store_decode_rows(const AttentionArgs& a, const float (&o)[D / 16][4], float mA, float mB,
+                                                  float lA, float lB, int R, int h, int split, int n_splits, int g4,
+                                                  int t4) {
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int r = 2 * t4 + half;
+    if (r >= R) continue;
+    store_attention_row<D, D / 8, 1>(a, r, h, split, n_splits, half ? mB : mA, half ? lB : lA, g4 == 0, [&](int j) {
+      return RowPiece<1>{16 * (j >> 1) + 8 * (j & 1) + g4, {o[j >> 1][2 * (j & 1) + half]}};
+    });
+  }
+}
+
+template <int D>
+__global__ void __launch_bounds__(64, 3) decode_attention_kernel(AttentionArgs a) {
   pdl_wait();  // inputs may come from the kernel launched just before (PDL)
-  using S = DecodeSmem<D, kStages>;
+  using S = DecodeSmem<D>;
   constexpr int LD = S::LD;
+  constexpr int CPR = D / 8, RPI = 32 / CPR;  // 16-byte chunks per K/V row; rows per warp copy instruction
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __half* Qs = reinterpret_cast<__half*>(smem_raw);
   __half* Qlo = Qs + S::q_elems;
@@ -170,7 +197,7 @@ __global__ void __launch_bounds__(32) decode_attention_kernel(AttentionArgs a) {
   int* tokpos = reinterpret_cast<int*>(Vs + S::kv_elems);
   int* spans = tokpos + kStages * kTT;
 
-  const int lane = threadIdx.x, g4 = lane >> 2, t4 = lane & 3;
+  const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, g4 = lane >> 2, t4 = lane & 3;
   const int split = blockIdx.x, n_splits = gridDim.x, h = blockIdx.y;
   const int G = a.n_head / a.n_kv_head, R = a.n_tok * G;  // R <= 8
   const bool q_split = a.split_query;
@@ -192,35 +219,35 @@ __global__ void __launch_bounds__(32) decode_attention_kernel(AttentionArgs a) {
   const int e0 = 2 * t_begin, n_e = 2 * (t_end - t_begin);
   const bool cached = a.blocks && n_e <= kSpanCache;
   if (cached)
-    for (int j = lane; j < n_e; j += 32) spans[j] = decode_span_start(a, h, e0 + j, n_spans, spb);
+    for (int j = tid; j < n_e; j += 64) spans[j] = decode_span_start(a, h, e0 + j, n_spans, spb);
   __syncthreads();
 
   const __half* Kh = a.K + h * a.head_stride;
   const __half* Vh = a.V + h * a.head_stride;
-  auto load_tile = [&](int stage, int t) {
-    const int st0 = cached ? spans[2 * t - e0] : decode_span_start(a, h, 2 * t, n_spans, spb);
-    const int st1 = cached ? spans[2 * t + 1 - e0] : decode_span_start(a, h, 2 * t + 1, n_spans, spb);
-#pragma unroll 4
-    for (int c = lane; c < kTT * (D / 8); c += 32) {
-      const int tt = c / (D / 8), col = (c % (D / 8)) * 8;
-      const int st = tt < 16 ? st0 : st1;
-      const int tok = st < 0 ? 0 : st + (tt & 15);
-      const int bytes = st < 0 ? 0 : 16;
-      cp_async16(Ks + (stage * kTT + tt) * LD + col, Kh + (int64_t)tok * D + col, bytes);
-      cp_async16(Vs + (stage * kTT + tt) * LD + col, Vh + (int64_t)tok * D + col, bytes);
+  const int crow = lane / CPR, ccol = (lane % CPR) * 8;  // this lane's first row and column of a span
+  auto load_span = [&](int stage, int t) {                // span 2t + w into this warp's half of `stage`
+    const int e = 2 * t + w;
+    const int st = cached ? spans[e - e0] : decode_span_start(a, h, e, n_spans, spb);
+    const int bytes = st < 0 ? 0 : 16;
+    const int64_t src = (int64_t)(st < 0 ? 0 : st) * D + crow * D + ccol;
+    __half* kd = Ks + (stage * kTT + 16 * w + crow) * LD + ccol;
+    __half* vd = Vs + (stage * kTT + 16 * w + crow) * LD + ccol;
+#pragma unroll
+    for (int i = 0; i < 16 / RPI; ++i) {
+      cp_async16(kd + i * RPI * LD, Kh + src + i * RPI * D, bytes);
+      cp_async16(vd + i * RPI * LD, Vh + src + i * RPI * D, bytes);
     }
-    const int st = lane < 16 ? st0 : st1;  // kTT == 32 lanes
-    tokpos[stage * kTT + lane] = st < 0 ? INT_MAX : st + (lane & 15);
+    if (lane < 16) tokpos[stage * kTT + 16 * w + lane] = st < 0 ? INT_MAX : st + lane;
   };
 
 #pragma unroll
   for (int p = 0; p < kStages - 1; ++p) {
-    if (t_begin + p < t_end) load_tile(p, t_begin + p);
+    if (t_begin + p < t_end) load_span(p, t_begin + p);
     cp_async_commit();
   }
 
   // Q rows -> F16 (hi) and its rounding error (lo); rows past R are zero and fully masked.
-  for (int idx = lane; idx < 8 * (D / 2); idx += 32) {
+  for (int idx = tid; idx < 8 * (D / 2); idx += 64) {
     const int r = idx / (D / 2), c = (idx % (D / 2)) * 2;
     float2 v = make_float2(0.0f, 0.0f);
     if (r < R) {
@@ -257,247 +284,6 @@ __global__ void __launch_bounds__(32) decode_attention_kernel(AttentionArgs a) {
 
   for (int t = t_begin; t < t_end; ++t) {
     const int it = t - t_begin, stage = it % kStages;
-    if (t + kStages - 1 < t_end) load_tile((it + kStages - 1) % kStages, t + kStages - 1);
-    cp_async_commit();
-    cp_async_wait<kStages - 1>();
-    __syncthreads();
-
-    const __half* ks = Ks + stage * kTT * LD;
-    const __half* vs = Vs + stage * kTT * LD;
-    const int* tp = tokpos + stage * kTT;
-
-    // S^T (tokens x rows), m-tile mt = tokens 16 mt .. 16 mt + 15: hi and lo query parts in
-    // separate accumulators (four independent mma chains instead of two).
-    float s[2][4], sl[2][4];
-#pragma unroll
-    for (int i = 0; i < 2; ++i)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s[i][e] = sl[i][e] = 0.0f;
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-#pragma unroll
-      for (int mt = 0; mt < 2; ++mt) {
-        uint32_t ka[4];
-        ldmatrix_x4(ka[0], ka[1], ka[2], ka[3],
-                    ks + (16 * mt + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + 16 * kk + (lane >> 4) * 8);
-        mma_16816(s[mt], ka, qh[kk][0], qh[kk][1]);
-        if (q_split) mma_16816(sl[mt], ka, ql[kk][0], ql[kk][1]);
-      }
-    }
-    // Scale (log2 domain), mask, online softmax. Element e of s[mt]: token 16 mt + g4 + 8 (e >> 1),
-    // row A (e even) or B (e odd).
-    float tmA = -INFINITY, tmB = -INFINITY;
-#pragma unroll
-    for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int pos = tp[16 * mt + g4 + 8 * (e >> 1)];
-        const float x = q_split ? s[mt][e] + sl[mt][e] : s[mt][e];
-        const float v = pos <= ((e & 1) ? limB : limA) ? x * sl2 : -INFINITY;
-        s[mt][e] = v;
-        if (e & 1) tmB = fmaxf(tmB, v);
-        else tmA = fmaxf(tmA, v);
-      }
-#pragma unroll
-    for (int off = 4; off < 32; off <<= 1) {
-      tmA = fmaxf(tmA, __shfl_xor_sync(0xffffffffu, tmA, off));
-      tmB = fmaxf(tmB, __shfl_xor_sync(0xffffffffu, tmB, off));
-    }
-    const float nmA = fmaxf(mA, tmA), nmB = fmaxf(mB, tmB);
-    const float baseA = nmA == -INFINITY ? 0.0f : nmA, baseB = nmB == -INFINITY ? 0.0f : nmB;
-    const float alA = exp2f(mA - baseA), alB = exp2f(mB - baseB);  // 0 while m was -inf
-    mA = nmA;
-    mB = nmB;
-    lA *= alA;
-    lB *= alB;
-#pragma unroll
-    for (int mt = 0; mt < 2; ++mt) {
-      s[mt][0] = exp2f(s[mt][0] - baseA);
-      s[mt][1] = exp2f(s[mt][1] - baseB);
-      s[mt][2] = exp2f(s[mt][2] - baseA);
-      s[mt][3] = exp2f(s[mt][3] - baseB);
-      lA += s[mt][0] + s[mt][2];
-      lB += s[mt][1] + s[mt][3];
-    }
-    // This tile's P.V goes into zeroed accumulators, added to o (rescaled) in F32 after: the
-    // tensor cores' F32 accumulation truncates, and a split of thousands of tiles would carry that
-    // bias through every step (rel. error ~1e-5 after 20K tokens); this way a tile sees 4 steps.
-    float ot[D / 16][4];
-#pragma unroll
-    for (int i = 0; i < D / 16; ++i) ot[i][0] = ot[i][1] = ot[i][2] = ot[i][3] = 0.0f;
-    // O^T += V^T P^T, k-step ks = tokens 16 ks .. 16 ks + 15 (= S^T m-tile ks). The B operand
-    // wants P[row g4][tokens 2 t4, 2 t4 + 1]; the accumulators hold P[rows 2 t4, 2 t4 + 1][token
-    // g4]: the 8x8 transpose of it. Two-term F16 probabilities (hi + lo) when precise.
-#pragma unroll
-    for (int k2 = 0; k2 < 2; ++k2) {
-      const __half2 h01 = __floats2half2_rn(s[k2][0], s[k2][1]);
-      const __half2 h23 = __floats2half2_rn(s[k2][2], s[k2][3]);
-      const uint32_t b0 = transpose8x8(*reinterpret_cast<const uint32_t*>(&h01));
-      const uint32_t b1 = transpose8x8(*reinterpret_cast<const uint32_t*>(&h23));
-      uint32_t c0 = 0, c1 = 0;
-      if (a.precise) {
-        c0 = transpose8x8(pack_half2(s[k2][0] - __low2float(h01), s[k2][1] - __high2float(h01)));
-        c1 = transpose8x8(pack_half2(s[k2][2] - __low2float(h23), s[k2][3] - __high2float(h23)));
-      }
-#pragma unroll
-      for (int dp = 0; dp < D / 16; ++dp) {
-        // r0: tokens 0-7 x dims 0-7, r1: tokens 8-15 x dims 0-7, r2: tokens 0-7 x dims 8-15,
-        // r3: tokens 8-15 x dims 8-15, each transposed: A = V^T wants (dims, tokens) order r0 r2 r1 r3.
-        uint32_t r0, r1, r2, r3;
-        ldmatrix_x4_trans(r0, r1, r2, r3,
-                          vs + (16 * k2 + ((lane >> 3) & 1) * 8 + (lane & 7)) * LD + 16 * dp + (lane >> 4) * 8);
-        const uint32_t va[4] = {r0, r2, r1, r3};
-        mma_16816(ot[dp], va, b0, b1);
-        if (a.precise) mma_16816(ot[dp], va, c0, c1);
-      }
-    }
-#pragma unroll
-    for (int i = 0; i < D / 16; ++i) {
-      o[i][0] = fmaf(o[i][0], alA, ot[i][0]);
-      o[i][1] = fmaf(o[i][1], alB, ot[i][1]);
-      o[i][2] = fmaf(o[i][2], alA, ot[i][2]);
-      o[i][3] = fmaf(o[i][3], alB, ot[i][3]);
-    }
-    __syncthreads();  // the stage is refilled by the next iteration's copies
-  }
-  cp_async_wait<0>();
-
-#pragma unroll
-  for (int off = 4; off < 32; off <<= 1) {
-    lA += __shfl_xor_sync(0xffffffffu, lA, off);
-    lB += __shfl_xor_sync(0xffffffffu, lB, off);
-  }
-
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int r = half ? rB : rA;
-    if (r >= R) continue;
-    const float m = half ? mB : mA, l = half ? lB : lA;
-    if (n_splits == 1) {
-      const int i = r / G, hq = h * G + r % G;
-      float* dst = a.out + i * a.out_stride + (int64_t)hq * D;
-      const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-#pragma unroll
-      for (int dp = 0; dp < D / 16; ++dp) {
-        dst[16 * dp + g4] = o[dp][half] * inv;
-        dst[16 * dp + 8 + g4] = o[dp][2 + half] * inv;
-      }
-    } else {
-      float* dst = a.work + ((int64_t)(h * n_splits + split) * R + r) * (D + 2);
-#pragma unroll
-      for (int dp = 0; dp < D / 16; ++dp) {
-        dst[16 * dp + g4] = o[dp][half];
-        dst[16 * dp + 8 + g4] = o[dp][2 + half];
-      }
-      if (g4 == 0) {
-        dst[D] = m;
-        dst[D + 1] = l;
-      }
-    }
-  }
-  if (n_splits > 1 && a.combine_mergers > 0) merge_splits_in_kernel<D>(a, h, R, reinterpret_cast<float*>(Ks));
-}
-
-// The same attention with two warps per CTA (decode_attention_warps 2, run 11): warp w takes span
-// w (16 tokens) of every 32-token tile, copies it (its own half of each stage), and keeps its own
-// online softmax over it; the two warps' (m, l, O) are merged once at the end through shared
-// memory. Why: Nsight Compute (run 11, 256K sparse) shows the one-warp kernel bound by its own
-// instruction latency (one warp per scheduler, 5.4 cycles per issued instruction, DRAM at 51 %):
-// each warp here does half of the tile's products on the same shared memory and occupancy (3
-// CTAs per SM), and the two warps never wait for each other inside the loop.
-template <int D, int kStages>
-__global__ void __launch_bounds__(64, 3) decode_attention_kernel_2w(AttentionArgs a) {
-  pdl_wait();  // inputs may come from the kernel launched just before (PDL)
-  using S = DecodeSmem<D, kStages>;
-  constexpr int LD = S::LD;
-  constexpr int CPR = D / 8, RPI = 32 / CPR;  // 16-byte chunks per K/V row; rows per warp copy instruction
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  __half* Qs = reinterpret_cast<__half*>(smem_raw);
-  __half* Qlo = Qs + S::q_elems;
-  __half* Ks = Qlo + S::q_elems;
-  __half* Vs = Ks + S::kv_elems;
-  int* tokpos = reinterpret_cast<int*>(Vs + S::kv_elems);
-  int* spans = tokpos + kStages * kTT;
-
-  const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, g4 = lane >> 2, t4 = lane & 3;
-  const int split = blockIdx.x, n_splits = gridDim.x, h = blockIdx.y;
-  const int G = a.n_head / a.n_kv_head, R = a.n_tok * G;  // R <= 8
-  const bool q_split = a.split_query;
-
-  const int* __restrict__ nsel_p = a.blocks ? a.n_sel_dev : a.pos_dev;
-  const int pos_raw = *a.pos_dev, n_sel = *nsel_p;
-  const int pos0 = pos_raw + a.pos_offset;
-  const int max_pos = pos0 + (R - 1) / G;
-  const int spb = a.block_size / 16;
-  const int n_spans = a.blocks ? n_sel * spb : max_pos / 16 + 1;
-  const int n_tiles = (n_spans + 1) / 2;
-  const int t_begin = (int)((int64_t)n_tiles * split / n_splits);
-  const int t_end = (int)((int64_t)n_tiles * (split + 1) / n_splits);
-
-  const int e0 = 2 * t_begin, n_e = 2 * (t_end - t_begin);
-  const bool cached = a.blocks && n_e <= kSpanCache;
-  if (cached)
-    for (int j = tid; j < n_e; j += 64) spans[j] = decode_span_start(a, h, e0 + j, n_spans, spb);
-  __syncthreads();
-
-  const __half* Kh = a.K + h * a.head_stride;
-  const __half* Vh = a.V + h * a.head_stride;
-  const int crow = lane / CPR, ccol = (lane % CPR) * 8;  // this lane's first row and column of a span
-  auto load_span = [&](int stage, int t) {                // span 2t + w into this warp's half of `stage`
-    const int e = 2 * t + w;
-    const int st = cached ? spans[e - e0] : decode_span_start(a, h, e, n_spans, spb);
-    const int bytes = st < 0 ? 0 : 16;
-    const int64_t src = (int64_t)(st < 0 ? 0 : st) * D + crow * D + ccol;
-    __half* kd = Ks + (stage * kTT + 16 * w + crow) * LD + ccol;
-    __half* vd = Vs + (stage * kTT + 16 * w + crow) * LD + ccol;
-#pragma unroll
-    for (int i = 0; i < 16 / RPI; ++i) {
-      cp_async16(kd + i * RPI * LD, Kh + src + i * RPI * D, bytes);
-      cp_async16(vd + i * RPI * LD, Vh + src + i * RPI * D, bytes);
-    }
-    if (lane < 16) tokpos[stage * kTT + 16 * w + lane] = st < 0 ? INT_MAX : st + lane;
-  };
-
-#pragma unroll
-  for (int p = 0; p < kStages - 1; ++p) {
-    if (t_begin + p < t_end) load_span(p, t_begin + p);
-    cp_async_commit();
-  }
-
-  for (int idx = tid; idx < 8 * (D / 2); idx += 64) {
-    const int r = idx / (D / 2), c = (idx % (D / 2)) * 2;
-    float2 v = make_float2(0.0f, 0.0f);
-    if (r < R) {
-      const int i = r / G, g = r % G;
-      v = *reinterpret_cast<const float2*>(a.q + i * a.q_stride + (int64_t)(h * G + g) * D + c);
-    }
-    const __half2 hi = __floats2half2_rn(v.x, v.y);
-    *reinterpret_cast<__half2*>(Qs + r * LD + c) = hi;
-    *reinterpret_cast<__half2*>(Qlo + r * LD + c) =
-        q_split ? __floats2half2_rn(v.x - __low2float(hi), v.y - __high2float(hi)) : __floats2half2_rn(0.0f, 0.0f);
-  }
-  __syncthreads();
-
-  uint32_t qh[D / 16][2], ql[D / 16][2];
-  {
-    const int j = lane >> 3;
-    const __half* qb = (j >> 1 ? Qlo : Qs) + (lane & 7) * LD + (j & 1) * 8;
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) ldmatrix_x4(qh[kk][0], qh[kk][1], ql[kk][0], ql[kk][1], qb + 16 * kk);
-  }
-
-  const int rA = 2 * t4, rB = rA + 1;
-  const int limA = rA < R ? pos0 + rA / G : -1;
-  const int limB = rB < R ? pos0 + rB / G : -1;
-  const float sl2 = a.scale * 1.4426950408889634f;
-
-  float o[D / 16][4];
-#pragma unroll
-  for (int i = 0; i < D / 16; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
-  float mA = -INFINITY, mB = -INFINITY, lA = 0.0f, lB = 0.0f;
-
-  for (int t = t_begin; t < t_end; ++t) {
-    const int it = t - t_begin, stage = it % kStages;
     if (t + kStages - 1 < t_end) load_span((it + kStages - 1) % kStages, t + kStages - 1);
     cp_async_commit();
     cp_async_wait<kStages - 1>();
@@ -507,7 +293,8 @@ __global__ void __launch_bounds__(64, 3) decode_attention_kernel_2w(AttentionArg
     const __half* vs = Vs + (stage * kTT + 16 * w) * LD;
     const int* tp = tokpos + stage * kTT + 16 * w;
 
-    // S^T of this warp's 16 tokens: hi and lo query parts in separate accumulators.
+    // S^T of this warp's 16 tokens: hi and lo query parts in separate accumulators (two
+    // independent mma chains). Element e: token g4 + 8 (e >> 1), row A (e even) or B (e odd).
     float s[4] = {0.0f, 0.0f, 0.0f, 0.0f}, sl[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
@@ -516,6 +303,7 @@ __global__ void __launch_bounds__(64, 3) decode_attention_kernel_2w(AttentionArg
       mma_16816(s, ka, qh[kk][0], qh[kk][1]);
       if (q_split) mma_16816(sl, ka, ql[kk][0], ql[kk][1]);
     }
+    // Scale (log2 domain), mask, online softmax.
     float tmA = -INFINITY, tmB = -INFINITY;
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
@@ -543,7 +331,12 @@ __global__ void __launch_bounds__(64, 3) decode_attention_kernel_2w(AttentionArg
     lA = lA * alA + (s[0] + s[2]);
     lB = lB * alB + (s[1] + s[3]);
 
-    // O^T += V^T P^T over the 16 tokens (one k-step), into zeroed accumulators (see above).
+    // O^T += V^T P^T over the 16 tokens (one k-step). The B operand wants P[row g4][tokens 2 t4,
+    // 2 t4 + 1]; the accumulators hold P[rows 2 t4, 2 t4 + 1][token g4]: the 8x8 transpose of it.
+    // Two-term F16 probabilities (hi + lo) when precise. Each k-step's P.V goes into zeroed
+    // accumulators, added to o (rescaled) in F32 after: the tensor cores' F32 accumulation
+    // truncates, and a split of thousands of tiles would carry that bias through every step (rel.
+    // error ~1e-5 after 20K tokens); this way a product sees one step.
     const __half2 h01 = __floats2half2_rn(s[0], s[1]);
     const __half2 h23 = __floats2half2_rn(s[2], s[3]);
     const uint32_t b0 = transpose8x8(*reinterpret_cast<const uint32_t*>(&h01));
@@ -555,6 +348,8 @@ __global__ void __launch_bounds__(64, 3) decode_attention_kernel_2w(AttentionArg
     }
 #pragma unroll
     for (int dp = 0; dp < D / 16; ++dp) {
+      // r0: tokens 0-7 x dims 0-7, r1: tokens 8-15 x dims 0-7, r2: tokens 0-7 x dims 8-15,
+      // r3: tokens 8-15 x dims 8-15, each transposed: A = V^T wants (dims, tokens) order r0 r2 r1 r3.
       uint32_t r0, r1, r2, r3;
       ldmatrix_x4_trans(r0, r1, r2, r3, vs + (((lane >> 3) & 1) * 8 + (lane & 7)) * LD + 16 * dp + (lane >> 4) * 8);
       const uint32_t va[4] = {r0, r2, r1, r3};
@@ -611,87 +406,40 @@ __global__ void __launch_bounds__(64, 3) decode_attention_kernel_2w(AttentionArg
   }
   __syncwarp();  // xs is read: the in-kernel combine may reuse the K stages
 
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int r = half ? rB : rA;
-    if (r >= R) continue;
-    const float m = half ? mB : mA, l = half ? lB : lA;
-    if (n_splits == 1) {
-      const int i = r / G, hq = h * G + r % G;
-      float* dst = a.out + i * a.out_stride + (int64_t)hq * D;
-      const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-#pragma unroll
-      for (int dp = 0; dp < D / 16; ++dp) {
-        dst[16 * dp + g4] = o[dp][half] * inv;
-        dst[16 * dp + 8 + g4] = o[dp][2 + half] * inv;
-      }
-    } else {
-      float* dst = a.work + ((int64_t)(h * n_splits + split) * R + r) * (D + 2);
-#pragma unroll
-      for (int dp = 0; dp < D / 16; ++dp) {
-        dst[16 * dp + g4] = o[dp][half];
-        dst[16 * dp + 8 + g4] = o[dp][2 + half];
-      }
-      if (g4 == 0) {
-        dst[D] = m;
-        dst[D + 1] = l;
-      }
-    }
-  }
+  store_decode_rows<D>(a, o, mA, mB, lA, lB, R, h, split, n_splits, g4, t4);
   if (n_splits > 1 && a.combine_mergers > 0) merge_splits_in_kernel<D>(a, h, R, reinterpret_cast<float*>(Ks));
 }
 
-template <int D, int kStages, int NW>
-void (*decode_kernel())(AttentionArgs) {
-  if constexpr (NW == 2) return decode_attention_kernel_2w<D, kStages>;
-  else return decode_attention_kernel<D, kStages>;
-}
-
-template <int D, int kStages, int NW>
+template <int D>
 void configure_decode() {  // the shared-memory opt-in, once per device
   static bool configured[64] = {};
   int dev = 0;
   cudaGetDevice(&dev);
   if (configured[dev & 63]) return;
-  PYRESA_CUDA_CHECK(cudaFuncSetAttribute(decode_kernel<D, kStages, NW>(), cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         (int)DecodeSmem<D, kStages>::bytes));
+  PYRESA_CUDA_CHECK(cudaFuncSetAttribute(decode_attention_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         (int)DecodeSmem<D>::bytes));
   configured[dev & 63] = true;
 }
 
-template <int D, int kStages, int NW>
+template <int D>
 int ctas_per_sm() {  // resident CTAs per SM (asked once per device, outside any graph capture)
   static int per_sm[64] = {};
   int dev = 0;
   cudaGetDevice(&dev);
   if (!per_sm[dev & 63]) {
-    configure_decode<D, kStages, NW>();
+    configure_decode<D>();
     int n = 0;
-    PYRESA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, decode_kernel<D, kStages, NW>(), 32 * NW,
-                                                                    DecodeSmem<D, kStages>::bytes));
+    PYRESA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, decode_attention_kernel<D>, 64, DecodeSmem<D>::bytes));
     per_sm[dev & 63] = n > 0 ? n : 1;
   }
   return per_sm[dev & 63];
 }
 
-template <int D, int kStages, int NW>
-void launch_decode(const AttentionArgs& a, cudaStream_t stream) {
-  configure_decode<D, kStages, NW>();
-  launch(decode_kernel<D, kStages, NW>(), dim3(a.n_splits, a.n_kv_head), 32 * NW, DecodeSmem<D, kStages>::bytes,
-         stream, a);
-  PYRESA_CUDA_LAUNCH_CHECK();
-}
-
 template <int D>
-void launch_decode_d(const AttentionArgs& a, cudaStream_t stream) {
-  if (decode_attention_warps() == 2) {  // two warps: 4 stages only
-    launch_decode<D, 4, 2>(a, stream);
-    return;
-  }
-  switch (decode_attention_stages()) {
-    case 6: launch_decode<D, 6, 1>(a, stream); break;
-    case 12: launch_decode<D, 12, 1>(a, stream); break;
-    default: launch_decode<D, 4, 1>(a, stream);
-  }
+void launch_decode(const AttentionArgs& a, cudaStream_t stream) {
+  configure_decode<D>();
+  launch(decode_attention_kernel<D>, dim3(a.n_splits, a.n_kv_head), 64, DecodeSmem<D>::bytes, stream, a);
+  PYRESA_CUDA_LAUNCH_CHECK();
 }
 
 }  // namespace
@@ -699,16 +447,6 @@ void launch_decode_d(const AttentionArgs& a, cudaStream_t stream) {
 bool& decode_attention_enabled() {
   static bool on = true;
   return on;
-}
-
-int& decode_attention_stages() {
-  static int stages = 4;
-  return stages;
-}
-
-int& decode_attention_warps() {
-  static int warps = 2;
-  return warps;
 }
 
 int& decode_combine_mode() {
@@ -728,18 +466,11 @@ bool decode_attention_applies(int n_tok, int n_head, int n_kv_head, int D) {
   return decode_attention_enabled() && n_kv_head > 0 && n_tok * (n_head / n_kv_head) <= 8 && (D == 64 || D == 128);
 }
 
-int decode_attention_ctas_per_sm() {  // at D = 128 (the D = 64 kernel fits at least as many)
-  if (decode_attention_warps() == 2) return ctas_per_sm<128, 4, 2>();
-  switch (decode_attention_stages()) {
-    case 6: return ctas_per_sm<128, 6, 1>();
-    case 12: return ctas_per_sm<128, 12, 1>();
-    default: return ctas_per_sm<128, 4, 1>();
-  }
-}
+int decode_attention_ctas_per_sm() { return ctas_per_sm<128>(); }  // at D = 128 (D = 64 fits at least as many)
 
 void attention_decode_partials(const AttentionArgs& a, cudaStream_t stream) {
-  if (a.D == 128) launch_decode_d<128>(a, stream);
-  else launch_decode_d<64>(a, stream);
+  if (a.D == 128) launch_decode<128>(a, stream);
+  else launch_decode<64>(a, stream);
 }
 
 }  // namespace pyresa::cuda

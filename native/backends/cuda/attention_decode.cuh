@@ -11,12 +11,6 @@ namespace pyresa::cuda {
 // on; the engine sets it from PYRESA_CUDA_SPARSE_STEP, 0 = the general kernel and the serial
 // combine, for A/B runs).
 bool& decode_attention_enabled();
-// cp.async stages per CTA: 4 (default, 3 CTAs per SM), 6 (2 per SM) or 12 (1 per SM); the split
-// count follows (one wave). Set from PYRESA_CUDA_DECODE_STAGES by the engine.
-int& decode_attention_stages();
-// Warps per CTA of the decode kernel: 1 (run 9) or 2 (run 11: each warp one 16-token span of
-// every tile, 4 stages). Set from PYRESA_CUDA_DECODE_WARPS by the engine.
-int& decode_attention_warps();
 // How the decode kernel's splits are merged (PYRESA_CUDA_DECODE_COMBINE): 0 = the separate
 // combine_parallel_kernel after it; 1 = inside the attention kernel: the last CTAs of each KV head
 // to finish merge the splits' partial results, in the same order as combine_parallel_kernel (the

@@ -27,6 +27,7 @@
 #include <string>
 
 #include "backends/cuda/attention.cuh"
+#include "backends/cuda/attention_epilogue.cuh"
 #include "backends/cuda/common.cuh"
 #include "backends/cuda/launch.cuh"
 #include "backends/cuda/mma.cuh"
@@ -408,32 +409,10 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wgmma_kernel(AttentionA
     }
   }
 
-  // Normalised rows to out (one split) or the unnormalised partials + (m, l) to the workspace.
 #pragma unroll
-  for (int hf = 0; hf < 2; ++hf) {
-    float lv = l[hf];
-    lv += __shfl_xor_sync(0xffffffffu, lv, 1);
-    lv += __shfl_xor_sync(0xffffffffu, lv, 2);
-    const int r = row0 + 64 * wg + 16 * wl + g4 + 8 * hf;
-    if (r >= R) continue;
-    if (n_splits == 1) {
-      const int i = r / G, hq = h * G + r % G;
-      float* dst = a.out + i * a.out_stride + (int64_t)hq * D;
-      const float inv = lv > 0.0f ? 1.0f / lv : 0.0f;
-#pragma unroll
-      for (int nd = 0; nd < D / 8; ++nd)
-        *reinterpret_cast<float2*>(dst + 8 * nd + 2 * t4) = make_float2(o[4 * nd + 2 * hf] * inv, o[4 * nd + 2 * hf + 1] * inv);
-    } else {
-      float* dst = a.work + ((int64_t)(h * n_splits + split) * R + r) * (D + 2);
-#pragma unroll
-      for (int nd = 0; nd < D / 8; ++nd)
-        *reinterpret_cast<float2*>(dst + 8 * nd + 2 * t4) = make_float2(o[4 * nd + 2 * hf], o[4 * nd + 2 * hf + 1]);
-      if (t4 == 0) {
-        dst[D] = m[hf];
-        dst[D + 1] = lv;
-      }
-    }
-  }
+  for (int hf = 0; hf < 2; ++hf)
+    store_mma_row<D>(a, row0 + 64 * wg + 16 * wl + g4 + 8 * hf, h, split, n_splits, m[hf], l[hf], t4,
+                     [&](int nd) { return make_float2(o[4 * nd + 2 * hf], o[4 * nd + 2 * hf + 1]); });
   }  // consumers
 #endif  // PYRESA_WGMMA
 }

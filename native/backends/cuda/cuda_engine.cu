@@ -55,13 +55,16 @@ int env_int(const char* name, int def) {
   return v && *v ? std::atoi(v) : def;
 }
 
-// "old" (or 0): the general attention kernel; 1-3: that variant of the batched one.
+// "old" (or 0): the general attention kernel; 1-4: that variant of the batched one (4, the wgmma
+// kernel, falls back to 3 where it is unavailable: see the engine's constructor). Until run 12 this
+// took 1-3 only, so "4" silently meant the general kernel: run 11's "variant 4 in the engine"
+// figures were the general kernel's (docs/perf-cuda.md, run 12-attn12).
 int kernel_switch(const char* name, int def) {
   const char* v = std::getenv(name);
   if (!v || !*v) return def;
   if (std::string(v) == "old") return 0;
   const int k = std::atoi(v);
-  return k >= 1 && k <= 3 ? k : 0;
+  return k >= 1 && k <= 4 ? k : 0;
 }
 
 int pow2_floor(int x) {
@@ -138,11 +141,11 @@ struct CudaEngine::Impl {
   bool precise_dense = true;
   bool rect_precise = false;
   // Dense attention of many rows (attention_batched.cu) variant, 0 = the general kernel:
-  // PYRESA_CUDA_RECT_KERNEL / PYRESA_CUDA_PREFILL_KERNEL = old | 1-4. Default 3 (two 128-row
-  // CTAs per SM), the fastest on the H100 for both (docs/perf-cuda.md, run 9-rect-attn); 4 is the
-  // wgmma kernel (sm_90a, run 11-rect-wgmma), 3 where it is unavailable.
-  int rect_kernel = 3;
-  int prefill_kernel = 3;
+  // PYRESA_CUDA_RECT_KERNEL / PYRESA_CUDA_PREFILL_KERNEL = old | 1-4. Default 4, the wgmma kernel
+  // (sm_90a, attention_wgmma.cu; run 12-attn12: the fastest in the engine for both), 3 (two
+  // 128-row CTAs per SM on mma.sync, run 9-rect-attn) where it is unavailable.
+  int rect_kernel = 4;
+  int prefill_kernel = 4;
 
   // Graph cache: (kind, attention splits) -> executable graph.
   std::map<std::pair<int, int>, cudaGraphExec_t> graphs;
@@ -888,21 +891,24 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, CudaEngi
   // by two F16 terms (1). Run 11-rect-wgmma measured what the two terms buy at the engine level:
   // the logits move by 1.45e-3 (relative) between the two modes, no more than reordering the same
   // precise arithmetic moves them (1.53e-3) and under what the CPU's own two kernel sets differ
-  // by (4.0e-3); plain F16 halves the tensor work: ReSA@256K 205.2 -> 212.5 tok/s (run 12).
+  // by (4.0e-3); plain F16 halves the tensor work: ReSA@256K 205.2 -> 212.5 tok/s on variant 3
+  // (run 12).
   m.rect_precise = env_int("PYRESA_CUDA_RECT_PRECISE", 0) != 0;
-  m.rect_kernel = kernel_switch("PYRESA_CUDA_RECT_KERNEL", 3);
-  m.prefill_kernel = kernel_switch("PYRESA_CUDA_PREFILL_KERNEL", 3);
+  // The wgmma kernel by default (run 12-attn12, H100 same-build A/B: ReSA@256K 205.0 -> 210.6 tok/s,
+  // pp8192 12,513 -> 12,851); variant 3 where it is unavailable (below).
+  m.rect_kernel = kernel_switch("PYRESA_CUDA_RECT_KERNEL", 4);
+  m.prefill_kernel = kernel_switch("PYRESA_CUDA_PREFILL_KERNEL", 4);
   cuda::attention_wgmma_waves() = std::max(1, env_int("PYRESA_CUDA_RECT_WAVES", 2));
   for (int* k : {&m.rect_kernel, &m.prefill_kernel}) {
     if (*k == 4 && !cuda::attention_wgmma_available()) *k = 3;  // no sm_90a code or not Hopper
     // too little shared memory: the general kernel
     if (*k && cuda::attention_batched_smem_bytes(*k, m.c.head_dim) > prop.sharedMemPerBlockOptin) *k = 0;
   }
-  // Decode steps' attention (dense and sparse): 1 = the decode kernel (attention_decode.cu) and the
-  // parallel combine, 0 = the general kernel and the serial combine (A/B runs); its cp.async
-  // stages (4, 6, 12).
+  // Decode steps' attention (dense and sparse): 1 = the decode kernel (attention_decode.cu: two
+  // warps per CTA; the one-warp kernel and its PYRESA_CUDA_DECODE_WARPS / _DECODE_STAGES switches
+  // were removed in run 12-attn12, slower at every depth) and the parallel combine, 0 = the
+  // general kernel and the serial combine (A/B runs).
   cuda::decode_attention_enabled() = env_int("PYRESA_CUDA_SPARSE_STEP", 1) != 0;
-  cuda::decode_attention_stages() = env_int("PYRESA_CUDA_DECODE_STAGES", 4);
   // Block selection (run 11): the cluster top-n or "old" (one CTA per KV head); the cluster size
   // (0: from the cache size); the scoring triggering the top-n's launch early (off: slower); the
   // scoring reading the query before the position (on: ~0.15 us per layer).
@@ -914,11 +920,9 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, CudaEngi
     cuda::select_config().score_early_q = env_int("PYRESA_CUDA_SCORE_EARLY_Q", 1) != 0;
     cuda::select_config().topn_stop = 0;
   }
-  // The decode kernel's splits merged by a separate kernel (0) or inside it (1, run 11: slower);
-  // its warps per CTA (2, default since run 12: +2.8 % ReSA@256K and +3.7 % at 32K in run 11's
-  // same-build A/B; 1 = the one-warp kernel of run 9).
+  // The decode kernel's splits merged by a separate kernel (0) or inside it (1, runs 11 and 12:
+  // slower).
   cuda::decode_combine_mode() = env_int("PYRESA_CUDA_DECODE_COMBINE", 0);
-  cuda::decode_attention_warps() = env_int("PYRESA_CUDA_DECODE_WARPS", 2) == 1 ? 1 : 2;
   m.upload(weights);
   m.check_types();
   m.opt.n_batch = std::max(options.n_batch, m.att.rectify_every + 1);
@@ -1214,6 +1218,8 @@ std::vector<std::pair<std::string, double>> CudaEngine::profile_step(int32_t tok
   PYRESA_CUDA_CHECK(cudaStreamSynchronize(m.stream));
   return out;
 }
+
+std::pair<int, int> CudaEngine::dense_attention_kernels() const { return {impl_->rect_kernel, impl_->prefill_kernel}; }
 
 void CudaEngine::synchronize() { PYRESA_CUDA_CHECK(cudaStreamSynchronize(impl_->stream)); }
 

@@ -684,11 +684,9 @@ std::vector<float> top_candidates(const float* x, int n, int k, const int32_t* p
   return to_host<float>(out_vals, kk);
 }
 
-void set_sparse_step_kernels(bool decode_attention, int decode_stages, int combine, int warps) {
+void set_sparse_step_kernels(bool decode_attention, int combine) {
   cuda::decode_attention_enabled() = decode_attention;
-  cuda::decode_attention_stages() = decode_stages;
   if (combine >= 0) cuda::decode_combine_mode() = combine;
-  if (warps >= 0) cuda::decode_attention_warps() = warps;
 }
 
 namespace {

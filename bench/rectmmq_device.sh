@@ -1,7 +1,7 @@
 #!/bin/bash
 # Run 12-rectmmq on the GPU machine, in one call (carry the source copy with .carry/ in it,
 # .gpuwork/whl and .gpuwork/model): build and the few-token product tests (the int8 tensor-core
-# kernel matmul_mma.cu against the CPU's vec_dot, and dqmm's), the kernels alone on the 7B shapes
+# kernel matmul_mma.cu against the CPU's vec_dot), the kernels alone on the 7B shapes
 # (bench/dqmm_bench.py: dqmm-pipe vs matmul_mma at 2-4 stages), the 7B engine with
 # PYRESA_CUDA_SMALL_MMQ=0 and =1 (same build, ReSA at depths 0 and 256K, --profile: the
 # rectification's per-op breakdown), then the CUDA engine tests with the new path on.
@@ -10,7 +10,7 @@ set -u
 source "$(dirname "$0")/gpu_common.sh"  # $src (cwd), $OUT
 t0=$(date +%s)
 el() { echo $(( $(date +%s) - t0 )); }
-timeout 330 bash bench/gpu_test.sh -k "small_mmq" 2>&1 | tail -12
+timeout 330 bash bench/gpu_test.sh -k "small_mmq" 2>&1 | tail -25
 echo "kernel tests done at $(el) s"
 export PYTHONPATH=/tmp/site:$src
 timeout 90 python3 bench/dqmm_bench.py --paths 2,5,6,7 --reps 10 ${DQMM_BENCH_ARGS:-} 2>&1 | tee "$OUT/dqmm_bench.txt" \

@@ -6,7 +6,8 @@
 // as s8), one s32 dot product per (row, token, scale group), and the scale groups are applied
 // with one integer multiply-add per element: the CPU's vec_dot arithmetic over Q8_K rows (the
 // same integers; only the float sum over superblocks is ordered differently).
-// docs/perf-cuda.md "Run 12-rectmmq" has the floor, the prediction and the measurements.
+// docs/perf-cuda.md "Run 12-rectmmq" has the floor, the prediction and the measurements: on the
+// H100 it is latency-bound (~0.86 TB/s at 33 tokens), only 9 % faster than dqmm-pipe, not 3x.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -25,7 +26,9 @@ bool matmul_mma(const DeviceWeight& w, const void* act, size_t act_row_bytes, in
                 bool dry_run = false);
 
 // 1: the engine's products of 2..64 tokens (Path::Small) of Q4_K / Q6_K weights take matmul_mma
-// with Q8_K activations; 0: dequant_matmul_small with F16 activations. PYRESA_CUDA_SMALL_MMQ.
+// with Q8_K activations (the engine's default since run 12-rectmmq: faster than dqmm-pipe on the
+// H100 at 16-64 tokens, by 3-14 %); 0: dequant_matmul_small with F16 activations.
+// PYRESA_CUDA_SMALL_MMQ. (The library's own default is 0: the engine sets it.)
 int& small_mmq_mode();
 // Ring depth of matmul_mma's cp.async stages (0: the most that fit, at most 4; else 2..4).
 // PYRESA_CUDA_SMALL_MMQ_STAGES.

@@ -404,8 +404,8 @@ __device__ __forceinline__ void store_tile(const MqArgs& p, int tile, float (&ac
       }
 }
 
-template <GgmlType W, int MT, int NT>
-__global__ void __launch_bounds__(kThreads, 1) matmul_mma_kernel(MqArgs p) {
+template <GgmlType W, int MT, int NT, int MINB>
+__global__ void __launch_bounds__(kThreads, MINB) matmul_mma_kernel(MqArgs p) {
   extern __shared__ __align__(128) uint8_t mq_smem[];
   constexpr int BN = rows_per_cta<MT>();
   constexpr int WB = w_stage_bytes<W, MT>();
@@ -481,36 +481,44 @@ __global__ void matmul_mma_reduce_kernel(MqArgs p, int grid) {
 
 // Rows per warp (m-tiles) for a type and token count: 2 where the registers allow it without
 // spilling (the tokens' fragments then serve 32 rows; sm_90, CUDA 13.0: Q4_K up to 40 tokens,
-// Q6_K up to 32), else 1.
-template <GgmlType W, int NT>
-constexpr int mt_for() { return NT <= (W == GgmlType::Q4_K ? 5 : 4) ? 2 : 1; }
+// Q6_K up to 32), else 1. Two CTAs per SM (MINB 2, at most 128 registers): always 1.
+template <GgmlType W, int NT, int MINB>
+constexpr int mt_for() { return MINB == 1 && NT <= (W == GgmlType::Q4_K ? 5 : 4) ? 2 : 1; }
 
-template <GgmlType W, int NT>
+template <GgmlType W, int NT, int MINB>
 bool launch_nt(const MqArgs& a0, int n_sm, size_t ws_floats, cudaStream_t s) {
-  constexpr int MT = mt_for<W, NT>();
+  constexpr int MT = mt_for<W, NT, MINB>();
   constexpr int STAGE = w_stage_bytes<W, MT>() + tok_stage_bytes<W, NT>();
-  static int optin[64] = {};
+  static int optin[64] = {}, occ[64][5] = {};
   int dev = 0;
   PYRESA_CUDA_CHECK(cudaGetDevice(&dev));
   dev &= 63;
   if (!optin[dev]) {
     int v = 0;
     PYRESA_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-    PYRESA_CUDA_CHECK(cudaFuncSetAttribute(matmul_mma_kernel<W, MT, NT>, cudaFuncAttributeMaxDynamicSharedMemorySize, v));
+    PYRESA_CUDA_CHECK(
+        cudaFuncSetAttribute(matmul_mma_kernel<W, MT, NT, MINB>, cudaFuncAttributeMaxDynamicSharedMemorySize, v));
     optin[dev] = v;
   }
-  const int fit = optin[dev] / STAGE;
+  // MINB CTAs per SM must fit (an SM has 1 KB more than a CTA may take, less 1 KB per CTA).
+  const int per_cta = MINB == 1 ? optin[dev] : (optin[dev] + 1024) / MINB - 1024;
   int S = small_mmq_stages() > 0 ? std::min(small_mmq_stages(), 4) : 4;
-  S = std::min(S, fit);
+  S = std::min(S, per_cta / STAGE);
   if (S < 2) return false;
+  if (!occ[dev][S]) {
+    PYRESA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ[dev][S], matmul_mma_kernel<W, MT, NT, MINB>,
+                                                                    kThreads, (size_t)S * STAGE));
+    occ[dev][S] = std::max(1, occ[dev][S]);
+  }
   MqArgs a = a0;
   a.stages = S;
   a.bn = rows_per_cta<MT>();
   a.units = ceil_div(a.w.rows, a.bn) * a.nb;
-  const int cap = small_mmq_grid_cap() > 0 ? small_mmq_grid_cap() : n_sm;
+  // one wave: one CTA per SM (mode 1, as measured), or as many as fit (mode 2)
+  const int cap = small_mmq_grid_cap() > 0 ? small_mmq_grid_cap() : n_sm * (MINB == 1 ? 1 : occ[dev][S]);
   const int grid = std::max(1, std::min(a.units, cap));
   if ((size_t)2 * grid * a.M * a.bn > ws_floats) return false;
-  launch(matmul_mma_kernel<W, MT, NT>, grid, kThreads, (size_t)S * STAGE, s, a);
+  launch(matmul_mma_kernel<W, MT, NT, MINB>, grid, kThreads, (size_t)S * STAGE, s, a);
   PYRESA_CUDA_LAUNCH_CHECK();
   bool shared_tile = false;  // does any CTA's range start inside a tile?
   for (int i = 1; i < grid && !shared_tile; ++i) shared_tile = unit_begin(i, a.units, grid) % a.nb != 0;
@@ -522,17 +530,17 @@ bool launch_nt(const MqArgs& a0, int n_sm, size_t ws_floats, cudaStream_t s) {
   return true;
 }
 
-template <GgmlType W>
+template <GgmlType W, int MINB>
 bool launch_type(const MqArgs& a, int n_sm, size_t ws_floats, cudaStream_t s) {
   switch ((a.M + 7) / 8) {
-    case 1: return launch_nt<W, 1>(a, n_sm, ws_floats, s);
-    case 2: return launch_nt<W, 2>(a, n_sm, ws_floats, s);
-    case 3: return launch_nt<W, 3>(a, n_sm, ws_floats, s);
-    case 4: return launch_nt<W, 4>(a, n_sm, ws_floats, s);
-    case 5: return launch_nt<W, 5>(a, n_sm, ws_floats, s);
-    case 6: return launch_nt<W, 6>(a, n_sm, ws_floats, s);
-    case 7: return launch_nt<W, 7>(a, n_sm, ws_floats, s);
-    default: return launch_nt<W, 8>(a, n_sm, ws_floats, s);
+    case 1: return launch_nt<W, 1, MINB>(a, n_sm, ws_floats, s);
+    case 2: return launch_nt<W, 2, MINB>(a, n_sm, ws_floats, s);
+    case 3: return launch_nt<W, 3, MINB>(a, n_sm, ws_floats, s);
+    case 4: return launch_nt<W, 4, MINB>(a, n_sm, ws_floats, s);
+    case 5: return launch_nt<W, 5, MINB>(a, n_sm, ws_floats, s);
+    case 6: return launch_nt<W, 6, MINB>(a, n_sm, ws_floats, s);
+    case 7: return launch_nt<W, 7, MINB>(a, n_sm, ws_floats, s);
+    default: return launch_nt<W, 8, MINB>(a, n_sm, ws_floats, s);
   }
 }
 
@@ -569,8 +577,12 @@ bool matmul_mma(const DeviceWeight& w, const void* act, size_t arb, int M, float
   a.accumulate = accumulate ? 1 : 0;
   a.nb = (int)(w.cols / QK_K);
   a.partial = ws;
-  return w.type == GgmlType::Q4_K ? launch_type<GgmlType::Q4_K>(a, n_sm, ws_floats, s)
-                                  : launch_type<GgmlType::Q6_K>(a, n_sm, ws_floats, s);
+  // mode 2: two CTAs of 16-row warps per SM (twice the warps to hide latency; not yet measured)
+  if (small_mmq_mode() == 2)
+    return w.type == GgmlType::Q4_K ? launch_type<GgmlType::Q4_K, 2>(a, n_sm, ws_floats, s)
+                                    : launch_type<GgmlType::Q6_K, 2>(a, n_sm, ws_floats, s);
+  return w.type == GgmlType::Q4_K ? launch_type<GgmlType::Q4_K, 1>(a, n_sm, ws_floats, s)
+                                  : launch_type<GgmlType::Q6_K, 1>(a, n_sm, ws_floats, s);
 }
 
 }  // namespace pyresa::cuda

@@ -28,7 +28,9 @@ bool matmul_mma(const DeviceWeight& w, const void* act, size_t act_row_bytes, in
 // 1: the engine's products of 2..64 tokens (Path::Small) of Q4_K / Q6_K weights take matmul_mma
 // with Q8_K activations (the engine's default since run 12-rectmmq: faster than dqmm-pipe on the
 // H100 at 16-64 tokens, by 3-14 %); 0: dequant_matmul_small with F16 activations.
-// PYRESA_CUDA_SMALL_MMQ. (The library's own default is 0: the engine sets it.)
+// 2: the same kernel with two CTAs of 16-row warps per SM (<= 128 registers: twice the warps
+// to hide latency; written after the run, not yet measured). PYRESA_CUDA_SMALL_MMQ.
+// (The library's own default is 0: the engine sets it.)
 int& small_mmq_mode();
 // Ring depth of matmul_mma's cp.async stages (0: the most that fit, at most 4; else 2..4).
 // PYRESA_CUDA_SMALL_MMQ_STAGES.

@@ -191,8 +191,8 @@ namespace {
 // matmul_mma on, with a ring depth and grid cap, for the object's lifetime.
 struct SmallMmqScope {
   int mode = small_mmq_mode(), stages = small_mmq_stages(), cap = small_mmq_grid_cap();
-  SmallMmqScope(int st, int grid_cap) {
-    small_mmq_mode() = 1;
+  SmallMmqScope(int st, int grid_cap, int on = 1) {
+    small_mmq_mode() = on;
     small_mmq_stages() = st;
     small_mmq_grid_cap() = grid_cap;
   }
@@ -205,7 +205,7 @@ struct SmallMmqScope {
 }  // namespace
 
 std::vector<float> small_mmq(int type, int64_t rows, int64_t cols, const uint8_t* w, size_t w_bytes, const float* x,
-                             int n, const float* bias, bool accumulate, int stages, int cap) {
+                             int n, const float* bias, bool accumulate, int stages, int cap, int mode) {
   DeviceBuffer wb;
   const DeviceWeight dw = upload(type, rows, cols, w, w_bytes, wb);
   DeviceBuffer xb = to_device(x, sizeof(float) * n * cols);
@@ -224,7 +224,7 @@ std::vector<float> small_mmq(int type, int64_t rows, int64_t cols, const uint8_t
   int dev = 0, sms = 0;
   PYRESA_CUDA_CHECK(cudaGetDevice(&dev));
   PYRESA_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  const SmallMmqScope scope(stages, cap);
+  const SmallMmqScope scope(stages, cap, mode);
   if (!matmul_mma(dw, act.get(), rb, n, y.get<float>(), rows, bias ? bb.get<float>() : nullptr, accumulate, sms,
                   ws.get<float>(), ws.bytes() / sizeof(float), nullptr))
     throw std::invalid_argument("matmul_mma does not take these weights");
@@ -905,9 +905,9 @@ double time_dqmm(int type, int64_t rows, int64_t cols, int M, int path, int reps
     w.data = wb.get<uint8_t>() + c * wbytes;
     w.row_bytes = row_size(t, cols);
   }
-  const bool mmq = path >= 5 && path <= 8;
+  const bool mmq = path >= 5 && path <= 9;
   const DqmmPathScope kernel(mmq ? 0 : path);
-  const SmallMmqScope mmq_scope(path == 6 ? 2 : path == 7 ? 3 : path == 8 ? 4 : 0, 0);
+  const SmallMmqScope mmq_scope(path == 6 ? 2 : path == 7 ? 3 : path == 8 ? 4 : 0, 0, path == 9 ? 2 : 1);
   // matmul_mma's input: the random F16 activations as floats, quantized to Q8_K
   const size_t qrb = act_row_bytes(GgmlType::Q8_K, cols);
   DeviceBuffer xf(sizeof(float) * M * cols, "bench activations"), aq(qrb * M, "bench activations");

@@ -8,6 +8,10 @@ copies larger than the L2, so every call reads its weights from DRAM. Also check
 shapes, that the variants agree with the old kernel (same F16 operands; summation order only).
 
     PYTHONPATH=. python3 bench/dqmm_bench.py [--ms 16,33,64] [--paths 3,2,12,13,14,212,312]
+
+Paths 5-9 (run 12-rectmmq): matmul_mma.cu (9: its mode 2, two CTAs per SM) on Q8_K activations (the random F16 activations
+quantized), the products the engine takes with PYRESA_CUDA_SMALL_MMQ=1; its check against the
+old kernel differs by the activations' quantization (~1e-2), not only the summation order.
 """
 import argparse
 import json
@@ -28,11 +32,12 @@ SHAPES = [
     ("down q4k", Q4_K, 3584, 18944, 15),
     ("down q6k", Q6_K, 3584, 18944, 13),
 ]
-NAMES = {2: "default", 3: "old"}
+NAMES = {2: "dqmm-pipe", 3: "old", 5: "mmq", 6: "mmq S2", 7: "mmq S3", 8: "mmq S4", 9: "mmq 2cta"}  # 5-9: matmul_mma.cu
 
 
 def name(p):
-    """3 old, 2 default, 100 * variant + 10 * (prefetch + 1) + stages: the pipelined kernel."""
+    """3 old, 2 default, 5-8 the int8 tensor-core kernel (most stages, 2, 3, 4), 100 * variant +
+    10 * (prefetch + 1) + stages: the pipelined kernel."""
     if p in NAMES:
         return NAMES[p]
     pf = (p // 10) % 10 - 1
@@ -96,11 +101,16 @@ def main():
     for p in paths:
         print(f"{name(p):10s}  " + "".join(f"{res[f'M{M} {name(p)} rectification_ms']:9.2f}  " for M in ms))
     if 33 in ms:  # the fastest pipelined variant at 33 tokens, as engine switches, for the script
-        best = min((p for p in paths if 10 <= p < 1000), key=lambda p: res[f"M33 {name(p)} rectification_ms"], default=None)
+        best = min((p for p in paths if 10 <= p < 1000 or 5 <= p <= 9), key=lambda p: res[f"M33 {name(p)} rectification_ms"], default=None)
         if best is not None:
             with open(os.path.join(os.environ.get("OUT", "/tmp"), "dqmm_best.env"), "w") as f:
-                f.write(f"export PYRESA_CUDA_DQMM={max(1, best // 100 % 10)} PYRESA_CUDA_DQMM_STAGES={best % 10}"
-                        f" DQMM_BEST_PATH={best}\n")
+                if best <= 9:  # the tensor-core kernel: its mode and ring depth (5, 9: the most that fit)
+                    f.write(f"export PYRESA_CUDA_SMALL_MMQ={2 if best == 9 else 1}"
+                            f" PYRESA_CUDA_SMALL_MMQ_STAGES={0 if best in (5, 9) else best - 4}"
+                            f" DQMM_BEST_PATH={best}\n")
+                else:
+                    f.write(f"export PYRESA_CUDA_DQMM={max(1, best // 100 % 10)} PYRESA_CUDA_DQMM_STAGES={best % 10}"
+                            f" DQMM_BEST_PATH={best}\n")
             print(f"fastest at M=33: {name(best)}")
     print("per shape, M=33 (us):")
     for (nm, t, rows, cols, calls) in SHAPES:

@@ -263,6 +263,34 @@ def test_dqmm_variants_match_float64(t, n):
             assert rel_err(got[path], got[3]) < 3e-5, (path, rows, cols, rel_err(got[path], got[3]))
 
 
+@pytest.mark.parametrize("mode", [1, 2])
+@pytest.mark.parametrize("n", [2, 8, 9, 33, 64])
+@pytest.mark.parametrize("t", [Q4_K, Q6_K], ids=lambda t: NAMES[t])
+def test_small_mmq_matches_cpu_vec_dot(t, n, mode, scalar_cpu):
+    """A few tokens on the int8 tensor cores (matmul_mma.cu, Q8_K activations): the same quantized
+    integers as the CPU's vec_dot, the float sum over superblocks in another order. Shapes: rows
+    not a multiple of the 256- or 128-row tile, one superblock per row, tiles shared by CTAs
+    (stream-K through the workspace and the reduce kernel: grid caps 1, 3, 7 and one per SM),
+    2-4 stages, bias, accumulation into y; mode 1 (one CTA per SM) and 2 (two, 16-row warps)."""
+    rng = np.random.default_rng()
+    for rows, nsb in ((300, 9), (1000, 1), (37, 14), (520, 20)):
+        cols = nsb * 256
+        w = random_weights(rng, t, rows, cols)
+        x = rng.standard_normal((n, cols)).astype(np.float32)
+        x[0, :256] *= 50.0  # a superblock with a large scale
+        bias = rng.standard_normal(rows).astype(np.float32)
+        ref = np.array([[core.vec_dot(t, np.ascontiguousarray(w[r]), x[i]) for r in range(rows)] for i in range(n)],
+                       np.float32)
+        for stages, cap in ((0, 0), (2, 0), (3, 0), (0, 1), (2, 3), (0, 7)):
+            got = np.asarray(core.cuda_test.small_mmq(t, rows, cols, w.reshape(-1), x.reshape(-1), n, bias, False,
+                                                      stages, cap, mode))
+            assert np.isfinite(got).all(), (rows, nsb, stages, cap)
+            assert rel_err(got, ref + bias) < 2e-6, (rows, nsb, stages, cap, rel_err(got, ref + bias))
+        y0 = (0.25 * (np.arange(n * rows) % 7) - 0.5).astype(np.float32).reshape(n, rows)
+        got = np.asarray(core.cuda_test.small_mmq(t, rows, cols, w.reshape(-1), x.reshape(-1), n, None, True, 0, 5, mode))
+        assert rel_err(got, y0 + ref) < 2e-6, (rows, nsb, "accumulate", rel_err(got, y0 + ref))
+
+
 def test_gemm_f16_odd_shapes():
     rng = np.random.default_rng()
     M, N, K = 77, 200, 96

@@ -203,6 +203,20 @@ void bind_cuda(nb::module_& m) {
     return numpy_array(std::move(y), {(size_t)n, (size_t)rows});
   }, nb::arg("type"), nb::arg("rows"), nb::arg("cols"), nb::arg("w"), nb::arg("x"), nb::arg("n"),
      nb::arg("bias") = nb::none(), nb::arg("path") = 0);
+  t.def("small_mmq", [](int type, int64_t rows, int64_t cols, Bytes w, F32 x, int n, nb::object bias, bool accumulate,
+                        int stages, int cap, int mode) {
+    std::vector<float> b;
+    if (!bias.is_none()) {
+      F32 ba = nb::cast<F32>(bias);
+      b.assign(ba.data(), ba.data() + ba.size());
+    }
+    if (x.size() != (size_t)(n * cols)) throw std::invalid_argument("x must hold n * cols floats");
+    auto y = cuda_test::small_mmq(type, rows, cols, w.data(), w.size(), x.data(), n, b.empty() ? nullptr : b.data(),
+                                  accumulate, stages, cap, mode);
+    return numpy_array(std::move(y), {(size_t)n, (size_t)rows});
+  }, nb::arg("type"), nb::arg("rows"), nb::arg("cols"), nb::arg("w"), nb::arg("x"), nb::arg("n"),
+     nb::arg("bias") = nb::none(), nb::arg("accumulate") = false, nb::arg("stages") = 0, nb::arg("cap") = 0,
+     nb::arg("mode") = 1);
   t.def("time_dqmm", &cuda_test::time_dqmm, nb::arg("type"), nb::arg("rows"), nb::arg("cols"), nb::arg("M"),
         nb::arg("path"), nb::arg("reps") = 20);
   t.def("matvec_prep", [](std::vector<int> types, std::vector<int64_t> rows, int64_t cols, Bytes w, F32 x,

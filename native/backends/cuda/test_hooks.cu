@@ -13,6 +13,7 @@
 #include "backends/cuda/common.cuh"
 #include "backends/cuda/gemm.cuh"
 #include "backends/cuda/launch.cuh"
+#include "backends/cuda/matmul_mma.cuh"
 #include "backends/cuda/matvec_mma.cuh"
 #include "backends/cuda/ops.cuh"
 #include "backends/cuda/quant.cuh"
@@ -184,6 +185,50 @@ std::vector<float> matvec(int type, int64_t rows, int64_t cols, const uint8_t* w
              bias ? bb.get<float>() : nullptr, false, nullptr);
   }
   return to_host<float>(y, (size_t)n * rows);
+}
+
+namespace {
+// matmul_mma on, with a ring depth and grid cap, for the object's lifetime.
+struct SmallMmqScope {
+  int mode = small_mmq_mode(), stages = small_mmq_stages(), cap = small_mmq_grid_cap();
+  SmallMmqScope(int st, int grid_cap, int on = 1) {
+    small_mmq_mode() = on;
+    small_mmq_stages() = st;
+    small_mmq_grid_cap() = grid_cap;
+  }
+  ~SmallMmqScope() {
+    small_mmq_mode() = mode;
+    small_mmq_stages() = stages;
+    small_mmq_grid_cap() = cap;
+  }
+};
+}  // namespace
+
+std::vector<float> small_mmq(int type, int64_t rows, int64_t cols, const uint8_t* w, size_t w_bytes, const float* x,
+                             int n, const float* bias, bool accumulate, int stages, int cap, int mode) {
+  DeviceBuffer wb;
+  const DeviceWeight dw = upload(type, rows, cols, w, w_bytes, wb);
+  DeviceBuffer xb = to_device(x, sizeof(float) * n * cols);
+  DeviceBuffer bb = bias ? to_device(bias, sizeof(float) * rows) : DeviceBuffer();
+  const size_t rb = act_row_bytes(GgmlType::Q8_K, cols);
+  DeviceBuffer act(rb * n, "test activations");
+  ActPrep p;
+  p.x = xb.get<float>();
+  p.ld_x = cols;
+  prepare_activations(p, GgmlType::Q8_K, n, cols, act.get(), rb, nullptr);
+  std::vector<float> y0((size_t)n * rows);
+  for (size_t i = 0; i < y0.size(); ++i) y0[i] = 0.25f * (float)(i % 7) - 0.5f;
+  DeviceBuffer y = accumulate ? to_device(y0.data(), sizeof(float) * y0.size()) : poisoned(sizeof(float) * y0.size());
+  DeviceBuffer ws(size_t(32) << 20, "test workspace");
+  PYRESA_CUDA_CHECK(cudaMemset(ws.get(), 0xFF, ws.bytes()));  // stale partial sums show as NaN
+  int dev = 0, sms = 0;
+  PYRESA_CUDA_CHECK(cudaGetDevice(&dev));
+  PYRESA_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  const SmallMmqScope scope(stages, cap, mode);
+  if (!matmul_mma(dw, act.get(), rb, n, y.get<float>(), rows, bias ? bb.get<float>() : nullptr, accumulate, sms,
+                  ws.get<float>(), ws.bytes() / sizeof(float), nullptr))
+    throw std::invalid_argument("matmul_mma does not take these weights");
+  return to_host<float>(y, y0.size());
 }
 
 std::vector<float> matvec_prep(const std::vector<int>& types, const std::vector<int64_t>& rows, int64_t cols,
@@ -858,10 +903,33 @@ double time_dqmm(int type, int64_t rows, int64_t cols, int M, int path, int reps
     w.data = wb.get<uint8_t>() + c * wbytes;
     w.row_bytes = row_size(t, cols);
   }
-  const DqmmPathScope kernel(path);
+  const bool mmq = path >= 5 && path <= 9;
+  const DqmmPathScope kernel(mmq ? 0 : path);
+  const SmallMmqScope mmq_scope(path == 6 ? 2 : path == 7 ? 3 : path == 8 ? 4 : 0, 0, path == 9 ? 2 : 1);
+  // matmul_mma's input: the random F16 activations as floats, quantized to Q8_K
+  const size_t qrb = act_row_bytes(GgmlType::Q8_K, cols);
+  DeviceBuffer xf(sizeof(float) * M * cols, "bench activations"), aq(qrb * M, "bench activations");
+  if (mmq) {
+    std::vector<uint16_t> hh((size_t)M * lda);
+    PYRESA_CUDA_CHECK(cudaMemcpy(hh.data(), ab.get(), hh.size() * 2, cudaMemcpyDeviceToHost));
+    std::vector<float> xh((size_t)M * cols);
+    for (int m = 0; m < M; ++m)
+      for (int64_t k = 0; k < cols; ++k) xh[(size_t)m * cols + k] = fp16_to_fp32(hh[(size_t)m * lda + k]);
+    PYRESA_CUDA_CHECK(cudaMemcpy(xf.get(), xh.data(), xh.size() * 4, cudaMemcpyHostToDevice));
+    ActPrep p;
+    p.x = xf.get<float>();
+    p.ld_x = cols;
+    prepare_activations(p, GgmlType::Q8_K, M, cols, aq.get(), qrb, nullptr);
+  }
   cudaStream_t s;
   PYRESA_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
   auto call = [&](int i) {
+    if (mmq) {
+      if (!matmul_mma(ws_w[i % copies], aq.get(), qrb, M, y.get<float>(), rows, nullptr, false, prop.multiProcessorCount,
+                      ws.get<float>(), ws.bytes() / 4, s))
+        throw std::invalid_argument("matmul_mma does not take these weights");
+      return;
+    }
     dequant_matmul_small(ws_w[i % copies], ab.get<__half>(), lda, M, y.get<float>(), rows, nullptr, false,
                          prop.multiProcessorCount, ws.get<float>(), ws.bytes() / 4, s);
   };

@@ -18,8 +18,17 @@ namespace pyresa::cuda_test {
 // fits) and L2 prefetch distance (Q4_K, Q6_K; other formats as path 2); + 1000: early PDL trigger.
 std::vector<float> matvec(int type, int64_t rows, int64_t cols, const uint8_t* w, size_t w_bytes, const float* x,
                           int n, const float* bias, int path);
+// n (1..64) tokens through the int8 tensor-core products (matmul_mma.cu): y [n][rows] = W . x
+// with x quantized to Q8_K by prepare_activations; bias (or null); accumulate: y starts at
+// 0.25 * (i % 7) - 0.5 (else poisoned); stages: ring depth (0: the most that fit); cap: most CTAs
+// (0: as many as fit at once; fewer make CTAs share tiles through the workspace and the reduce
+// kernel); mode: small_mmq_mode() (1: one CTA per SM; 2: two CTAs of 16-row warps per SM).
+std::vector<float> small_mmq(int type, int64_t rows, int64_t cols, const uint8_t* w, size_t w_bytes, const float* x,
+                             int n, const float* bias, bool accumulate, int stages, int cap, int mode = 1);
 // Microseconds per dequant_matmul_small call (path as in matvec: 2, 3, or a pipelined variant)
 // on random finite weights of that shape, cycling through copies that together exceed the L2.
+// Paths 5-8: matmul_mma on Q8_K activations instead (5: the most stages that fit; 6, 7, 8: 2, 3, 4);
+// 9: its mode 2 (two CTAs per SM, the most stages that fit).
 double time_dqmm(int type, int64_t rows, int64_t cols, int M, int path, int reps);
 // One-token products of 1-3 K-quant weights (types, rows; w: their ggml bytes one after the
 // other) on the row x (transform 0 plain, 1 RMS norm with norm_w, eps), with the default 2-rows x

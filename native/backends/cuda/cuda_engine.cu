@@ -140,7 +140,7 @@ struct CudaEngine::Impl {
   bool qkv_one = true;
   bool qkv_v_first = true;
   bool precise_dense = true;
-  bool rect_precise = false;
+  bool rect_precise = true;
   // Dense attention of many rows (attention_batched.cu) variant, 0 = the general kernel:
   // PYRESA_CUDA_RECT_KERNEL / PYRESA_CUDA_PREFILL_KERNEL = old | 1-4. Default 4, the wgmma kernel
   // (sm_90a, attention_wgmma.cu; run 12-attn12: the fastest in the engine for both), 3 (two
@@ -622,12 +622,12 @@ struct CudaEngine::Impl {
       a.n_splits = tail ? tail_splits : splits;
       a.work = attn_work.get<float>();
       a.sync = attn_sync.get<unsigned>();
-      // Decode steps keep the query and probabilities at ~F32 (two-term F16), as the CPU's decode
-      // attention; rectification (by default) and prefill are plain F16 (compute-bound).
+      // Decode steps and rectification keep the query and probabilities at ~F32 (two-term F16),
+      // as the CPU's attention; prefill is plain F16 (compute-bound).
       a.precise = (kind == StepKind::Rectify && rect_precise) || kind == StepKind::SparseDecode ||
                   (kind == StepKind::Decode && precise_dense);
-      // The CPU engine attends with an F32 query everywhere (its sparse operator); decode here
-      // keeps the query at ~F32 too.
+      // The CPU engine attends with an F32 query everywhere (its sparse operator); decode and
+      // rectification here keep the query at ~F32 too.
       a.split_query = kind == StepKind::SparseDecode || (kind == StepKind::Decode && precise_dense) ||
                       (kind == StepKind::Rectify && rect_precise);
       if (kind == StepKind::SparseDecode) {
@@ -907,14 +907,14 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, CudaEngi
     set_pdl_early_ops(early);
   }
   m.precise_dense = env_int("PYRESA_CUDA_PRECISE_DENSE", 1) != 0;
-  // The rectification's attention with an F16 query and F16 probabilities (0, the default since
-  // run 12), as llama.cpp's flash attention computes every attention, or with both kept at ~F32
-  // by two F16 terms (1). Run 11-rect-wgmma measured what the two terms buy at the engine level:
-  // the logits move by 1.45e-3 (relative) between the two modes, no more than reordering the same
-  // precise arithmetic moves them (1.53e-3) and under what the CPU's own two kernel sets differ
-  // by (4.0e-3); plain F16 halves the tensor work: ReSA@256K 205.2 -> 212.5 tok/s on variant 3
-  // (run 12).
-  m.rect_precise = env_int("PYRESA_CUDA_RECT_PRECISE", 0) != 0;
+  // The rectification's attention with its query and probabilities kept at ~F32 by two F16 terms
+  // (1, the default), or plain F16 (0), as llama.cpp's flash attention computes every attention.
+  // Run 11-rect-wgmma measured what the two terms buy at the engine level: the logits move by
+  // 1.45e-3 (relative) between the two modes, no more than reordering the same precise arithmetic
+  // moves them (1.53e-3) and under what the CPU's own two kernel sets differ by (4.0e-3). Plain F16
+  // halves the tensor work: ReSA@256K 210.1 -> 216.2 tok/s on the wgmma kernel (run 12, same build).
+  // It stays off until the engine tests have run with it (the device time ran out first).
+  m.rect_precise = env_int("PYRESA_CUDA_RECT_PRECISE", 1) != 0;
   // The wgmma kernel by default (run 12-attn12, H100 same-build A/B: ReSA@256K 205.0 -> 210.6 tok/s,
   // pp8192 12,513 -> 12,851); variant 3 where it is unavailable (below).
   m.rect_kernel = kernel_switch("PYRESA_CUDA_RECT_KERNEL", 4);

@@ -334,6 +334,20 @@ struct CudaEngine::Impl {
     bool accumulate = false;
   };
 
+  // The activations f(src) of n rows in format fmt in `act` (f described by `prep`), prepared
+  // only when the last ones were of another source, format or row count: consecutive products of
+  // the same input reuse one quantization. Returns the bytes per row.
+  size_t activations(const ActPrep& prep, const void* src_id, GgmlType fmt, int n, int64_t cols) {
+    const size_t rb = act_row_bytes(fmt, cols);
+    if (act_src != src_id || act_fmt != fmt || act_rows != n) {
+      prepare_activations(prep, fmt, n, cols, act.get(), rb, stream);
+      act_src = src_id;
+      act_fmt = fmt;
+      act_rows = n;
+    }
+    return rb;
+  }
+
   // y[n][w.rows] (+)= W . f(src) where f is described by `prep`; src identifies the activation
   // source so consecutive products of the same input reuse one quantization.
   void linear(const DeviceWeight& w, const ActPrep& prep, const void* src_id, int n, float* y, int64_t ldy,
@@ -348,25 +362,13 @@ struct CudaEngine::Impl {
     // integers) where PYRESA_CUDA_SMALL_MMQ is on; F16 dequantize-and-multiply otherwise.
     if (path == Path::Small && matmul_mma(w, nullptr, 0, n, y, ldy, b, accumulate, n_sm, nullptr, 0, stream, true)) {
       const GgmlType qf = act_type_for(w.type);
-      const size_t qrb = act_row_bytes(qf, w.cols);
-      if (act_src != src_id || act_fmt != qf || act_rows != n) {
-        prepare_activations(prep, qf, n, w.cols, act.get(), qrb, stream);
-        act_src = src_id;
-        act_fmt = qf;
-        act_rows = n;
-      }
+      const size_t qrb = activations(prep, src_id, qf, n, w.cols);
       if (matmul_mma(w, act.get(), qrb, n, y, ldy, b, accumulate, n_sm, small_ws.get<float>(),
                      small_ws.bytes() / sizeof(float), stream))
         return;
     }
     const GgmlType fmt = path != Path::Matvec ? GgmlType::F16 : act_type_for(w.type);
-    const size_t rb = act_row_bytes(fmt, w.cols);
-    if (act_src != src_id || act_fmt != fmt || act_rows != n) {
-      prepare_activations(prep, fmt, n, w.cols, act.get(), rb, stream);
-      act_src = src_id;
-      act_fmt = fmt;
-      act_rows = n;
-    }
+    const size_t rb = activations(prep, src_id, fmt, n, w.cols);
     if (path == Path::Small) {
       dequant_matmul_small(w, act.get<__half>(), rb / 2, n, y, ldy, b, accumulate, n_sm, small_ws.get<float>(),
                            small_ws.bytes() / sizeof(float), stream);
@@ -418,13 +420,7 @@ struct CudaEngine::Impl {
     }
     if (!mixed || !matvec_rows_prep(ws, os, n_out, nullptr, act.get(), stream, /*dry_run=*/true)) return false;
     const GgmlType fmt = act_type_for(ws[0].type);
-    const size_t rb = act_row_bytes(fmt, ws[0].cols);
-    if (act_src != src_id || act_fmt != fmt || act_rows != 1) {
-      prepare_activations(prep, fmt, 1, ws[0].cols, act.get(), rb, stream);
-      act_src = src_id;
-      act_fmt = fmt;
-      act_rows = 1;
-    }
+    const size_t rb = activations(prep, src_id, fmt, 1, ws[0].cols);
     return matvec_rows_prep(ws, os, n_out, nullptr, act.get(), stream);
   }
 
@@ -439,13 +435,7 @@ struct CudaEngine::Impl {
     }
     const DeviceWeight& w0 = *outs[0].w;
     const GgmlType fmt = act_type_for(w0.type);
-    const size_t rb = act_row_bytes(fmt, w0.cols);
-    if (act_src != src_id || act_fmt != fmt || act_rows != n) {
-      prepare_activations(prep, fmt, n, w0.cols, act.get(), rb, stream);
-      act_src = src_id;
-      act_fmt = fmt;
-      act_rows = n;
-    }
+    const size_t rb = activations(prep, src_id, fmt, n, w0.cols);
     DeviceWeight ws[3];
     MatvecOut os[3];
     to_matvec(outs, n_out, ws, os);
@@ -462,13 +452,7 @@ struct CudaEngine::Impl {
                             /*dry_run=*/true))
       return false;
     const int64_t E = c.n_embd, FF = c.n_ff;
-    const size_t rb = act_row_bytes(fmt, L.w_gate.cols);
-    if (act_src != &L.ffn_norm || act_fmt != fmt || act_rows != 1) {
-      prepare_activations(norm2, fmt, 1, L.w_gate.cols, act.get(), rb, stream);
-      act_src = &L.ffn_norm;
-      act_fmt = fmt;
-      act_rows = 1;
-    }
+    activations(norm2, &L.ffn_norm, fmt, 1, L.w_gate.cols);
     matvec_gate_up_glu(L.w_gate, L.w_up, gate.get<float>(), up.get<float>(), act.get(), glu_counters.get<int>(),
                        act_glu.get(), stream);
     MatvecOut o;

@@ -1,4 +1,5 @@
-// Included by quant.cu inside its anonymous namespace (uses its layouts and helpers).
+// Included by quant.cu inside its anonymous namespace (uses its layouts and helpers, and
+// stream_k.cuh, which quant.cu includes).
 //
 // ---- pipelined dequantize-and-multiply for a few tokens (Q4_K, Q6_K) ---------------------------
 // The products of a rectification (9..64 tokens): y[m][n] (+)= sum_k A[m][k] W[n][k]. The weights
@@ -84,7 +85,6 @@ struct DpArgs {
   float* partial;  // [2 * gridDim.x][M][bn]: segments of tiles shared by CTAs
 };
 
-__host__ __device__ inline int dp_unit_begin(int i, int units, int grid) { return (int)((int64_t)i * units / grid); }
 
 // Loads of unit u (row tile u / kc, slice u % kc) into stage buffer st: weights, then tokens.
 template <GgmlType W, int WARPS>
@@ -303,8 +303,8 @@ __global__ void __launch_bounds__(32 * WARPS, MINB) dqmm_pipe_kernel(DpArgs p) {
   extern __shared__ __align__(128) unsigned char dp_smem[];
   const int S = p.stages;
   const size_t stage_bytes = dp_stage_bytes(dp_w_stage_bytes<W, WARPS>(), NT);
-  const int u0 = dp_unit_begin(blockIdx.x, p.units, gridDim.x);
-  const int u1 = dp_unit_begin(blockIdx.x + 1, p.units, gridDim.x);
+  const int u0 = stream_k_unit_begin(blockIdx.x, p.units, gridDim.x);
+  const int u1 = stream_k_unit_begin(blockIdx.x + 1, p.units, gridDim.x);
   // Prologue: the first S-1 slices' weights before the PDL wait, then their tokens.
   for (int s = 0; s < S - 1; ++s)
     if (u0 + s < u1) dp_load_w<W, WARPS>(p, dp_smem + s * stage_bytes, u0 + s);
@@ -345,26 +345,8 @@ __global__ void __launch_bounds__(32 * WARPS, MINB) dqmm_pipe_kernel(DpArgs p) {
   cp_async_wait<0>();
 }
 
-// The tiles that CTAs share: sum their segments in CTA order (the same order whatever the timing).
+// The tiles that CTAs share (stream_k.cuh).
 __global__ void dqmm_pipe_reduce_kernel(DpArgs p, int grid) {
   pdl_wait();
-  const int64_t N = p.w.rows, total = (int64_t)p.M * N;
-  for (int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += (int64_t)gridDim.x * blockDim.x) {
-    const int m = (int)(idx / N);
-    const int64_t n = idx % N;
-    const int tile = (int)(n / p.bn), nl = (int)(n % p.bn);
-    const int lo = tile * p.kc, hi = lo + p.kc;
-    // CTA holding unit x: the largest i with begin(i) <= x
-    const int i0 = (int)(((int64_t)(lo + 1) * grid + p.units - 1) / p.units) - 1;
-    const int i1 = (int)(((int64_t)hi * grid + p.units - 1) / p.units) - 1;
-    if (i0 == i1) continue;  // one CTA did the whole tile and wrote y itself
-    float v = 0.0f;
-    for (int i = i0; i <= i1; ++i) {
-      const int slot = 2 * i + (dp_unit_begin(i, p.units, grid) >= lo ? 0 : 1);
-      v += p.partial[((size_t)slot * p.M + m) * p.bn + nl];
-    }
-    if (p.bias) v += p.bias[n];
-    float* dst = p.y + m * p.ldy + n;
-    *dst = p.accumulate ? *dst + v : v;
-  }
+  stream_k_reduce({p.y, p.ldy, p.bias, p.accumulate, p.M, p.w.rows, p.bn, p.kc, p.units, p.partial}, grid);
 }

@@ -26,6 +26,7 @@
 
 #include "backends/cuda/launch.cuh"
 #include "backends/cuda/matmul_mma.cuh"
+#include "backends/cuda/stream_k.cuh"
 
 namespace pyresa::cuda {
 
@@ -67,7 +68,6 @@ struct MqArgs {
   float* partial;  // [2 * gridDim.x][M][bn]
 };
 
-__host__ __device__ inline int unit_begin(int i, int units, int grid) { return (int)((int64_t)i * units / grid); }
 
 __device__ __forceinline__ uint32_t smem_u32(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
 __device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, int src_bytes = 16) {
@@ -219,11 +219,7 @@ __device__ __forceinline__ void compute_q4k(const uint8_t* st, const uint8_t* tk
       amin[mt][i] = byte_to_h2x2(m_lo, t);
       amin[mt][2 + i] = byte_to_h2x2(m_hi, t);
     }
-  int isum[MT][NT][4];
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-    for (int ni = 0; ni < NT; ++ni) isum[mt][ni][0] = isum[mt][ni][1] = isum[mt][ni][2] = isum[mt][ni][3] = 0;
+  int isum[MT][NT][4] = {};
   // ldmatrix row addresses: lane supplies row (lane & 7) of matrix lane >> 3
   const int lr = lane & 7, lm = lane >> 3;
 #pragma unroll 1
@@ -309,11 +305,7 @@ __device__ __forceinline__ void compute_q6k(const MqArgs& p, const uint8_t* st, 
       if (row > p.w.rows - 1) row = p.w.rows - 1;  // as loaded
       d[mt][i] = h2f((uint16_t)(((row * p.nb + b) & 1) ? dw >> 16 : dw & 0xffffu));
     }
-  int isum[MT][NT][4];
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-    for (int ni = 0; ni < NT; ++ni) isum[mt][ni][0] = isum[mt][ni][1] = isum[mt][ni][2] = isum[mt][ni][3] = 0;
+  int isum[MT][NT][4] = {};
   const int lr = lane & 7, lm = lane >> 3;
 #pragma unroll 1
   for (int h = 0; h < 2; ++h) {  // rolled (see compute_q4k)
@@ -411,8 +403,8 @@ __global__ void __launch_bounds__(kThreads, MINB) matmul_mma_kernel(MqArgs p) {
   constexpr int WB = w_stage_bytes<W, MT>();
   constexpr int STAGE = WB + tok_stage_bytes<W, NT>();
   const int S = p.stages;
-  const int u0 = unit_begin(blockIdx.x, p.units, gridDim.x);
-  const int u1 = unit_begin(blockIdx.x + 1, p.units, gridDim.x);
+  const int u0 = stream_k_unit_begin(blockIdx.x, p.units, gridDim.x);
+  const int u1 = stream_k_unit_begin(blockIdx.x + 1, p.units, gridDim.x);
   // Prologue: the first S - 1 units' weights before the PDL wait (they do not depend on the
   // previous kernel), then their tokens.
   for (int s = 0; s < S - 1; ++s)
@@ -455,28 +447,10 @@ __global__ void __launch_bounds__(kThreads, MINB) matmul_mma_kernel(MqArgs p) {
   cp_async_wait<0>();
 }
 
-// The tiles that CTAs share: their segments added in CTA order (the same order whatever the timing).
+// The tiles that CTAs share (stream_k.cuh).
 __global__ void matmul_mma_reduce_kernel(MqArgs p, int grid) {
   pdl_wait();
-  const int64_t N = p.w.rows, total = (int64_t)p.M * N;
-  for (int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += (int64_t)gridDim.x * blockDim.x) {
-    const int m = (int)(idx / N);
-    const int64_t n = idx % N;
-    const int tile = (int)(n / p.bn), nl = (int)(n % p.bn);
-    const int lo = tile * p.nb, hi = lo + p.nb;
-    // CTA holding unit x: the largest i with begin(i) <= x
-    const int i0 = (int)(((int64_t)(lo + 1) * grid + p.units - 1) / p.units) - 1;
-    const int i1 = (int)(((int64_t)hi * grid + p.units - 1) / p.units) - 1;
-    if (i0 == i1) continue;  // one CTA did the whole tile and wrote y itself
-    float v = 0.0f;
-    for (int i = i0; i <= i1; ++i) {
-      const int slot = 2 * i + (unit_begin(i, p.units, grid) >= lo ? 0 : 1);
-      v += p.partial[((size_t)slot * p.M + m) * p.bn + nl];
-    }
-    if (p.bias) v += p.bias[n];
-    float* dst = p.y + m * p.ldy + n;
-    *dst = p.accumulate ? *dst + v : v;
-  }
+  stream_k_reduce({p.y, p.ldy, p.bias, p.accumulate != 0, p.M, p.w.rows, p.bn, p.nb, p.units, p.partial}, grid);
 }
 
 // Rows per warp (m-tiles) for a type and token count: 2 where the registers allow it without
@@ -521,7 +495,7 @@ bool launch_nt(const MqArgs& a0, int n_sm, size_t ws_floats, cudaStream_t s) {
   launch(matmul_mma_kernel<W, MT, NT, MINB>, grid, kThreads, (size_t)S * STAGE, s, a);
   PYRESA_CUDA_LAUNCH_CHECK();
   bool shared_tile = false;  // does any CTA's range start inside a tile?
-  for (int i = 1; i < grid && !shared_tile; ++i) shared_tile = unit_begin(i, a.units, grid) % a.nb != 0;
+  for (int i = 1; i < grid && !shared_tile; ++i) shared_tile = stream_k_unit_begin(i, a.units, grid) % a.nb != 0;
   if (shared_tile) {
     const int64_t total = (int64_t)a.M * a.w.rows;
     launch(matmul_mma_reduce_kernel, (int)std::min<int64_t>((total + 255) / 256, 4 * n_sm), 256, 0, s, a, grid);

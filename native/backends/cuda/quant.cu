@@ -8,6 +8,7 @@
 #include "backends/cuda/matvec_mma.cuh"
 #include "backends/cuda/mma.cuh"
 #include "backends/cuda/quant.cuh"
+#include "backends/cuda/stream_k.cuh"
 
 namespace pyresa::cuda {
 
@@ -1208,7 +1209,7 @@ bool dqmm_pipe_launch_nt(const DpArgs& a0, int n_sm, size_t ws_floats, cudaStrea
   launch(dqmm_pipe_kernel<W, NT, WARPS, MINB>, grid, 32 * WARPS, S * stage, s, a);
   PYRESA_CUDA_LAUNCH_CHECK();
   bool shared_tile = false;  // does any CTA's range start inside a tile?
-  for (int i = 1; i < grid && !shared_tile; ++i) shared_tile = dp_unit_begin(i, a.units, grid) % a.kc != 0;
+  for (int i = 1; i < grid && !shared_tile; ++i) shared_tile = stream_k_unit_begin(i, a.units, grid) % a.kc != 0;
   if (shared_tile) {
     const int64_t total = (int64_t)a.M * a.w.rows;
     launch(dqmm_pipe_reduce_kernel, (int)std::min<int64_t>((total + 255) / 256, 4 * n_sm), 256, 0, s, a, grid);

@@ -29,6 +29,7 @@
 
 #include "backends/cuda/attention.cuh"
 #include "backends/cuda/attention_epilogue.cuh"
+#include "backends/cuda/attention_split.cuh"
 #include "backends/cuda/common.cuh"
 #include "backends/cuda/launch.cuh"
 #include "backends/cuda/mma.cuh"
@@ -242,12 +243,8 @@ __global__ void __launch_bounds__(32 * NW, MINB) attention_batched_kernel(Attent
   const int pos0 = *a.pos_dev + a.pos_offset;
   stage_query<D, ROWS, LD, QSPLIT>(a, Qs, C::q_elems, row0, R, G, h, tid, THREADS);
 
-  const int last_row = min(R - 1, row0 + ROWS - 1);
-  const int max_pos = pos0 + last_row / G;  // the last key any row of this CTA sees
-  const int min_lim = pos0 + row0 / G;      // keys <= this are seen by every row
-  const int n_tiles = max_pos / TT + 1;
-  const int t_begin = (int)((int64_t)n_tiles * split / n_splits);
-  const int t_end = (int)((int64_t)n_tiles * (split + 1) / n_splits);
+  const CausalSplit cs = causal_split(R, row0, ROWS, G, pos0, TT, split, n_splits);
+  const int max_pos = cs.max_pos, min_lim = cs.min_lim, t_begin = cs.t_begin, t_end = cs.t_end;
   const __half* Kh = a.K + h * a.head_stride;
   const __half* Vh = a.V + h * a.head_stride;
 

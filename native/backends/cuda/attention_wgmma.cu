@@ -28,6 +28,7 @@
 
 #include "backends/cuda/attention.cuh"
 #include "backends/cuda/attention_epilogue.cuh"
+#include "backends/cuda/attention_split.cuh"
 #include "backends/cuda/common.cuh"
 #include "backends/cuda/launch.cuh"
 #include "backends/cuda/mma.cuh"
@@ -212,12 +213,8 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wgmma_kernel(AttentionA
   fence_proxy_async();
   __syncthreads();
 
-  const int last_row = min(R - 1, row0 + kRows - 1);
-  const int max_pos = pos0 + last_row / G;  // the last key any row of this CTA sees
-  const int min_lim = pos0 + row0 / G;      // keys <= this are seen by every row
-  const int n_tiles = max_pos / kBN + 1;
-  const int t_begin = (int)((int64_t)n_tiles * split / n_splits);
-  const int t_end = (int)((int64_t)n_tiles * (split + 1) / n_splits);
+  const CausalSplit cs = causal_split(R, row0, kRows, G, pos0, kBN, split, n_splits);
+  const int max_pos = cs.max_pos, min_lim = cs.min_lim, t_begin = cs.t_begin, t_end = cs.t_end;
   const int n = t_end - t_begin;
 
   if (warp >= 4 * kWG) {  // producer warpgroup: few registers, the consumers get the rest

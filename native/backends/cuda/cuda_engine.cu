@@ -861,7 +861,7 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, CudaEngi
   matvec_wide() = env_int("PYRESA_CUDA_MATVEC_WIDE", 0);
   matvec_ksplit() = env_int("PYRESA_CUDA_MATVEC_KSPLIT", 0);
   matvec_prefetch() = env_int("PYRESA_CUDA_MATVEC_PREFETCH", 2);
-  // One-token Q4_K/Q6_K on the int8 tensor cores: measured slower than dp4a (run 11-mmv), off.
+  // One-token Q4_K/Q6_K on the int8 tensor cores: measured slower than dp4a (runs 11-mmv, 12-mmv), off.
   matvec_mma_mode() = env_int("PYRESA_CUDA_MATVEC_MMA", 0);
   matvec_mma_split() = env_int("PYRESA_CUDA_MATVEC_MMA_SPLIT", 0);  // K parts per tile (0: by cost)
   // Run 10-fixed-fuse (H100): folding the input's preparation into the products and the SwiGLU

@@ -6,7 +6,10 @@
 
 #include <algorithm>
 #include <cstring>
+#include <initializer_list>
 #include <stdexcept>
+#include <utility>
+#include <vector>
 
 #include "backends/cuda/attention.cuh"
 #include "backends/cuda/attention_decode.cuh"
@@ -72,21 +75,31 @@ DeviceWeight upload(int type, int64_t rows, int64_t cols, const uint8_t* w, size
 }
 DeviceBuffer pos_buffer(int pos) { return to_device(&pos, sizeof(int)); }
 
-// The one-token tensor-core products (matvec_mma.cu) on (1) or off (0) for the object's lifetime:
-// the hooks that test the dp4a kernels switch it off, so they keep testing those kernels.
-struct MatvecMmaScope {
-  int mode = matvec_mma_mode(), split = matvec_mma_split(), cap = matvec_mma_grid_cap();
-  MatvecMmaScope(int on, int forced_split = 0, int grid_cap = 0) {
-    matvec_mma_mode() = on;
-    matvec_mma_split() = forced_split;
-    matvec_mma_grid_cap() = grid_cap;
+// Engine switches (the int& getters of the kernels' files) set for the object's lifetime and
+// restored after, last set first restored.
+class SwitchScope {
+ public:
+  SwitchScope(std::initializer_list<std::pair<int*, int>> values) {
+    for (const auto& [sw, v] : values) {
+      saved_.emplace_back(sw, *sw);
+      *sw = v;
+    }
   }
-  ~MatvecMmaScope() {
-    matvec_mma_mode() = mode;
-    matvec_mma_split() = split;
-    matvec_mma_grid_cap() = cap;
+  SwitchScope(const SwitchScope&) = delete;
+  SwitchScope& operator=(const SwitchScope&) = delete;
+  ~SwitchScope() {
+    for (auto it = saved_.rbegin(); it != saved_.rend(); ++it) *it->first = it->second;
   }
+
+ private:
+  std::vector<std::pair<int*, int>> saved_;
 };
+
+// The one-token tensor-core products (matvec_mma.cu) on (1-3) or off (0): the hooks that test the
+// dp4a kernels switch them off, so they keep testing those kernels.
+SwitchScope matvec_mma_scope(int mode, int forced_split = 0, int grid_cap = 0) {
+  return SwitchScope({{&matvec_mma_mode(), mode}, {&matvec_mma_split(), forced_split}, {&matvec_mma_grid_cap(), grid_cap}});
+}
 
 }  // namespace
 
@@ -140,7 +153,7 @@ std::vector<float> matvec(int type, int64_t rows, int64_t cols, const uint8_t* w
   const int wide = mode >= 0 ? (mode & 1) : matvec_wide();
   const int ksplit = mode >= 0 ? (mode & 2 ? 1 : 0) : matvec_ksplit();
   const int cap = path < 0 ? -path / 1000 : matvec_grid_cap();
-  const MatvecMmaScope mma(path < 0 ? 0 : matvec_mma_mode());  // a dp4a kernel asked for by its path
+  const SwitchScope mma = matvec_mma_scope(path < 0 ? 0 : matvec_mma_mode());  // a dp4a kernel asked for by its path
   if (path < 0) path = 0;
   const bool gemm = path != 0;
   DeviceBuffer wb;
@@ -188,20 +201,10 @@ std::vector<float> matvec(int type, int64_t rows, int64_t cols, const uint8_t* w
 }
 
 namespace {
-// matmul_mma on, with a ring depth and grid cap, for the object's lifetime.
-struct SmallMmqScope {
-  int mode = small_mmq_mode(), stages = small_mmq_stages(), cap = small_mmq_grid_cap();
-  SmallMmqScope(int st, int grid_cap, int on = 1) {
-    small_mmq_mode() = on;
-    small_mmq_stages() = st;
-    small_mmq_grid_cap() = grid_cap;
-  }
-  ~SmallMmqScope() {
-    small_mmq_mode() = mode;
-    small_mmq_stages() = stages;
-    small_mmq_grid_cap() = cap;
-  }
-};
+// matmul_mma on (mode 1 or 2), with a ring depth and grid cap.
+SwitchScope small_mmq_scope(int stages, int grid_cap, int mode = 1) {
+  return SwitchScope({{&small_mmq_mode(), mode}, {&small_mmq_stages(), stages}, {&small_mmq_grid_cap(), grid_cap}});
+}
 }  // namespace
 
 std::vector<float> small_mmq(int type, int64_t rows, int64_t cols, const uint8_t* w, size_t w_bytes, const float* x,
@@ -224,7 +227,7 @@ std::vector<float> small_mmq(int type, int64_t rows, int64_t cols, const uint8_t
   int dev = 0, sms = 0;
   PYRESA_CUDA_CHECK(cudaGetDevice(&dev));
   PYRESA_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  const SmallMmqScope scope(stages, cap, mode);
+  const SwitchScope scope = small_mmq_scope(stages, cap, mode);
   if (!matmul_mma(dw, act.get(), rb, n, y.get<float>(), rows, bias ? bb.get<float>() : nullptr, accumulate, sms,
                   ws.get<float>(), ws.bytes() / sizeof(float), nullptr))
     throw std::invalid_argument("matmul_mma does not take these weights");
@@ -249,7 +252,7 @@ std::vector<float> matvec_prep(const std::vector<int>& types, const std::vector<
   p.eps = eps;
   const size_t rb = act_row_bytes(GgmlType::Q8_K, cols);
   DeviceBuffer act = poisoned(rb);
-  const MatvecMmaScope mma(0);  // the dp4a kernels, whose arithmetic matvec_rows_prep shares
+  const SwitchScope mma = matvec_mma_scope(0);  // the dp4a kernels, whose arithmetic matvec_rows_prep shares
   const int saved[6] = {matvec_rows_per_warp(), matvec_steps(), matvec_grid_cap(), matvec_wide(), matvec_ksplit(),
                         matvec_prep_grid_cap()};
   matvec_rows_per_warp() = 2;  // the default kernel, whose arithmetic matvec_rows_prep shares
@@ -290,7 +293,7 @@ std::vector<float> matvec_mma(const std::vector<int>& types, const std::vector<i
   p.x = xb.get<float>();
   p.ld_x = cols;
   prepare_activations(p, GgmlType::Q8_K, 1, cols, act.get(), rb, nullptr);
-  const MatvecMmaScope mma(mode, split, cap);
+  const SwitchScope mma = matvec_mma_scope(mode, split, cap);
   if (!cuda::matvec_mma(wbt.dw, wbt.os, wbt.n_w, act.get(), nullptr))
     throw std::invalid_argument("matvec_mma does not take these weights");
   return wbt.result();
@@ -314,7 +317,7 @@ std::vector<float> gate_up_glu(int type, int64_t rows, int64_t cols, const uint8
   DeviceBuffer out = poisoned(rb_out);
   DeviceBuffer counters(sizeof(int) * (rows / QK_K + 1), "test counters");
   PYRESA_CUDA_CHECK(cudaMemset(counters.get(), 0, counters.bytes()));
-  const MatvecMmaScope mma(0);  // the epilogue's reference: the dp4a kernel it extends
+  const SwitchScope mma = matvec_mma_scope(0);  // the epilogue's reference: the dp4a kernel it extends
   const int saved[5] = {matvec_rows_per_warp(), matvec_steps(), matvec_grid_cap(), matvec_wide(), matvec_ksplit()};
   matvec_rows_per_warp() = 2;
   matvec_steps() = 2;
@@ -905,7 +908,7 @@ double time_dqmm(int type, int64_t rows, int64_t cols, int M, int path, int reps
   }
   const bool mmq = path >= 5 && path <= 9;
   const DqmmPathScope kernel(mmq ? 0 : path);
-  const SmallMmqScope mmq_scope(path == 6 ? 2 : path == 7 ? 3 : path == 8 ? 4 : 0, 0, path == 9 ? 2 : 1);
+  const SwitchScope mmq_scope = small_mmq_scope(path == 6 ? 2 : path == 7 ? 3 : path == 8 ? 4 : 0, 0, path == 9 ? 2 : 1);
   // matmul_mma's input: the random F16 activations as floats, quantized to Q8_K
   const size_t qrb = act_row_bytes(GgmlType::Q8_K, cols);
   DeviceBuffer xf(sizeof(float) * M * cols, "bench activations"), aq(qrb * M, "bench activations");

@@ -140,7 +140,7 @@ struct CudaEngine::Impl {
   bool qkv_one = true;
   bool qkv_v_first = true;
   bool precise_dense = true;
-  bool rect_precise = true;
+  bool rect_precise = false;
   // Dense attention of many rows (attention_batched.cu) variant, 0 = the general kernel:
   // PYRESA_CUDA_RECT_KERNEL / PYRESA_CUDA_PREFILL_KERNEL = old | 1-4. Default 4, the wgmma kernel
   // (sm_90a, attention_wgmma.cu; run 12-attn12: the fastest in the engine for both), 3 (two
@@ -606,8 +606,11 @@ struct CudaEngine::Impl {
       a.n_splits = tail ? tail_splits : splits;
       a.work = attn_work.get<float>();
       a.sync = attn_sync.get<unsigned>();
-      // Decode steps and rectification keep the query and probabilities at ~F32 (two-term F16),
-      // as the CPU's attention; prefill is plain F16 (compute-bound).
+      // Decode steps keep the query and probabilities at ~F32 (two-term F16), as the CPU's
+      // attention. Prefill and rectification are plain F16, as llama.cpp's flash attention: the
+      // rectification re-reads the whole cache for 33 rows, and two-term F16 cost it 2.9 % of
+      // ReSA@256K (run 12) while moving the logits no more than a reordering does (run 11);
+      // PYRESA_CUDA_RECT_PRECISE=1 brings the two-term form back.
       a.precise = (kind == StepKind::Rectify && rect_precise) || kind == StepKind::SparseDecode ||
                   (kind == StepKind::Decode && precise_dense);
       // The CPU engine attends with an F32 query everywhere (its sparse operator); decode and
@@ -898,7 +901,7 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, CudaEngi
   // moves them (1.53e-3) and under what the CPU's own two kernel sets differ by (4.0e-3). Plain F16
   // halves the tensor work: ReSA@256K 210.1 -> 216.2 tok/s on the wgmma kernel (run 12, same build).
   // It stays off until the engine tests have run with it (the device time ran out first).
-  m.rect_precise = env_int("PYRESA_CUDA_RECT_PRECISE", 1) != 0;
+  m.rect_precise = env_int("PYRESA_CUDA_RECT_PRECISE", 0) != 0;
   // The wgmma kernel by default (run 12-attn12, H100 same-build A/B: ReSA@256K 205.0 -> 210.6 tok/s,
   // pp8192 12,513 -> 12,851); variant 3 where it is unavailable (below).
   m.rect_kernel = kernel_switch("PYRESA_CUDA_RECT_KERNEL", 4);

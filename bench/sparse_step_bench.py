@@ -23,20 +23,25 @@ args = ap.parse_args()
 # splits: 0 = the engine's choice). Until run 12 the decode kernel had one-warp builds (4, 6, 12
 # stages: sets sep, st6, in...) beside the two-warp one (w2...); the two-warp kernel is the only
 # one now, under the old one-warp names.
+# Run 13: sNNN = the decode kernel's shape NNN (PYRESA_CUDA_DECODE_SHAPE: warps x 100 + stages x 10 +
+# two mma chains), separate combine, the engine's split count; every other set runs the default
+# shape (431 since run 13; it was 240 in run 13's measurement, where "sep" meant s240).
 SETS = [("old", False, 0, 0), ("sep", True, 0, 0), ("in", True, 1, 0), ("in66", True, 1, 66), ("in50", True, 1, 50),
         ("in132", True, 1, 132), ("sep66", True, 0, 66), ("sep132", True, 0, 132)]
+SHAPES = {"s240": 240, "s241": 241, "s221": 221, "s421": 421, "s420": 420, "sep": 431}
+SETS += [(name, True, 0, 0) for name in SHAPES if name != "sep"]
 ap2 = [s for s in (args.sets or "").split(",") if s]
 rows = []
 for d in [int(x) for x in args.depths.split(",") if x]:
     for name, attn, comb, splits in SETS:
         if ap2 and name not in ap2:
             continue
-        core.cuda_test.set_sparse_step_kernels(attn, comb)
+        core.cuda_test.set_sparse_step_kernels(attn, comb, SHAPES.get(name, 431))
         r = dict(core.cuda_test.time_sparse_step(d, args.reps, args.copies, sparse_splits=splits))
         r.update(depth=d, kernels=name)
         rows.append(r)
         print(r, flush=True)
-core.cuda_test.set_sparse_step_kernels(True, 0)
+core.cuda_test.set_sparse_step_kernels(True, 0, 431)
 
 print("sets: old = PYRESA_CUDA_SPARSE_STEP=0; sep = decode attention kernel + separate combine kernel (run 10); "
       "in = combine inside the attention kernel (PYRESA_CUDA_DECODE_COMBINE=1), inNN = with NN sparse splits; "

@@ -341,16 +341,19 @@ def test_rope(neox, pos0):
     assert rel_err(got, rope_ref(x, pos0, 10000.0, neox)) < 2e-6
 
 
-@pytest.fixture(params=[(True, 0), (False, 0), (True, 1)],
-                ids=["decode_kernel", "old_kernels", "decode_kernel_combine_inside"])
+@pytest.fixture(params=[(True, 0, 431), (False, 0, 431), (True, 1, 431), (True, 0, 240), (True, 0, 241),
+                        (True, 0, 221), (True, 0, 421), (True, 0, 420), (True, 1, 240)],
+                ids=["decode_kernel", "old_kernels", "decode_kernel_combine_inside", "decode_2w4st", "decode_2w4st_ilp",
+                     "decode_2w2st_ilp", "decode_4w2st_ilp", "decode_4w2st", "decode_2w4st_combine_inside"])
 def step_kernels(request):
-    """The decode step's kernels (the engine's PYRESA_CUDA_SPARSE_STEP, PYRESA_CUDA_DECODE_COMBINE):
-    the decode attention kernel (two warps per CTA, each one span of every tile) and the parallel
-    combine, or the general kernel and the serial combine; the decode kernel's splits merged by the
-    separate combine kernel (0) or inside the attention kernel (1)."""
+    """The decode step's kernels (the engine's PYRESA_CUDA_SPARSE_STEP, PYRESA_CUDA_DECODE_COMBINE,
+    PYRESA_CUDA_DECODE_SHAPE): the decode attention kernel (warps per CTA each taking one span of
+    every tile, cp.async stages, one or two mma chains per warp) and the parallel combine, or the
+    general kernel and the serial combine; the decode kernel's splits merged by the separate
+    combine kernel (0) or inside the attention kernel (1)."""
     core.cuda_test.set_sparse_step_kernels(*request.param)
     yield request.param
-    core.cuda_test.set_sparse_step_kernels(True, 0)  # the defaults
+    core.cuda_test.set_sparse_step_kernels(True, 0, 431)  # the defaults
 
 
 @pytest.fixture(params=[(0, 0, False, 0, False), (1, 0, False, 0, True), (1, 1, False, 0, True), (1, 2, False, 0, True),
@@ -446,7 +449,8 @@ def test_sparse_attention_vs_cpu(block_size, n_kv, frac, splits, step_kernels):
 @pytest.mark.parametrize("D", [64, 128])
 @pytest.mark.parametrize("sparse", [False, True])
 @pytest.mark.parametrize("n_kv,splits", [(700, 2), (3000, 7), (5000, 16), (40000, 99), (40000, 300), (2000, 37)])
-def test_decode_combine_inside_matches_separate(D, sparse, n_kv, splits):
+@pytest.mark.parametrize("shape", [431, 240])
+def test_decode_combine_inside_matches_separate(D, sparse, n_kv, splits, shape):
     """The decode kernel's in-kernel combine (PYRESA_CUDA_DECODE_COMBINE=1: the last CTAs of each
     KV head merge the splits) gives the separate combine kernel's bits, and the CPU's answer.
     300 splits x 4 heads is more than one wave: the merging CTAs wait while later ones run. The
@@ -468,13 +472,13 @@ def test_decode_combine_inside_matches_separate(D, sparse, n_kv, splits):
     args = (q.reshape(-1), n_tok, H, Hkv, D, K.view(np.uint16).reshape(-1), V.view(np.uint16).reshape(-1), cap, pos0,
             None if blocks is None else blocks.reshape(-1), 16, scale, splits)
     try:
-        core.cuda_test.set_sparse_step_kernels(True, 0)
+        core.cuda_test.set_sparse_step_kernels(True, 0, shape)
         separate = core.cuda_test.attention(*args)
-        core.cuda_test.set_sparse_step_kernels(True, 1)
+        core.cuda_test.set_sparse_step_kernels(True, 1, shape)
         inside = core.cuda_test.attention(*args)
         again = core.cuda_test.attention(*args)
     finally:
-        core.cuda_test.set_sparse_step_kernels(True, 0)  # the defaults
+        core.cuda_test.set_sparse_step_kernels(True, 0, 431)  # the defaults
     inside = inside.reshape(-1)
     assert np.isfinite(inside).all()
     assert np.array_equal(inside.view(np.uint32), separate.reshape(-1).view(np.uint32))

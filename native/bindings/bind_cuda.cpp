@@ -348,7 +348,7 @@ void bind_cuda(nb::module_& m) {
     return nb::make_tuple(numpy_array(std::move(ids), {n}), numpy_array(std::move(vals), {n}), mx, sum);
   });
   t.def("set_sparse_step_kernels", &cuda_test::set_sparse_step_kernels, nb::arg("decode_attention"),
-        nb::arg("combine") = -1);
+        nb::arg("combine") = -1, nb::arg("shape") = -1);
   t.def("time_sparse_step", [](int n_tokens, int reps, int copies, int n_head, int n_kv_head, int D, bool select_only,
                                int cap_tokens, int sparse_splits) {
     nb::dict d;

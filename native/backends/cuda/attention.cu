@@ -360,9 +360,10 @@ void launch_d(const AttentionArgs& a, cudaStream_t stream) {
 
 int decode_attention_splits(int n_tok, int n_head, int n_kv_head, int D, int n_tiles, int n_sm) {
   if (!decode_attention_applies(n_tok, n_head, n_kv_head, D)) return 0;
-  // One wave of resident CTAs, at least 4 tiles each.
+  // One wave of resident CTAs, at least 4 tiles each (n_tiles counts 32-token tiles; the kernel's
+  // own tiles may be longer).
   int s = std::max(1, decode_attention_ctas_per_sm() * n_sm / n_kv_head);
-  s = std::min(s, std::max(1, n_tiles / 4));
+  s = std::min(s, std::max(1, n_tiles * 32 / decode_attention_tile_tokens() / 4));
   return std::min(s, kMaxCombineSplits);
 }
 

@@ -9,18 +9,19 @@
 // probabilities come out of the S^T accumulators transposed with respect to the B operand of the
 // P.V product and are put right with movmatrix (an 8x8 transpose across the warp).
 //
-// Why two warps per CTA and 4 stages: a decode step is a stream over the K/V bytes (1.5 GB per
-// step at 256K sparse, 15 GB dense); the bytes in flight per SM come from the cp.async stages, so
-// 3 CTAs of 4 stages (3 tiles of 16 KB in flight each) per SM, one wave over the GPU. Warp w takes
-// span w (16 tokens) of every 32-token tile, copies it (its own half of each stage), and keeps its
-// own online softmax over it; the two warps' (m, l, O) are merged once at the end through shared
-// memory. A one-warp CTA (runs 9-11, 4, 6 or 12 stages) was bound by its own instruction latency
-// (Nsight Compute, run 11, 256K sparse: one warp per scheduler, 5.4 cycles per issued instruction,
-// DRAM at 51 %); here each warp does half of a tile's products on the same shared memory and
-// occupancy, and the two warps never wait for each other inside the loop. Measured (run 12-attn12,
-// H100): 256K sparse 35.6 -> 31.8 us per layer with the combine, dense 210 -> 208 us, 4K-32K
-// sparse -33 %; the 7B engine +2.2 to +4.3 % at 4K-256K, dense and ReSA; the one-warp kernel and
-// its 6 / 12-stage builds were then removed. The block list of the CTA's range is read into
+// Why several warps per CTA and a few stages: a decode step is a stream over the K/V bytes (1.5 GB
+// per step at 256K sparse, 15 GB dense); the bytes in flight per SM come from the cp.async stages,
+// and the warps' own latency chains (one tile's products and softmax) must overlap. Warp w takes
+// span w (16 tokens) of every W x 16-token tile, copies it (its own part of each stage), and keeps
+// its own online softmax over it; the warps' (m, l, O) are merged once at the end through shared
+// memory. The default shape (run 13) is 4 warps x 3 stages (2 CTAs per SM: 8 warps, 2 tiles of 32
+// KB in flight per CTA), each warp's S^T product as two interleaved mma chains; run 12's 2 warps x
+// 4 stages (3 CTAs per SM, 6 warps) measured 31.3 against 28.8 us per layer at 256K sparse and
+// 208.8 against 198.2 dense (H100, bench/sparse_step_bench.py). Before that, a one-warp CTA (runs
+// 9-11, 4, 6 or 12 stages) was bound by its own instruction latency (Nsight Compute, run 11, 256K
+// sparse: one warp per scheduler, 5.4 cycles per issued instruction, DRAM at 51 %); two warps
+// sharing the CTA's stages gained 35.6 -> 31.8 us per layer (run 12-attn12), and the one-warp
+// kernel was removed. The warps never wait for each other inside the loop. The block list of the CTA's range is read into
 // shared memory once (the general kernel reads it from global memory before each tile's copies).
 
 #include <climits>
@@ -36,17 +37,24 @@ namespace pyresa::cuda {
 
 namespace {
 
-constexpr int kTT = 32;          // tokens per tile (two 16-token spans)
-constexpr int kStages = 4;       // cp.async stages per CTA (3 CTAs per SM at D = 128)
 constexpr int kSpanCache = 512;   // span starts kept in shared memory (sparse); more: read per tile
 
-template <int D>
+// The kernel's shape (decode_attention_shape()): W warps per CTA, each taking one 16-token span of
+// every W * 16-token tile; ST cp.async stages per CTA; ILP: each warp's S^T product as two
+// independent mma chains (even and odd k-steps) instead of one. Default 2 x 4, one chain.
+template <int D, int W, int ST>
 struct DecodeSmem {
-  static constexpr int LD = D + 8;  // padded row: ldmatrix rows land in distinct banks
+  static constexpr int TT = 16 * W;  // tokens per tile
+  static constexpr int LD = D + 8;   // padded row: ldmatrix rows land in distinct banks
   static constexpr size_t q_elems = (size_t)8 * LD;
-  static constexpr size_t kv_elems = (size_t)kStages * kTT * LD;  // per operand
+  static constexpr size_t kv_elems = (size_t)ST * TT * LD;  // per operand
   static constexpr size_t bytes =
-      (2 * q_elems + 2 * kv_elems) * sizeof(__half) + kStages * kTT * sizeof(int) + kSpanCache * sizeof(int);
+      (2 * q_elems + 2 * kv_elems) * sizeof(__half) + ST * TT * sizeof(int) + kSpanCache * sizeof(int);
+  // Resident CTAs per SM the shared memory allows (228 KB per SM on Hopper, 1 KB of it reserved
+  // per CTA), at most 8: the launch bound, so the registers never cap residency below it.
+  static constexpr int min_ctas = (228 * 1024) / (bytes + 1024) < 8 ? (228 * 1024) / (bytes + 1024) : 8;
+  static_assert((size_t)(W - 1) * 32 * (D / 4 + 4) * sizeof(float) <= kv_elems * sizeof(__half),
+                "the warps' (m, l, O) exchange fits in the K stages");
 };
 
 __device__ __forceinline__ uint32_t transpose8x8(uint32_t x) {
@@ -183,11 +191,11 @@ __device__ __forceinline__ void store_decode_rows(const AttentionArgs& a, const 
   }
 }
 
-template <int D>
-__global__ void __launch_bounds__(64, 3) decode_attention_kernel(AttentionArgs a) {
+template <int D, int W, int ST, bool ILP>
+__global__ void __launch_bounds__(32 * W, DecodeSmem<D, W, ST>::min_ctas) decode_attention_kernel(AttentionArgs a) {
   pdl_wait();  // inputs may come from the kernel launched just before (PDL)
-  using S = DecodeSmem<D>;
-  constexpr int LD = S::LD;
+  using S = DecodeSmem<D, W, ST>;
+  constexpr int LD = S::LD, kTT = S::TT, kStages = ST;
   constexpr int CPR = D / 8, RPI = 32 / CPR;  // 16-byte chunks per K/V row; rows per warp copy instruction
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __half* Qs = reinterpret_cast<__half*>(smem_raw);
@@ -196,6 +204,7 @@ __global__ void __launch_bounds__(64, 3) decode_attention_kernel(AttentionArgs a
   __half* Vs = Ks + S::kv_elems;
   int* tokpos = reinterpret_cast<int*>(Vs + S::kv_elems);
   int* spans = tokpos + kStages * kTT;
+  constexpr int NT = 32 * W;  // threads
 
   const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, g4 = lane >> 2, t4 = lane & 3;
   const int split = blockIdx.x, n_splits = gridDim.x, h = blockIdx.y;
@@ -211,22 +220,22 @@ __global__ void __launch_bounds__(64, 3) decode_attention_kernel(AttentionArgs a
   const int max_pos = pos0 + (R - 1) / G;
   const int spb = a.block_size / 16;
   const int n_spans = a.blocks ? n_sel * spb : max_pos / 16 + 1;
-  const int n_tiles = (n_spans + 1) / 2;
+  const int n_tiles = (n_spans + W - 1) / W;
   const int t_begin = (int)((int64_t)n_tiles * split / n_splits);
   const int t_end = (int)((int64_t)n_tiles * (split + 1) / n_splits);
 
   // The span starts of this CTA's tiles, read once (in parallel) instead of before each tile.
-  const int e0 = 2 * t_begin, n_e = 2 * (t_end - t_begin);
+  const int e0 = W * t_begin, n_e = W * (t_end - t_begin);
   const bool cached = a.blocks && n_e <= kSpanCache;
   if (cached)
-    for (int j = tid; j < n_e; j += 64) spans[j] = decode_span_start(a, h, e0 + j, n_spans, spb);
+    for (int j = tid; j < n_e; j += NT) spans[j] = decode_span_start(a, h, e0 + j, n_spans, spb);
   __syncthreads();
 
   const __half* Kh = a.K + h * a.head_stride;
   const __half* Vh = a.V + h * a.head_stride;
   const int crow = lane / CPR, ccol = (lane % CPR) * 8;  // this lane's first row and column of a span
-  auto load_span = [&](int stage, int t) {                // span 2t + w into this warp's half of `stage`
-    const int e = 2 * t + w;
+  auto load_span = [&](int stage, int t) {                // span W t + w into this warp's part of `stage`
+    const int e = W * t + w;
     const int st = cached ? spans[e - e0] : decode_span_start(a, h, e, n_spans, spb);
     const int bytes = st < 0 ? 0 : 16;
     const int64_t src = (int64_t)(st < 0 ? 0 : st) * D + crow * D + ccol;
@@ -247,7 +256,7 @@ __global__ void __launch_bounds__(64, 3) decode_attention_kernel(AttentionArgs a
   }
 
   // Q rows -> F16 (hi) and its rounding error (lo); rows past R are zero and fully masked.
-  for (int idx = tid; idx < 8 * (D / 2); idx += 64) {
+  for (int idx = tid; idx < 8 * (D / 2); idx += NT) {
     const int r = idx / (D / 2), c = (idx % (D / 2)) * 2;
     float2 v = make_float2(0.0f, 0.0f);
     if (r < R) {
@@ -295,13 +304,24 @@ __global__ void __launch_bounds__(64, 3) decode_attention_kernel(AttentionArgs a
 
     // S^T of this warp's 16 tokens: hi and lo query parts in separate accumulators (two
     // independent mma chains). Element e: token g4 + 8 (e >> 1), row A (e even) or B (e odd).
+    // With ILP the odd k-steps go to a second pair of accumulators (a chain half as long).
     float s[4] = {0.0f, 0.0f, 0.0f, 0.0f}, sl[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    float s2[4] = {0.0f, 0.0f, 0.0f, 0.0f}, sl2x[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
       uint32_t ka[4];
       ldmatrix_x4(ka[0], ka[1], ka[2], ka[3], ks + ((lane & 7) + ((lane >> 3) & 1) * 8) * LD + 16 * kk + (lane >> 4) * 8);
-      mma_16816(s, ka, qh[kk][0], qh[kk][1]);
-      if (q_split) mma_16816(sl, ka, ql[kk][0], ql[kk][1]);
+      float* sa = ILP && (kk & 1) ? s2 : s;
+      float* sb = ILP && (kk & 1) ? sl2x : sl;
+      mma_16816(sa, ka, qh[kk][0], qh[kk][1]);
+      if (q_split) mma_16816(sb, ka, ql[kk][0], ql[kk][1]);
+    }
+    if constexpr (ILP) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        s[e] += s2[e];
+        sl[e] += sl2x[e];
+      }
     }
     // Scale (log2 domain), mask, online softmax.
     float tmA = -INFINITY, tmB = -INFINITY;
@@ -371,11 +391,12 @@ __global__ void __launch_bounds__(64, 3) decode_attention_kernel(AttentionArgs a
     lB += __shfl_xor_sync(0xffffffffu, lB, off);
   }
 
-  // Warp 1's (m, l, O) through shared memory (the K stages, no longer read), merged into warp 0's.
+  // Warps 1..W-1's (m, l, O) through shared memory (the K stages, no longer read), merged into
+  // warp 0's one after the other (for W = 2 the same operations as before the shape switch).
   constexpr int XS = D / 4 + 4;  // floats per lane
-  float* xs = reinterpret_cast<float*>(Ks) + lane * XS;
-  __syncthreads();  // both warps are out of the loop: nobody reads the stages any more
-  if (w == 1) {
+  __syncthreads();  // every warp is out of the loop: nobody reads the stages any more
+  if (w > 0) {
+    float* xs = reinterpret_cast<float*>(Ks) + ((w - 1) * 32 + lane) * XS;
 #pragma unroll
     for (int i = 0; i < D / 16; ++i)
 #pragma unroll
@@ -386,8 +407,9 @@ __global__ void __launch_bounds__(64, 3) decode_attention_kernel(AttentionArgs a
     xs[D / 4 + 3] = lB;
   }
   __syncthreads();
-  if (w == 1) return;  // no barrier follows
-  {
+  if (w > 0) return;  // no barrier follows
+  for (int src = 1; src < W; ++src) {
+    const float* xs = reinterpret_cast<const float*>(Ks) + ((src - 1) * 32 + lane) * XS;
     const float m1A = xs[D / 4], m1B = xs[D / 4 + 1], l1A = xs[D / 4 + 2], l1B = xs[D / 4 + 3];
     const float MA = fmaxf(mA, m1A), MB = fmaxf(mB, m1B);
     const float a0A = mA == -INFINITY ? 0.0f : exp2f(mA - MA), a1A = m1A == -INFINITY ? 0.0f : exp2f(m1A - MA);
@@ -410,39 +432,80 @@ __global__ void __launch_bounds__(64, 3) decode_attention_kernel(AttentionArgs a
   if (n_splits > 1 && a.combine_mergers > 0) merge_splits_in_kernel<D>(a, h, R, reinterpret_cast<float*>(Ks));
 }
 
-template <int D>
+template <int D, int W, int ST, bool ILP>
 void configure_decode() {  // the shared-memory opt-in, once per device
   static bool configured[64] = {};
   int dev = 0;
   cudaGetDevice(&dev);
   if (configured[dev & 63]) return;
-  PYRESA_CUDA_CHECK(cudaFuncSetAttribute(decode_attention_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         (int)DecodeSmem<D>::bytes));
+  PYRESA_CUDA_CHECK(cudaFuncSetAttribute(decode_attention_kernel<D, W, ST, ILP>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)DecodeSmem<D, W, ST>::bytes));
   configured[dev & 63] = true;
 }
 
-template <int D>
+template <int D, int W, int ST, bool ILP>
 int ctas_per_sm() {  // resident CTAs per SM (asked once per device, outside any graph capture)
   static int per_sm[64] = {};
   int dev = 0;
   cudaGetDevice(&dev);
   if (!per_sm[dev & 63]) {
-    configure_decode<D>();
+    configure_decode<D, W, ST, ILP>();
     int n = 0;
-    PYRESA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, decode_attention_kernel<D>, 64, DecodeSmem<D>::bytes));
+    PYRESA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, decode_attention_kernel<D, W, ST, ILP>, 32 * W,
+                                                                    DecodeSmem<D, W, ST>::bytes));
     per_sm[dev & 63] = n > 0 ? n : 1;
   }
   return per_sm[dev & 63];
 }
 
-template <int D>
+template <int D, int W, int ST, bool ILP>
 void launch_decode(const AttentionArgs& a, cudaStream_t stream) {
-  configure_decode<D>();
-  launch(decode_attention_kernel<D>, dim3(a.n_splits, a.n_kv_head), 64, DecodeSmem<D>::bytes, stream, a);
+  configure_decode<D, W, ST, ILP>();
+  launch(decode_attention_kernel<D, W, ST, ILP>, dim3(a.n_splits, a.n_kv_head), 32 * W, DecodeSmem<D, W, ST>::bytes,
+         stream, a);
   PYRESA_CUDA_LAUNCH_CHECK();
 }
 
+// The shapes decode_attention_shape() may name (warps x 100 + stages x 10 + ILP), each a call of
+// f.template run<W, ST, ILP>(); unknown codes run the default.
+template <class F>
+auto with_decode_shape(const F& f) {
+  switch (decode_attention_shape()) {
+    case 241: return f.template run<2, 4, true>();
+    case 221: return f.template run<2, 2, true>();
+    case 421: return f.template run<4, 2, true>();
+    case 420: return f.template run<4, 2, false>();
+    case 431: return f.template run<4, 3, true>();
+    case 240: return f.template run<2, 4, false>();
+    default: return f.template run<4, 3, true>();
+  }
+}
+
+struct CtasPerSm {
+  template <int W, int ST, bool ILP>
+  int run() const { return ctas_per_sm<128, W, ST, ILP>(); }  // at D = 128 (D = 64 fits at least as many)
+};
+struct TileTokens {
+  template <int W, int ST, bool ILP>
+  int run() const { return 16 * W; }
+};
+struct LaunchDecode {
+  const AttentionArgs& a;
+  cudaStream_t stream;
+  template <int W, int ST, bool ILP>
+  int run() const {
+    if (a.D == 128) launch_decode<128, W, ST, ILP>(a, stream);
+    else launch_decode<64, W, ST, ILP>(a, stream);
+    return 0;
+  }
+};
+
 }  // namespace
+
+int& decode_attention_shape() {
+  static int shape = 431;
+  return shape;
+}
 
 bool& decode_attention_enabled() {
   static bool on = true;
@@ -466,11 +529,10 @@ bool decode_attention_applies(int n_tok, int n_head, int n_kv_head, int D) {
   return decode_attention_enabled() && n_kv_head > 0 && n_tok * (n_head / n_kv_head) <= 8 && (D == 64 || D == 128);
 }
 
-int decode_attention_ctas_per_sm() { return ctas_per_sm<128>(); }  // at D = 128 (D = 64 fits at least as many)
+int decode_attention_ctas_per_sm() { return with_decode_shape(CtasPerSm{}); }
 
-void attention_decode_partials(const AttentionArgs& a, cudaStream_t stream) {
-  if (a.D == 128) launch_decode<128>(a, stream);
-  else launch_decode<64>(a, stream);
-}
+int decode_attention_tile_tokens() { return with_decode_shape(TileTokens{}); }
+
+void attention_decode_partials(const AttentionArgs& a, cudaStream_t stream) { with_decode_shape(LaunchDecode{a, stream}); }
 
 }  // namespace pyresa::cuda

@@ -16,6 +16,13 @@ bool& decode_attention_enabled();
 // to finish merge the splits' partial results, in the same order as combine_parallel_kernel (the
 // same bits), and write the output (needs AttentionArgs::sync).
 int& decode_combine_mode();
+// The decode kernel's shape (PYRESA_CUDA_DECODE_SHAPE): warps per CTA x 100 + cp.async stages x 10
+// + 1 where each warp's S^T product runs as two independent mma chains: 431 (the default since run
+// 13: four warps, three stages, two chains), 240 (runs 12: two warps, four stages, one chain), 241,
+// 221, 421, 420; other values run the default.
+int& decode_attention_shape();
+// Tokens per tile of the current shape (16 per warp).
+int decode_attention_tile_tokens();
 bool decode_attention_applies(int n_tok, int n_head, int n_kv_head, int D);
 // CTAs of the decode kernel resident on the whole device (one wave); 0 until
 // decode_attention_ctas_per_sm() has been asked on this device.

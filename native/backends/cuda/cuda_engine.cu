@@ -931,6 +931,10 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, CudaEngi
   // The decode kernel's splits merged by a separate kernel (0) or inside it (1, runs 11 and 12:
   // slower).
   cuda::decode_combine_mode() = env_int("PYRESA_CUDA_DECODE_COMBINE", 0);
+  // The decode kernel's shape (see attention_decode.cuh): four warps per CTA, three stages, two
+  // mma chains per warp by default (run 13, H100: 256K sparse attention 31.3 -> 28.8 us per layer,
+  // dense 208.8 -> 198.2; the 7B engine ReSA@256K 216.1 -> 219.7 tok/s, dense 116.0 -> 121.2).
+  cuda::decode_attention_shape() = env_int("PYRESA_CUDA_DECODE_SHAPE", 431);
   m.upload(weights);
   m.check_types();
   m.opt.n_batch = std::max(options.n_batch, m.att.rectify_every + 1);

@@ -732,9 +732,10 @@ std::vector<float> top_candidates(const float* x, int n, int k, const int32_t* p
   return to_host<float>(out_vals, kk);
 }
 
-void set_sparse_step_kernels(bool decode_attention, int combine) {
+void set_sparse_step_kernels(bool decode_attention, int combine, int shape) {
   cuda::decode_attention_enabled() = decode_attention;
   if (combine >= 0) cuda::decode_combine_mode() = combine;
+  if (shape >= 0) cuda::decode_attention_shape() = shape;
 }
 
 namespace {

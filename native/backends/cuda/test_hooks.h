@@ -105,8 +105,9 @@ std::vector<float> top_candidates(const float* x, int n, int k, const int32_t* p
 // The decode step's kernels (the engine's PYRESA_CUDA_SPARSE_STEP, _DECODE_COMBINE): decode
 // attention kernel + parallel combine (true) or the general kernel + serial combine; how the
 // decode kernel's splits are merged (decode_combine_mode: 0 the separate combine kernel, 1 inside
-// the attention kernel; -1 leaves it as it is).
-void set_sparse_step_kernels(bool decode_attention, int combine = -1);
+// the attention kernel; -1 leaves it as it is); the decode kernel's shape (decode_attention_shape,
+// -1 leaves it as it is).
+void set_sparse_step_kernels(bool decode_attention, int combine = -1, int shape = -1);
 // Times the per-layer kernels of a decode step at depth n_tokens alone (7B shapes by default:
 // 28 query / 4 KV heads, D 128, 16-token blocks, ratio 0.1) on the current kernel set: the
 // selection (scoring + top-n), the sparse attention (+ combine) on the selected blocks, both back

@@ -6,7 +6,7 @@
 # build, one process: bench/fixed_step.py, with a kernel timeline of each), then, while time is
 # left, gpu_ab.py at depths 0 and 256K. Run it under `timeout 540`.
 #   MB_TESTS_K  pytest -k expression for the kernel tests (default: the one-token products)
-#   MB_VARIANTS fixed_step.py variants (default: base, bulk (3 stages), bulk2, bulk4)
+#   MB_VARIANTS fixed_step.py variants (default: base and the bulk modes 1, 2, 11, 21, 22)
 #   MB_AB_AFTER skip gpu_ab.py when this many seconds have passed (default 330)
 set -u
 source "$(dirname "$0")/gpu_common.sh"  # $src (cwd), $OUT
@@ -25,15 +25,23 @@ mkdir -p $W
 [ -f $W/syn7b.gguf ] || python3 .carry/synth_gguf.py .carry/r1-distill-qwen-7b-q4_k_m.header.gguf $W/syn7b.gguf > /tmp/synth.log 2>&1
 echo "== 7B file: $(( $(date +%s) - t0 )) s"
 vargs=()
-for v in ${MB_VARIANTS:-base: bulk:PYRESA_CUDA_MATVEC_BULK=1 bulk2:PYRESA_CUDA_MATVEC_BULK=2 bulk4:PYRESA_CUDA_MATVEC_BULK=4}; do
+for v in ${MB_VARIANTS:-base: bulk:PYRESA_CUDA_MATVEC_BULK=1 bulk2:PYRESA_CUDA_MATVEC_BULK=2 bulk11:PYRESA_CUDA_MATVEC_BULK=11 bulk21:PYRESA_CUDA_MATVEC_BULK=21 bulk22:PYRESA_CUDA_MATVEC_BULK=22}; do
   vargs+=(--variant "$v")
 done
-python3 bench/fixed_step.py --model $W/syn7b.gguf "${vargs[@]}" --timeline base,bulk --out-dir "$OUT" 2>&1 \
+python3 bench/fixed_step.py --model $W/syn7b.gguf "${vargs[@]}" --timeline ${MB_TIMELINE:-base,bulk,bulk21} --out-dir "$OUT" 2>&1 \
   | tee "$OUT/fixed_step.txt" | grep -E "timeline|matvec|ms/token" | head -40
 echo "== fixed step: $(( $(date +%s) - t0 )) s"
+# Eager per-op profile of one dense step at depth 0 (the products one by one), default vs bulk.
+for e in "" "PYRESA_CUDA_MATVEC_BULK=${MB_PROFILE_MODE:-1}"; do
+  [ $(( $(date +%s) - t0 )) -lt "${MB_AB_AFTER:-330}" ] || break
+  echo "-- profile with: $e" | tee -a "$OUT/profile.txt"
+  env $e python3 bench/gpu_bench.py --model $W/syn7b.gguf --prefill 0 --depths 0 --modes dense --sampling 0 \
+    --profile 2>&1 | tee -a "$OUT/profile.txt" | grep -iE "matvec|linear|ffn|qkv|proj|lm_head|output|depth|total" | head -20
+done
 if [ $(( $(date +%s) - t0 )) -lt "${MB_AB_AFTER:-330}" ]; then
   python3 bench/gpu_ab.py --model $W/syn7b.gguf --depths 0,262144 --modes dense,resa --variant base: \
-    --variant bulk:PYRESA_CUDA_MATVEC_BULK=1 --out "$OUT/gpu_ab.json" 2>&1 | tee "$OUT/gpu_ab.txt" | tail -12
+    --variant bulk:PYRESA_CUDA_MATVEC_BULK=1 --variant bulk21:PYRESA_CUDA_MATVEC_BULK=21 --out "$OUT/gpu_ab.json" 2>&1 \
+    | tee "$OUT/gpu_ab.txt" | tail -6
   echo "== gpu_ab: $(( $(date +%s) - t0 )) s"
 fi
 echo "== summary"

@@ -164,7 +164,7 @@ def requires_bulk():
         pytest.skip("the bulk-copy products need an sm_90+ GPU")
 
 
-@pytest.mark.parametrize("mode", [1, 2, 4])
+@pytest.mark.parametrize("mode", [1, 2, 4, 11, 21, 24])
 @pytest.mark.parametrize("types,rows", BULK_CASES, ids=BULK_IDS)
 def test_matvec_bulk_matches_cpu(types, rows, mode, scalar_cpu):
     # One token fed by bulk copies into a shared-memory ring (matvec_bulk.cu): the same integers
@@ -173,7 +173,7 @@ def test_matvec_bulk_matches_cpu(types, rows, mode, scalar_cpu):
     # one superblock; 74: the FFN down), row counts not a multiple of 16 (the Q6_K d plane's last
     # copy then falls back to global reads), mixed batches in either order, 2-4 stages, grids of
     # one CTA per SM and smaller (long spans of groups per CTA: the ring wraps many times), bias,
-    # accumulation into y.
+    # accumulation into y; modes 11 (one step's loads at a time) and 21-24 (24-row groups).
     requires_bulk()
     rng = np.random.default_rng()
     for nsb in (1, 3, 14, 17, 74):
@@ -194,8 +194,9 @@ def test_matvec_bulk_matches_cpu(types, rows, mode, scalar_cpu):
         assert rel_err(got, y0 + ref) < 2e-6, (nsb, "accumulate")
 
 
+@pytest.mark.parametrize("mode", [1, 11, 21])
 @pytest.mark.parametrize("types,rows", BULK_CASES, ids=BULK_IDS)
-def test_matvec_bulk_bit_identical_to_dp4a(types, rows):
+def test_matvec_bulk_bit_identical_to_dp4a(types, rows, mode):
     # Each weight's outputs equal the default one-token dp4a kernel's (matvec_rows_kernel, 2 rows x
     # 2 steps per warp) bit for bit: same lanes, same blocks in the same order, same reduction.
     requires_bulk()
@@ -207,12 +208,12 @@ def test_matvec_bulk_bit_identical_to_dp4a(types, rows):
         total = sum(rows)
         bias = rng.standard_normal(total).astype(np.float32)
         wbytes = np.concatenate([w.reshape(-1) for w in ws])
-        got = np.asarray(core.cuda_test.matvec_bulk(list(types), list(rows), cols, wbytes, x, bias, False, 1, 0))
+        got = np.asarray(core.cuda_test.matvec_bulk(list(types), list(rows), cols, wbytes, x, bias, False, mode, 0))
         r0 = 0
         for t, w, n in zip(types, ws, rows):
-            ref = np.asarray(core.cuda_test.matvec(t, n, cols, w.reshape(-1), x, 1, bias[r0:r0 + n], -22))
+            ref = np.asarray(core.cuda_test.matvec(t, n, cols, w.reshape(-1), x, 1, bias[r0:r0 + n], -22)).reshape(-1)
             np.testing.assert_array_equal(got[r0:r0 + n].view(np.uint32), ref.view(np.uint32),
-                                          err_msg=f"{NAMES[t]} nsb {nsb}")
+                                          err_msg=f"{NAMES[t]} nsb {nsb} mode {mode}")
             r0 += n
 
 

@@ -19,21 +19,21 @@ namespace pyresa::cuda {
 
 namespace {
 
-constexpr int kConsumerWarps = 16;
-constexpr int kGroupRows = kConsumerWarps;  // one row per consumer warp
-constexpr int kThreads = 32 * (kConsumerWarps + 1);
+// G consumer warps per CTA, one row each: a group is G rows (16 by default; 24 with
+// PYRESA_CUDA_MATVEC_BULK=21..24), plus one producer warp.
 constexpr int kChunk = 16;  // superblocks per row per stage unit; a multiple of 4 (see above)
 constexpr int kQ4Bytes = 144;
 constexpr int kQ6Ql = 128, kQ6Qh = 64, kQ6Sc = 16;
-// Q6_K stage: ql, qh and scale planes of 16 rows x kChunk superblocks, then the rows' fp16 d
+// Q6_K stage: ql, qh and scale planes of G rows x kChunk superblocks, then the rows' fp16 d
 // values, each copy rounded outward to 16-byte bounds (TMA sizes and addresses).
-constexpr uint32_t kQ6QhOff = kGroupRows * kChunk * kQ6Ql;
-constexpr uint32_t kQ6ScOff = kQ6QhOff + kGroupRows * kChunk * kQ6Qh;
-constexpr uint32_t kQ6DOff = kQ6ScOff + kGroupRows * kChunk * kQ6Sc;
+__host__ __device__ constexpr uint32_t q6_qh_off(int G) { return G * kChunk * kQ6Ql; }
+__host__ __device__ constexpr uint32_t q6_sc_off(int G) { return q6_qh_off(G) + G * kChunk * kQ6Qh; }
+__host__ __device__ constexpr uint32_t q6_d_off(int G) { return q6_sc_off(G) + G * kChunk * kQ6Sc; }
 constexpr uint32_t kDSlot = 2 * kChunk + 32;  // per row, d bytes of a unit plus the rounding
-constexpr uint32_t kStageQ4 = kGroupRows * kChunk * kQ4Bytes;  // 36,864
-constexpr uint32_t kStageQ6 = kQ6DOff + kGroupRows * kDSlot;   // 54,272
+// Stage bytes: Q4_K 36,864 (G = 16); Q6_K 54,272 (G = 16).
+constexpr uint32_t stage_bytes_for(int G, bool q6) { return q6 ? q6_d_off(G) + G * kDSlot : G * kChunk * kQ4Bytes; }
 constexpr int kMaxStages = 4;
+
 constexpr uint32_t kBarBytes = 128;  // full[kMaxStages], empty[kMaxStages]
 constexpr size_t kSmemLimit = 227 * 1024;
 
@@ -99,8 +99,9 @@ __device__ __forceinline__ void bulk_copy(uint32_t dst, const void* src, uint32_
                "l"(src), "r"(bytes), "r"(bar)
                : "memory");
 }
+template <int G>
 __device__ __forceinline__ void consumers_sync() {
-  asm volatile("bar.sync 1, %0;\n" ::"n"(32 * kConsumerWarps) : "memory");
+  asm volatile("bar.sync 1, %0;\n" ::"n"(32 * G) : "memory");
 }
 
 // Q4_K/Q5_K scales (quant.cu's q4k_scale_min).
@@ -112,6 +113,7 @@ __device__ __forceinline__ void q4k_scale_min(uint32_t w0, uint32_t w1, uint32_t
 }
 
 // The producer: one thread streams the CTA's units into the ring.
+template <int G>
 __device__ __forceinline__ void produce(const BulkArgs& a, int g0, int n_units, uint8_t* stages, uint32_t full,
                                         uint32_t empty) {
   const int64_t nb = a.nb;
@@ -122,8 +124,8 @@ __device__ __forceinline__ void produce(const BulkArgs& a, int g0, int n_units, 
     const int g = g0 + u / a.chunks, c = u % a.chunks;
     const int wi = group_weight(a, g);
     const DeviceWeight& w = a.w[wi];
-    const int64_t row0 = (int64_t)(g - a.first[wi]) * kGroupRows;
-    const int nr = (int)min((int64_t)kGroupRows, w.rows - row0);
+    const int64_t row0 = (int64_t)(g - a.first[wi]) * G;
+    const int nr = (int)min((int64_t)G, w.rows - row0);
     const int64_t c0 = (int64_t)c * kChunk;
     const int kc = (int)min((int64_t)kChunk, nb - c0);
     const uint32_t dst = smem_u32(stages + (size_t)s * a.stage_bytes);
@@ -150,9 +152,9 @@ __device__ __forceinline__ void produce(const BulkArgs& a, int g0, int n_units, 
         const bool dcopy = q6_d_span(d, nblk, blk0, n, dsrc, dbytes, lead);
         mbar_expect_tx(bar, (uint32_t)n * (kQ6Ql + kQ6Qh + kQ6Sc) + (dcopy ? dbytes : 0));
         bulk_copy(dst, ql + blk0 * kQ6Ql, (uint32_t)n * kQ6Ql, bar);
-        bulk_copy(dst + kQ6QhOff, qh + blk0 * kQ6Qh, (uint32_t)n * kQ6Qh, bar);
-        bulk_copy(dst + kQ6ScOff, sc + blk0 * kQ6Sc, (uint32_t)n * kQ6Sc, bar);
-        if (dcopy) bulk_copy(dst + kQ6DOff, dsrc, dbytes, bar);
+        bulk_copy(dst + q6_qh_off(G), qh + blk0 * kQ6Qh, (uint32_t)n * kQ6Qh, bar);
+        bulk_copy(dst + q6_sc_off(G), sc + blk0 * kQ6Sc, (uint32_t)n * kQ6Sc, bar);
+        if (dcopy) bulk_copy(dst + q6_d_off(G), dsrc, dbytes, bar);
       } else {
         uint32_t total = (uint32_t)nr * kc * (kQ6Ql + kQ6Qh + kQ6Sc);
         for (int r = 0; r < nr; ++r)
@@ -161,9 +163,9 @@ __device__ __forceinline__ void produce(const BulkArgs& a, int g0, int n_units, 
         for (int r = 0; r < nr; ++r) {
           const int64_t blk0 = (row0 + r) * nb + c0;
           bulk_copy(dst + r * kcs * kQ6Ql, ql + blk0 * kQ6Ql, kc * kQ6Ql, bar);
-          bulk_copy(dst + kQ6QhOff + r * kcs * kQ6Qh, qh + blk0 * kQ6Qh, kc * kQ6Qh, bar);
-          bulk_copy(dst + kQ6ScOff + r * kcs * kQ6Sc, sc + blk0 * kQ6Sc, kc * kQ6Sc, bar);
-          if (q6_d_span(d, nblk, blk0, kc, dsrc, dbytes, lead)) bulk_copy(dst + kQ6DOff + r * kDSlot, dsrc, dbytes, bar);
+          bulk_copy(dst + q6_qh_off(G) + r * kcs * kQ6Qh, qh + blk0 * kQ6Qh, kc * kQ6Qh, bar);
+          bulk_copy(dst + q6_sc_off(G) + r * kcs * kQ6Sc, sc + blk0 * kQ6Sc, kc * kQ6Sc, bar);
+          if (q6_d_span(d, nblk, blk0, kc, dsrc, dbytes, lead)) bulk_copy(dst + q6_d_off(G) + r * kDSlot, dsrc, dbytes, bar);
         }
       }
     }
@@ -171,10 +173,15 @@ __device__ __forceinline__ void produce(const BulkArgs& a, int g0, int n_units, 
 }
 
 // One consumer warp's row over one unit's superblocks [c0, c0 + kc) (stage: the unit's stage,
-// r: the row's slot in it), added to acc exactly as matvec_rows_kernel's lanes add them.
-template <GgmlType W>
+// r: the row's slot in it), added to acc exactly as matvec_rows_kernel's lanes add them. Every
+// shared-memory load of the unit's (up to 4) steps is issued before any arithmetic, so a warp has
+// 16+ loads in flight and 4 independent dp4a chains (the first version, one step at a time, was
+// 10 % slower than the dp4a kernel: 4 warps per scheduler could not hide the load latency).
+// Lanes past the unit's last block load block 0 (in range) and discard it.
+template <GgmlType W, int kU, int G>
 __device__ __forceinline__ void consume_unit(const BulkArgs& a, const DeviceWeight& w, const uint8_t* stage, int r,
                                              int64_t row, int nr, int64_t c0, int kc, const uint8_t* act, float& acc) {
+  constexpr int kSteps = kChunk / 4;
   const int lane = threadIdx.x & 31, j = lane & 7;
   const int64_t nb = a.nb;
   const int kcs = a.chunks == 1 ? (int)nb : kChunk;
@@ -192,90 +199,127 @@ __device__ __forceinline__ void consume_unit(const BulkArgs& a, const DeviceWeig
     const int64_t row0 = row - r;
     if (a.chunks == 1) {
       if (q6_d_span(dg, nblk, row0 * nb, (int64_t)nr * nb, dsrc, dbytes, lead))
-        d6 = reinterpret_cast<const uint16_t*>(stage + kQ6DOff + lead) + (int64_t)r * nb;
+        d6 = reinterpret_cast<const uint16_t*>(stage + q6_d_off(G) + lead) + (int64_t)r * nb;
       else
         d6 = reinterpret_cast<const uint16_t*>(dg) + row * nb;
     } else {
       if (q6_d_span(dg, nblk, row * nb + c0, kc, dsrc, dbytes, lead))
-        d6 = reinterpret_cast<const uint16_t*>(stage + kQ6DOff + r * kDSlot + lead);
+        d6 = reinterpret_cast<const uint16_t*>(stage + q6_d_off(G) + r * kDSlot + lead);
       else
         d6 = reinterpret_cast<const uint16_t*>(dg) + row * nb + c0;
     }
   }
-  for (int k = 0; k < kc; k += 4) {
-    const int bl = k + (lane >> 3);  // the block within the unit
-    if (bl >= kc) continue;
-    const int64_t b = c0 + bl;
-    int wlo[4], whi[4];
-    int qa_lo_off, qa_hi_off, g_lo, g_hi;
-    int sc_lo, sc_hi, m_lo = 0, m_hi = 0;
-    float d, dmin = 0.0f;
-    if constexpr (W == GgmlType::Q6_K) {
-      const int h = j >> 2, k2 = (j >> 1) & 1, lh = j & 1;
-      g_lo = 8 * h + 2 * k2 + lh;
-      g_hi = g_lo + 4;
-      const int slot = r * kcs + bl;
-      const uint4 vl = *reinterpret_cast<const uint4*>(stage + slot * kQ6Ql + 64 * h + 32 * k2 + 16 * lh);
-      const uint4 vh = *reinterpret_cast<const uint4*>(stage + kQ6QhOff + slot * kQ6Qh + 32 * h + 16 * lh);
-      const int8_t* scp = reinterpret_cast<const int8_t*>(stage + kQ6ScOff + slot * kQ6Sc);
-      sc_lo = scp[g_lo];
-      sc_hi = scp[g_hi];
-      d = h2f(d6[bl]);
-      const uint32_t ql[4] = {vl.x, vl.y, vl.z, vl.w};
-      const uint32_t qh[4] = {vh.x, vh.y, vh.z, vh.w};
+  int qa_lo_off, qa_hi_off, g_lo, g_hi;
+  if constexpr (W == GgmlType::Q6_K) {
+    const int h = j >> 2, k2 = (j >> 1) & 1, lh = j & 1;
+    g_lo = 8 * h + 2 * k2 + lh;
+    qa_lo_off = 128 * h + 32 * k2 + 16 * lh;
+    qa_hi_off = qa_lo_off + 64;
+  } else {
+    const int c = j >> 1, hh = j & 1;
+    g_lo = 4 * c + hh;
+    qa_lo_off = 64 * c + 16 * hh;
+    qa_hi_off = qa_lo_off + 32;
+  }
+  g_hi = W == GgmlType::Q6_K ? g_lo + 4 : g_lo + 2;
+  const int n_steps = (kc + 3) >> 2;  // warp-uniform
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        wlo[i] = (int)((ql[i] & 0x0f0f0f0fu) | (((qh[i] >> (2 * k2)) & 0x03030303u) << 4));
-        whi[i] = (int)(((ql[i] >> 4) & 0x0f0f0f0fu) | (((qh[i] >> (2 * k2 + 4)) & 0x03030303u) << 4));
-      }
-      qa_lo_off = 128 * h + 32 * k2 + 16 * lh;
-      qa_hi_off = qa_lo_off + 64;
-    } else {
-      const int c = j >> 1, hh = j & 1;
-      const uint8_t* blk = stage + (r * kcs + bl) * kQ4Bytes;
-      const uint4 hdr = *reinterpret_cast<const uint4*>(blk);
-      const uint4 q = *reinterpret_cast<const uint4*>(blk + 16 + 32 * c + 16 * hh);
-      const uint32_t qs[4] = {q.x, q.y, q.z, q.w};
+  for (int s0 = 0; s0 < kSteps; s0 += kU) {
+  if (s0 >= n_steps) break;
+  // 1. every load of kU steps.
+  uint4 va[kU], vb[kU], alo[kU], ahi[kU];
+  int s6lo[kU], s6hi[kU], bs_lo[kU], bs_hi[kU];
+  uint16_t d6v[kU];
+  float ad[kU];
+  bool valid[kU];
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        wlo[i] = (int)(qs[i] & 0x0f0f0f0fu);
-        whi[i] = (int)((qs[i] >> 4) & 0x0f0f0f0fu);
+  for (int st = 0; st < kU; ++st) {
+    if (s0 + st < n_steps) {
+      const int bl0 = 4 * (s0 + st) + (lane >> 3);
+      valid[st] = bl0 < kc;
+      const int bl = valid[st] ? bl0 : 0;
+      const int64_t b = c0 + bl;
+      if constexpr (W == GgmlType::Q6_K) {
+        const int h = j >> 2, k2 = (j >> 1) & 1, lh = j & 1;
+        const int slot = r * kcs + bl;
+        va[st] = *reinterpret_cast<const uint4*>(stage + slot * kQ6Ql + 64 * h + 32 * k2 + 16 * lh);
+        vb[st] = *reinterpret_cast<const uint4*>(stage + q6_qh_off(G) + slot * kQ6Qh + 32 * h + 16 * lh);
+        const int8_t* scp = reinterpret_cast<const int8_t*>(stage + q6_sc_off(G) + slot * kQ6Sc);
+        s6lo[st] = scp[g_lo];
+        s6hi[st] = scp[g_hi];
+        d6v[st] = d6[bl];
+      } else {
+        const int c = j >> 1, hh = j & 1;
+        const uint8_t* blk = stage + (r * kcs + bl) * kQ4Bytes;
+        va[st] = *reinterpret_cast<const uint4*>(blk);
+        vb[st] = *reinterpret_cast<const uint4*>(blk + 16 + 32 * c + 16 * hh);
       }
-      q4k_scale_min(hdr.y, hdr.z, hdr.w, 2 * c, sc_lo, m_lo);
-      q4k_scale_min(hdr.y, hdr.z, hdr.w, 2 * c + 1, sc_hi, m_hi);
-      d = h2f((uint16_t)(hdr.x & 0xffff));
-      dmin = h2f((uint16_t)(hdr.x >> 16));
-      qa_lo_off = 64 * c + 16 * hh;
-      qa_hi_off = qa_lo_off + 32;
-      g_lo = 4 * c + hh;
-      g_hi = g_lo + 2;
+      alo[st] = *reinterpret_cast<const uint4*>(aq + b * QK_K + qa_lo_off);
+      ahi[st] = *reinterpret_cast<const uint4*>(aq + b * QK_K + qa_hi_off);
+      bs_lo[st] = bs_p[b * 16 + g_lo];
+      bs_hi[st] = bs_p[b * 16 + g_hi];
+      ad[st] = ad_p[b];
     }
-    const uint4 alo = *reinterpret_cast<const uint4*>(aq + b * QK_K + qa_lo_off);
-    const uint4 ahi = *reinterpret_cast<const uint4*>(aq + b * QK_K + qa_hi_off);
-    const int bs_lo = bs_p[b * 16 + g_lo], bs_hi = bs_p[b * 16 + g_hi];
-    const float ad = ad_p[b];
-    int dlo = 0, dhi = 0;
-    dlo = __dp4a(wlo[0], (int)alo.x, dlo);
-    dlo = __dp4a(wlo[1], (int)alo.y, dlo);
-    dlo = __dp4a(wlo[2], (int)alo.z, dlo);
-    dlo = __dp4a(wlo[3], (int)alo.w, dlo);
-    dhi = __dp4a(whi[0], (int)ahi.x, dhi);
-    dhi = __dp4a(whi[1], (int)ahi.y, dhi);
-    dhi = __dp4a(whi[2], (int)ahi.z, dhi);
-    dhi = __dp4a(whi[3], (int)ahi.w, dhi);
-    if constexpr (W == GgmlType::Q6_K) {
-      const int sq = sc_lo * (dlo - 32 * bs_lo) + sc_hi * (dhi - 32 * bs_hi);
-      acc += __fmul_rn(__fmul_rn(ad, d), (float)sq);
-    } else {
-      const int sq = sc_lo * dlo + sc_hi * dhi;
-      const int sm = m_lo * bs_lo + m_hi * bs_hi;
-      acc += __fmul_rn(ad, __fsub_rn(__fmul_rn(d, (float)sq), __fmul_rn(dmin, (float)sm)));
+  }
+  // 2. the arithmetic, step by step, as matvec_rows_kernel does it.
+#pragma unroll
+  for (int st = 0; st < kU; ++st) {
+    if (s0 + st < n_steps) {
+      int wlo[4], whi[4];
+      int sc_lo, sc_hi, m_lo = 0, m_hi = 0;
+      float d, dmin = 0.0f;
+      if constexpr (W == GgmlType::Q6_K) {
+        const int k2 = (j >> 1) & 1;
+        const uint32_t ql[4] = {va[st].x, va[st].y, va[st].z, va[st].w};
+        const uint32_t qh[4] = {vb[st].x, vb[st].y, vb[st].z, vb[st].w};
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          wlo[i] = (int)((ql[i] & 0x0f0f0f0fu) | (((qh[i] >> (2 * k2)) & 0x03030303u) << 4));
+          whi[i] = (int)(((ql[i] >> 4) & 0x0f0f0f0fu) | (((qh[i] >> (2 * k2 + 4)) & 0x03030303u) << 4));
+        }
+        sc_lo = s6lo[st];
+        sc_hi = s6hi[st];
+        d = h2f(d6v[st]);
+      } else {
+        const int c = j >> 1;
+        const uint4 hdr = va[st];
+        const uint32_t qs[4] = {vb[st].x, vb[st].y, vb[st].z, vb[st].w};
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          wlo[i] = (int)(qs[i] & 0x0f0f0f0fu);
+          whi[i] = (int)((qs[i] >> 4) & 0x0f0f0f0fu);
+        }
+        q4k_scale_min(hdr.y, hdr.z, hdr.w, 2 * c, sc_lo, m_lo);
+        q4k_scale_min(hdr.y, hdr.z, hdr.w, 2 * c + 1, sc_hi, m_hi);
+        d = h2f((uint16_t)(hdr.x & 0xffff));
+        dmin = h2f((uint16_t)(hdr.x >> 16));
+      }
+      int dlo = 0, dhi = 0;
+      dlo = __dp4a(wlo[0], (int)alo[st].x, dlo);
+      dlo = __dp4a(wlo[1], (int)alo[st].y, dlo);
+      dlo = __dp4a(wlo[2], (int)alo[st].z, dlo);
+      dlo = __dp4a(wlo[3], (int)alo[st].w, dlo);
+      dhi = __dp4a(whi[0], (int)ahi[st].x, dhi);
+      dhi = __dp4a(whi[1], (int)ahi[st].y, dhi);
+      dhi = __dp4a(whi[2], (int)ahi[st].z, dhi);
+      dhi = __dp4a(whi[3], (int)ahi[st].w, dhi);
+      if constexpr (W == GgmlType::Q6_K) {
+        const int sq = sc_lo * (dlo - 32 * bs_lo[st]) + sc_hi * (dhi - 32 * bs_hi[st]);
+        if (valid[st]) acc += __fmul_rn(__fmul_rn(ad[st], d), (float)sq);
+      } else {
+        const int sq = sc_lo * dlo + sc_hi * dhi;
+        const int sm = m_lo * bs_lo[st] + m_hi * bs_hi[st];
+        if (valid[st]) acc += __fmul_rn(ad[st], __fsub_rn(__fmul_rn(d, (float)sq), __fmul_rn(dmin, (float)sm)));
+      }
     }
+  }
   }
 }
 #endif
 
-__global__ void __launch_bounds__(kThreads, 1) matvec_bulk_kernel(BulkArgs a) {
+// U: steps (of 4 superblocks) whose loads a consumer warp issues together (1 or 2).
+template <int U, int G>
+__global__ void __launch_bounds__(32 * (G + 1), 1) matvec_bulk_kernel(BulkArgs a) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   extern __shared__ __align__(128) uint8_t smem[];
   const uint32_t full = smem_u32(smem), empty = full + 8 * kMaxStages;
@@ -289,21 +333,21 @@ __global__ void __launch_bounds__(kThreads, 1) matvec_bulk_kernel(BulkArgs a) {
   if (threadIdx.x == 0) {
     for (int s = 0; s < a.stages; ++s) {
       mbar_init(full + 8 * s, 1);                        // the producer's expect_tx arrival
-      mbar_init(empty + 8 * s, 32 * kConsumerWarps);    // every consumer thread
+      mbar_init(empty + 8 * s, 32 * G);    // every consumer thread
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   __syncthreads();
-  if (warp == kConsumerWarps) {
+  if (warp == G) {
     // The weights do not depend on the previous kernel (PDL): stream them at once.
-    if (lane == 0) produce(a, g0, n_units, stages, full, empty);
+    if (lane == 0) produce<G>(a, g0, n_units, stages, full, empty);
     return;
   }
   // Consumers: the activations once the previous kernel is done, then the units in order.
   pdl_wait();
-  for (uint32_t i = threadIdx.x; i < a.act_bytes / 16; i += 32 * kConsumerWarps)
+  for (uint32_t i = threadIdx.x; i < a.act_bytes / 16; i += 32 * G)
     reinterpret_cast<uint4*>(act_s)[i] = reinterpret_cast<const uint4*>(a.act)[i];
-  consumers_sync();
+  consumers_sync<G>();
   float acc = 0.0f;
   for (int u = 0; u < n_units; ++u) {
     if (u == n_units - 1) pdl_trigger();  // this CTA's last unit: let the next kernel be scheduled
@@ -311,15 +355,15 @@ __global__ void __launch_bounds__(kThreads, 1) matvec_bulk_kernel(BulkArgs a) {
     const int g = g0 + u / a.chunks, c = u % a.chunks;
     const int wi = group_weight(a, g);
     const DeviceWeight& w = a.w[wi];
-    const int64_t row0 = (int64_t)(g - a.first[wi]) * kGroupRows;
-    const int nr = (int)min((int64_t)kGroupRows, w.rows - row0);
+    const int64_t row0 = (int64_t)(g - a.first[wi]) * G;
+    const int nr = (int)min((int64_t)G, w.rows - row0);
     const int64_t c0 = (int64_t)c * kChunk;
     const int kc = (int)min((int64_t)kChunk, a.nb - c0);
     const uint8_t* stage = stages + (size_t)s * a.stage_bytes;
     mbar_wait(full + 8 * s, use & 1);
     if (warp < nr) {
-      if (w.type == GgmlType::Q6_K) consume_unit<GgmlType::Q6_K>(a, w, stage, warp, row0 + warp, nr, c0, kc, act_s, acc);
-      else consume_unit<GgmlType::Q4_K>(a, w, stage, warp, row0 + warp, nr, c0, kc, act_s, acc);
+      if (w.type == GgmlType::Q6_K) consume_unit<GgmlType::Q6_K, U, G>(a, w, stage, warp, row0 + warp, nr, c0, kc, act_s, acc);
+      else consume_unit<GgmlType::Q4_K, U, G>(a, w, stage, warp, row0 + warp, nr, c0, kc, act_s, acc);
     }
     mbar_arrive(empty + 8 * s);  // this thread is done reading the stage
     if (c == a.chunks - 1) {
@@ -384,10 +428,12 @@ bool matvec_bulk(const DeviceWeight* ws, const MatvecOut* outs, int n_w, const v
   a.n = n_w;
   a.nb = cols / QK_K;
   a.chunks = (int)((a.nb + kChunk - 1) / kChunk);
-  a.stage_bytes = any6 ? kStageQ6 : kStageQ4;
+  const int u = mode / 10 == 1 ? 1 : 2;  // 11-14: one step's loads at a time (the first version)
+  const int G = mode / 10 == 2 ? 24 : 16;  // 21-24: 24 consumer warps
+  a.stage_bytes = stage_bytes_for(G, any6);
   a.act_bytes = round16(cols + 36 * a.nb);
   a.act = static_cast<const uint8_t*>(act);
-  int stages = mode == 1 ? 3 : std::min(mode, kMaxStages);
+  int stages = mode % 10 <= 1 ? 3 : std::min(mode % 10, kMaxStages);
   auto smem_for = [&](int st) { return (size_t)kBarBytes + round128(a.act_bytes) + (size_t)st * a.stage_bytes; };
   while (stages > 2 && smem_for(stages) > kSmemLimit) --stages;
   if (smem_for(stages) > kSmemLimit) return false;
@@ -398,17 +444,20 @@ bool matvec_bulk(const DeviceWeight* ws, const MatvecOut* outs, int n_w, const v
     a.w[i] = ws[i];
     a.out[i] = outs[i];
     a.first[i] = groups;
-    groups += ceil_div(ws[i].rows, kGroupRows);
+    groups += ceil_div(ws[i].rows, G);
   }
   a.first[n_w] = groups;
   if (!dev.smem_set) {
-    PYRESA_CUDA_CHECK(cudaFuncSetAttribute(matvec_bulk_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           (int)kSmemLimit));
+    for (auto k : {matvec_bulk_kernel<1, 16>, matvec_bulk_kernel<2, 16>, matvec_bulk_kernel<2, 24>})
+      PYRESA_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)kSmemLimit));
     dev.smem_set = true;
   }
   const int cap = matvec_bulk_grid_cap() > 0 ? matvec_bulk_grid_cap() : dev.n_sm;
   const int grid = std::max(1, std::min(groups, cap));
-  launch(matvec_bulk_kernel, grid, kThreads, smem_for(stages), s, a);
+  const size_t smem = smem_for(stages);
+  if (G == 24) launch(matvec_bulk_kernel<2, 24>, grid, 32 * 25, smem, s, a);
+  else if (u == 1) launch(matvec_bulk_kernel<1, 16>, grid, 32 * 17, smem, s, a);
+  else launch(matvec_bulk_kernel<2, 16>, grid, 32 * 17, smem, s, a);
   PYRESA_CUDA_LAUNCH_CHECK();
   return true;
 }

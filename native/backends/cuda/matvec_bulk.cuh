@@ -23,7 +23,8 @@ bool matvec_bulk(const DeviceWeight* w, const MatvecOut* out, int n_w, const voi
                  bool dry_run = false);
 
 // 0 (default): off; 1: on, 3 stages in the ring; 2-4: on, that many stages (fewer where they do
-// not fit). PYRESA_CUDA_MATVEC_BULK. Where on, matvec_multi / matvec / matvec_rows_prep (prepared
+// not fit); 11-14: the same with each consumer warp issuing one step's loads at a time (the first
+// version; else two steps' loads go out together). PYRESA_CUDA_MATVEC_BULK. Where on, matvec_multi / matvec / matvec_rows_prep (prepared
 // input) take it for one token before matvec_mma.
 int& matvec_bulk_mode();
 // Most CTAs of its grid (0: one per SM); tests set it to give each CTA a longer span of rows.

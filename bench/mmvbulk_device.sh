@@ -25,7 +25,7 @@ mkdir -p $W
 [ -f $W/syn7b.gguf ] || python3 .carry/synth_gguf.py .carry/r1-distill-qwen-7b-q4_k_m.header.gguf $W/syn7b.gguf > /tmp/synth.log 2>&1
 echo "== 7B file: $(( $(date +%s) - t0 )) s"
 vargs=()
-for v in ${MB_VARIANTS:-base: bulk:PYRESA_CUDA_MATVEC_BULK=1 bulk2:PYRESA_CUDA_MATVEC_BULK=2 bulk11:PYRESA_CUDA_MATVEC_BULK=11 bulk21:PYRESA_CUDA_MATVEC_BULK=21 bulk22:PYRESA_CUDA_MATVEC_BULK=22}; do
+for v in ${MB_VARIANTS:-base: bulk:PYRESA_CUDA_MATVEC_BULK=1 bulk2:PYRESA_CUDA_MATVEC_BULK=2 bulk11:PYRESA_CUDA_MATVEC_BULK=11 bulk21:PYRESA_CUDA_MATVEC_BULK=21 bulk22:PYRESA_CUDA_MATVEC_BULK=22 bulk8:PYRESA_CUDA_MATVEC_BULK=1,PYRESA_CUDA_MATVEC_BULK_MIN_GROUPS=8}; do
   vargs+=(--variant "$v")
 done
 python3 bench/fixed_step.py --model $W/syn7b.gguf "${vargs[@]}" --timeline ${MB_TIMELINE:-base,bulk,bulk21} --out-dir "$OUT" 2>&1 \

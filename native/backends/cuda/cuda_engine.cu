@@ -870,6 +870,7 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, CudaEngi
   matvec_mma_split() = env_int("PYRESA_CUDA_MATVEC_MMA_SPLIT", 0);  // K parts per tile (0: by cost)
   // One-token Q4_K/Q6_K fed by bulk copies into a shared-memory ring (run 13-mmvbulk), off by default.
   matvec_bulk_mode() = env_int("PYRESA_CUDA_MATVEC_BULK", 0);
+  matvec_bulk_min_groups() = env_int("PYRESA_CUDA_MATVEC_BULK_MIN_GROUPS", 0);
   // Run 10-fixed-fuse (H100): folding the input's preparation into the products and the SwiGLU
   // quantize into gate+up's epilogue both lost (off); q/k/v in one launch, v first, won.
   m.fold_prep = env_int("PYRESA_CUDA_FUSE_NORM", 0);

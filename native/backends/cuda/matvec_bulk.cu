@@ -1,10 +1,10 @@
 // One-token Q4_K / Q6_K products fed by bulk copies (TMA) into a shared-memory ring: a producer
-// thread streams, 16 consumer warps compute. See matvec_bulk.cuh for why.
+// thread streams, G consumer warps compute (G = 16; 24 as a variant). See matvec_bulk.cuh for why.
 //
-// Work: the rows of all weights of a launch, in 16-row groups (weight 0's groups, then weight
-// 1's, ...). CTA c takes the contiguous span of groups [c * G / grid, (c + 1) * G / grid): one
-// long stream of contiguous bytes per CTA. A group is copied in stage units of up to kChunk
-// superblocks per row (one unit when a row has <= kChunk superblocks: then the 16 rows are one
+// Work: the rows of all weights of a launch, in G-row groups (weight 0's groups, then weight
+// 1's, ...). Of the n groups, CTA c takes the contiguous span [c * n / grid, (c + 1) * n / grid):
+// one long stream of contiguous bytes per CTA. A group is copied in stage units of up to kChunk
+// superblocks per row (one unit when a row has <= kChunk superblocks: then the G rows are one
 // contiguous run, one copy per plane; else one copy per row and plane). Consumer warp w owns row
 // w of each group and, per unit, does what matvec_rows_kernel's lanes do for that row: lane group
 // lane / 8 takes the row's superblocks congruent to it mod 4, in increasing order (kChunk is a
@@ -409,6 +409,10 @@ int& matvec_bulk_grid_cap() {
   static int v = 0;
   return v;
 }
+int& matvec_bulk_min_groups() {
+  static int v = 0;
+  return v;
+}
 
 bool matvec_bulk(const DeviceWeight* ws, const MatvecOut* outs, int n_w, const void* act, cudaStream_t s,
                  bool dry_run) {
@@ -438,7 +442,6 @@ bool matvec_bulk(const DeviceWeight* ws, const MatvecOut* outs, int n_w, const v
   while (stages > 2 && smem_for(stages) > kSmemLimit) --stages;
   if (smem_for(stages) > kSmemLimit) return false;
   a.stages = stages;
-  if (dry_run) return true;
   int groups = 0;
   for (int i = 0; i < n_w; ++i) {
     a.w[i] = ws[i];
@@ -447,12 +450,17 @@ bool matvec_bulk(const DeviceWeight* ws, const MatvecOut* outs, int n_w, const v
     groups += ceil_div(ws[i].rows, G);
   }
   a.first[n_w] = groups;
+  const int cap = matvec_bulk_grid_cap() > 0 ? matvec_bulk_grid_cap() : dev.n_sm;
+  // Only products long enough per CTA (run 13-mmvbulk: the bulk kernel won on gate+up, ~18 groups
+  // per CTA, and the lm head, ~72, and lost on down / q/k/v / o, ~2 per CTA: ring fill latency
+  // and 1-vs-2-group imbalance).
+  if (matvec_bulk_min_groups() > 0 && groups < (int64_t)matvec_bulk_min_groups() * cap) return false;
+  if (dry_run) return true;
   if (!dev.smem_set) {
     for (auto k : {matvec_bulk_kernel<1, 16>, matvec_bulk_kernel<2, 16>, matvec_bulk_kernel<2, 24>})
       PYRESA_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)kSmemLimit));
     dev.smem_set = true;
   }
-  const int cap = matvec_bulk_grid_cap() > 0 ? matvec_bulk_grid_cap() : dev.n_sm;
   const int grid = std::max(1, std::min(groups, cap));
   const size_t smem = smem_for(stages);
   if (G == 24) launch(matvec_bulk_kernel<2, 24>, grid, 32 * 25, smem, s, a);

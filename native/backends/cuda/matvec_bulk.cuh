@@ -7,7 +7,10 @@
 // bulk copies (TMA, completion counted by mbarriers), and 16 consumer warps (one row each) do
 // exactly the dp4a kernel's per-lane arithmetic from shared memory: results are bit-identical to
 // matvec_rows_kernel (same lanes, same blocks in the same order, same float operations, same
-// warp reduction). docs/perf-cuda.md "Run 13-mmvbulk" has the floor, the prediction and the runs.
+// warp reduction). docs/perf-cuda.md "Run 13-mmvbulk" has the floor, the prediction and the runs:
+// on the H100 it is faster on gate+up (-12 %) and the lm head (-17 %, at the pattern read rate),
+// slower on down, q/k/v and o (1-2 row groups per CTA: load imbalance and ring fill), slower
+// overall (off by default; PYRESA_CUDA_MATVEC_BULK_MIN_GROUPS=8 keeps it to the long products).
 #pragma once
 #include <cuda_runtime.h>
 
@@ -29,5 +32,9 @@ bool matvec_bulk(const DeviceWeight* w, const MatvecOut* out, int n_w, const voi
 int& matvec_bulk_mode();
 // Most CTAs of its grid (0: one per SM); tests set it to give each CTA a longer span of rows.
 int& matvec_bulk_grid_cap();
+// Where on, only launches with at least this many 16-row groups per CTA take it (0: all); the
+// others keep the dp4a kernel. 8 keeps it to gate+up and the lm head, where it measured faster
+// (run 13-mmvbulk); that combination itself is not yet measured. PYRESA_CUDA_MATVEC_BULK_MIN_GROUPS.
+int& matvec_bulk_min_groups();
 
 }  // namespace pyresa::cuda

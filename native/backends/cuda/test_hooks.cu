@@ -313,14 +313,14 @@ std::vector<float> matvec_bulk(const std::vector<int>& types, const std::vector<
   p.x = xb.get<float>();
   p.ld_x = cols;
   prepare_activations(p, GgmlType::Q8_K, 1, cols, act.get(), rb, nullptr);
-  const SwitchScope bulk({{&matvec_bulk_mode(), mode}, {&matvec_bulk_grid_cap(), cap}});
+  const SwitchScope bulk({{&matvec_bulk_mode(), mode}, {&matvec_bulk_grid_cap(), cap}, {&matvec_bulk_min_groups(), 0}});
   if (!cuda::matvec_bulk(wbt.dw, wbt.os, wbt.n_w, act.get(), nullptr))
     throw std::invalid_argument("matvec_bulk does not take these weights");
   return wbt.result();
 }
 
 bool matvec_bulk_available() {
-  const SwitchScope bulk({{&matvec_bulk_mode(), 1}});
+  const SwitchScope bulk({{&matvec_bulk_mode(), 1}, {&matvec_bulk_min_groups(), 0}});
   DeviceWeight w;  // never read: a dry run only answers whether the kernel applies
   w.type = GgmlType::Q4_K;
   w.rows = 16;

@@ -154,6 +154,69 @@ def test_matvec_mma_matches_cpu(types, rows, mode, scalar_cpu):
         assert rel_err(got, y0 + ref) < 2e-6, (nsb, "accumulate")
 
 
+BULK_CASES = [((Q4_K,), (37,)), ((Q6_K,), (37,)), ((Q4_K,), (1000,)), ((Q6_K,), (333,)),
+              ((Q4_K, Q4_K, Q6_K), (64, 16, 40)), ((Q6_K, Q4_K, Q4_K), (23, 50, 7))]
+BULK_IDS = ["q4k-37", "q6k-37", "q4k-1000", "q6k-333", "q4k-q4k-q6k", "q6k-q4k-q4k"]
+
+
+def requires_bulk():
+    if not core.cuda_test.matvec_bulk_available():
+        pytest.skip("the bulk-copy products need an sm_90+ GPU")
+
+
+@pytest.mark.parametrize("mode", [1, 2, 4, 11, 21, 24])
+@pytest.mark.parametrize("types,rows", BULK_CASES, ids=BULK_IDS)
+def test_matvec_bulk_matches_cpu(types, rows, mode, scalar_cpu):
+    # One token fed by bulk copies into a shared-memory ring (matvec_bulk.cu): the same integers
+    # and float operations as the dp4a kernel, vs the CPU's vec_dot. Rows with one stage unit
+    # (nsb <= 16: a 16-row group is one contiguous copy per plane) and several (17: a last unit of
+    # one superblock; 74: the FFN down), row counts not a multiple of 16 (the Q6_K d plane's last
+    # copy then falls back to global reads), mixed batches in either order, 2-4 stages, grids of
+    # one CTA per SM and smaller (long spans of groups per CTA: the ring wraps many times), bias,
+    # accumulation into y; modes 11 (one step's loads at a time) and 21-24 (24-row groups).
+    requires_bulk()
+    rng = np.random.default_rng()
+    for nsb in (1, 3, 14, 17, 74):
+        cols = nsb * 256
+        ws = [random_weights(rng, t, r, cols) for t, r in zip(types, rows)]
+        x = rng.standard_normal(cols).astype(np.float32)
+        total = sum(rows)
+        bias = rng.standard_normal(total).astype(np.float32)
+        ref = np.concatenate([[core.vec_dot(t, np.ascontiguousarray(w[r]), x) for r in range(n)]
+                              for t, w, n in zip(types, ws, rows)]).astype(np.float32)
+        wbytes = np.concatenate([w.reshape(-1) for w in ws])
+        y0 = (0.25 * (np.arange(total) % 7) - 0.5).astype(np.float32)
+        for cap in (0, 1, 3):
+            got = np.asarray(core.cuda_test.matvec_bulk(list(types), list(rows), cols, wbytes, x, bias, False, mode, cap))
+            assert np.isfinite(got).all(), (nsb, cap)
+            assert rel_err(got, ref + bias) < 2e-6, (nsb, cap, rel_err(got, ref + bias))
+        got = np.asarray(core.cuda_test.matvec_bulk(list(types), list(rows), cols, wbytes, x, None, True, mode, 2))
+        assert rel_err(got, y0 + ref) < 2e-6, (nsb, "accumulate")
+
+
+@pytest.mark.parametrize("mode", [1, 11, 21])
+@pytest.mark.parametrize("types,rows", BULK_CASES, ids=BULK_IDS)
+def test_matvec_bulk_bit_identical_to_dp4a(types, rows, mode):
+    # Each weight's outputs equal the default one-token dp4a kernel's (matvec_rows_kernel, 2 rows x
+    # 2 steps per warp) bit for bit: same lanes, same blocks in the same order, same reduction.
+    requires_bulk()
+    rng = np.random.default_rng()
+    for nsb in (3, 14, 17, 74):
+        cols = nsb * 256
+        ws = [random_weights(rng, t, r, cols) for t, r in zip(types, rows)]
+        x = rng.standard_normal(cols).astype(np.float32)
+        total = sum(rows)
+        bias = rng.standard_normal(total).astype(np.float32)
+        wbytes = np.concatenate([w.reshape(-1) for w in ws])
+        got = np.asarray(core.cuda_test.matvec_bulk(list(types), list(rows), cols, wbytes, x, bias, False, mode, 0))
+        r0 = 0
+        for t, w, n in zip(types, ws, rows):
+            ref = np.asarray(core.cuda_test.matvec(t, n, cols, w.reshape(-1), x, 1, bias[r0:r0 + n], -22)).reshape(-1)
+            np.testing.assert_array_equal(got[r0:r0 + n].view(np.uint32), ref.view(np.uint32),
+                                          err_msg=f"{NAMES[t]} nsb {nsb} mode {mode}")
+            r0 += n
+
+
 def cpu_rms_norm(x, w, eps):
     # The CPU's RMS norm: float products summed in double, the scale in float.
     ss = np.sum((x * x).astype(np.float64))

@@ -246,6 +246,18 @@ void bind_cuda(nb::module_& m) {
   }, nb::arg("types"), nb::arg("rows"), nb::arg("cols"), nb::arg("w"), nb::arg("x"), nb::arg("bias").none(),
      nb::arg("accumulate") = false, nb::arg("split") = 0, nb::arg("mode") = 1,
      nb::arg("cap") = 0);
+  t.def("matvec_bulk", [](std::vector<int> types, std::vector<int64_t> rows, int64_t cols, Bytes w, F32 x,
+                          nb::object bias, bool accumulate, int mode, int cap) {
+    std::vector<float> bs;
+    if (!bias.is_none()) { F32 a = nb::cast<F32>(bias); bs.assign(a.data(), a.data() + a.size()); }
+    if (x.size() != (size_t)cols) throw std::invalid_argument("x must hold cols floats");
+    auto y = cuda_test::matvec_bulk(types, rows, cols, w.data(), w.size(), x.data(), bs.empty() ? nullptr : bs.data(),
+                                    accumulate, mode, cap);
+    const size_t ny = y.size();
+    return numpy_array(std::move(y), {ny});
+  }, nb::arg("types"), nb::arg("rows"), nb::arg("cols"), nb::arg("w"), nb::arg("x"), nb::arg("bias").none(),
+     nb::arg("accumulate") = false, nb::arg("mode") = 1, nb::arg("cap") = 0);
+  t.def("matvec_bulk_available", &cuda_test::matvec_bulk_available);
   t.def("gate_up_glu", [](int type, int64_t rows, int64_t cols, Bytes w, F32 x, int mode, int cap, int repeats) {
     if (x.size() != (size_t)cols) throw std::invalid_argument("x must hold cols floats");
     std::vector<uint8_t> act;

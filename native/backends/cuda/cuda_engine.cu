@@ -17,6 +17,7 @@
 #include "backends/cuda/gemm.cuh"
 #include "backends/cuda/launch.cuh"
 #include "backends/cuda/matmul_mma.cuh"
+#include "backends/cuda/matvec_bulk.cuh"
 #include "backends/cuda/matvec_mma.cuh"
 #include "backends/cuda/ops.cuh"
 #include "backends/cuda/quant.cuh"
@@ -867,6 +868,9 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, CudaEngi
   // One-token Q4_K/Q6_K on the int8 tensor cores: measured slower than dp4a (runs 11-mmv, 12-mmv), off.
   matvec_mma_mode() = env_int("PYRESA_CUDA_MATVEC_MMA", 0);
   matvec_mma_split() = env_int("PYRESA_CUDA_MATVEC_MMA_SPLIT", 0);  // K parts per tile (0: by cost)
+  // One-token Q4_K/Q6_K fed by bulk copies into a shared-memory ring (run 13-mmvbulk), off by default.
+  matvec_bulk_mode() = env_int("PYRESA_CUDA_MATVEC_BULK", 0);
+  matvec_bulk_min_groups() = env_int("PYRESA_CUDA_MATVEC_BULK_MIN_GROUPS", 0);
   // Run 10-fixed-fuse (H100): folding the input's preparation into the products and the SwiGLU
   // quantize into gate+up's epilogue both lost (off); q/k/v in one launch, v first, won.
   m.fold_prep = env_int("PYRESA_CUDA_FUSE_NORM", 0);

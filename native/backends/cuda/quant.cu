@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "backends/cuda/launch.cuh"
+#include "backends/cuda/matvec_bulk.cuh"
 #include "backends/cuda/matvec_mma.cuh"
 #include "backends/cuda/mma.cuh"
 #include "backends/cuda/quant.cuh"
@@ -1563,8 +1564,9 @@ void matvec_multi(const DeviceWeight* ws, const MatvecOut* outs, int n_w, const 
   if (n_w > 3) throw std::invalid_argument("matvec_multi: at most 3 weights");
   bool same = true;
   for (int i = 1; i < n_w; ++i) same = same && ws[i].type == ws[0].type;
-  // One token of Q4_K / Q6_K weights: the tensor-core kernel (matvec_mma.cu) where it is on.
-  if (n_tokens == 1 && same && matvec_mma(ws, outs, n_w, act, s)) return;
+  // One token of Q4_K / Q6_K weights: the bulk-copy kernel (matvec_bulk.cu) or the tensor-core
+  // kernel (matvec_mma.cu) where one is on.
+  if (n_tokens == 1 && same && (matvec_bulk(ws, outs, n_w, act, s) || matvec_mma(ws, outs, n_w, act, s))) return;
   MatvecBatch b;
   b.n = n_w;
   for (int i = 0; i < n_w; ++i) {
@@ -1596,8 +1598,10 @@ bool matvec_rows_prep(const DeviceWeight* ws, const MatvecOut* outs, int n_w, co
   if (t1 != t0 && (t0 == GgmlType::Q6_K) == (t1 == GgmlType::Q6_K)) return false;
   const int64_t cols = ws[0].cols;
   if (cols % QK_K) return false;
-  // Prepared input (no folded preparation): the tensor-core kernel takes mixed Q4_K / Q6_K too.
-  if (!prep && act && matvec_mma(ws, outs, n_w, act, s, dry_run)) return true;
+  // Prepared input (no folded preparation): the bulk-copy and tensor-core kernels take mixed
+  // Q4_K / Q6_K too.
+  if (!prep && act && (matvec_bulk(ws, outs, n_w, act, s, dry_run) || matvec_mma(ws, outs, n_w, act, s, dry_run)))
+    return true;
   // Only where the plain path would run matvec_rows_kernel<W, 2, 2> (whose arithmetic it shares).
   if (matvec_rows_per_warp() != 2 || matvec_steps() != 2) return false;
   if (matvec_wide() && (t0 == GgmlType::Q4_K || t1 == GgmlType::Q4_K)) return false;

@@ -17,6 +17,7 @@
 #include "backends/cuda/gemm.cuh"
 #include "backends/cuda/launch.cuh"
 #include "backends/cuda/matmul_mma.cuh"
+#include "backends/cuda/matvec_bulk.cuh"
 #include "backends/cuda/matvec_mma.cuh"
 #include "backends/cuda/ops.cuh"
 #include "backends/cuda/quant.cuh"
@@ -95,10 +96,12 @@ class SwitchScope {
   std::vector<std::pair<int*, int>> saved_;
 };
 
-// The one-token tensor-core products (matvec_mma.cu) on (1-3) or off (0): the hooks that test the
-// dp4a kernels switch them off, so they keep testing those kernels.
+// The one-token tensor-core products (matvec_mma.cu) on (1-3) or off (0), and the bulk-copy ones
+// (matvec_bulk.cu) off: the hooks that test the dp4a kernels switch both off, so they keep testing
+// those kernels (an engine made with PYRESA_CUDA_MATVEC_BULK=1 in the same process sets it).
 SwitchScope matvec_mma_scope(int mode, int forced_split = 0, int grid_cap = 0) {
-  return SwitchScope({{&matvec_mma_mode(), mode}, {&matvec_mma_split(), forced_split}, {&matvec_mma_grid_cap(), grid_cap}});
+  return SwitchScope({{&matvec_mma_mode(), mode}, {&matvec_mma_split(), forced_split}, {&matvec_mma_grid_cap(), grid_cap},
+                      {&matvec_bulk_mode(), 0}});
 }
 
 }  // namespace
@@ -297,6 +300,34 @@ std::vector<float> matvec_mma(const std::vector<int>& types, const std::vector<i
   if (!cuda::matvec_mma(wbt.dw, wbt.os, wbt.n_w, act.get(), nullptr))
     throw std::invalid_argument("matvec_mma does not take these weights");
   return wbt.result();
+}
+
+std::vector<float> matvec_bulk(const std::vector<int>& types, const std::vector<int64_t>& rows, int64_t cols,
+                               const uint8_t* w, size_t w_bytes, const float* x, const float* bias, bool accumulate,
+                               int mode, int cap) {
+  WeightBatch wbt(types, rows, cols, w, w_bytes, bias, accumulate);
+  DeviceBuffer xb = to_device(x, sizeof(float) * cols);
+  const size_t rb = act_row_bytes(GgmlType::Q8_K, cols);
+  DeviceBuffer act(rb, "test activations");
+  ActPrep p;
+  p.x = xb.get<float>();
+  p.ld_x = cols;
+  prepare_activations(p, GgmlType::Q8_K, 1, cols, act.get(), rb, nullptr);
+  const SwitchScope bulk({{&matvec_bulk_mode(), mode}, {&matvec_bulk_grid_cap(), cap}, {&matvec_bulk_min_groups(), 0}});
+  if (!cuda::matvec_bulk(wbt.dw, wbt.os, wbt.n_w, act.get(), nullptr))
+    throw std::invalid_argument("matvec_bulk does not take these weights");
+  return wbt.result();
+}
+
+bool matvec_bulk_available() {
+  const SwitchScope bulk({{&matvec_bulk_mode(), 1}, {&matvec_bulk_min_groups(), 0}});
+  DeviceWeight w;  // never read: a dry run only answers whether the kernel applies
+  w.type = GgmlType::Q4_K;
+  w.rows = 16;
+  w.cols = 256;
+  w.row_bytes = 144;
+  MatvecOut o;
+  return cuda::matvec_bulk(&w, &o, 1, reinterpret_cast<const void*>(16), nullptr, /*dry_run=*/true);
 }
 
 std::vector<float> gate_up_glu(int type, int64_t rows, int64_t cols, const uint8_t* w, size_t w_bytes, const float* x,

@@ -43,6 +43,13 @@ double time_dqmm(int type, int64_t rows, int64_t cols, int M, int path, int reps
 std::vector<float> matvec_mma(const std::vector<int>& types, const std::vector<int64_t>& rows, int64_t cols,
                               const uint8_t* w, size_t w_bytes, const float* x, const float* bias, bool accumulate,
                               int split, int mode, int cap);
+// One token through the bulk-copy products (matvec_bulk.cu): as matvec_mma above; mode:
+// matvec_bulk_mode() (1: 3 stages, 2-4 stages); cap: most CTAs (0: one per SM).
+std::vector<float> matvec_bulk(const std::vector<int>& types, const std::vector<int64_t>& rows, int64_t cols,
+                               const uint8_t* w, size_t w_bytes, const float* x, const float* bias, bool accumulate,
+                               int mode, int cap);
+// Whether matvec_bulk runs here (an sm_90+ GPU).
+bool matvec_bulk_available();
 std::vector<float> matvec_prep(const std::vector<int>& types, const std::vector<int64_t>& rows, int64_t cols,
                                const uint8_t* w, size_t w_bytes, const float* x, const float* norm_w, float eps,
                                int transform, const float* bias, bool accumulate, int mode, int cap,

@@ -14,7 +14,9 @@ import numpy as np
 
 import pyresa
 
-PROMPTS = [[1, 2, 3], [0], [1000], [50000], [151000], [17, 17, 17, 17, 17, 17, 17, 17, 17, 17, 17, 17]]
+PROMPTS = [[1, 2, 3], [0], [1000], [50000], [151000], [17, 17, 17, 17, 17, 17, 17, 17, 17, 17, 17, 17],
+           # past the small-batch products (more than 64 tokens): the prefill path
+           [int(t) for t in np.random.default_rng(7).integers(0, 152064, 100)]]
 
 
 def logits_all(model):
@@ -67,11 +69,11 @@ def main():
         return
     mode, path, npz = sys.argv[1:4]
     if mode == "ref":
-        m = pyresa.Model(path, n_ctx=64, device="cpu")
+        m = pyresa.Model(path, n_ctx=128, device="cpu")
         np.savez_compressed(npz, logits=logits_all(m))
         return
     ref = np.load(npz)["logits"]
-    m = pyresa.Model(path, n_ctx=64, device="cuda")
+    m = pyresa.Model(path, n_ctx=128, device="cuda")
     got = logits_all(m)
     for i, p in enumerate(PROMPTS):
         g, r = got[i], ref[i]

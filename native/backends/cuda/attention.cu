@@ -83,7 +83,9 @@ __global__ void __launch_bounds__(32 * NW) attention_kernel(AttentionArgs a) {
       const int tt = c / (D / 8), col = (c % (D / 8)) * 8;
       const int st = tt < 16 ? st0 : st1;
       const int tok = st < 0 ? 0 : st + (tt & 15);
-      const int bytes = st < 0 ? 0 : 16;
+      // Keys past max_pos are zero-filled, not read: masked, but stale NaN / inf in V would still
+      // make 0 x V NaN in P.V (a cache truncated after a sequence that overflowed).
+      const int bytes = st >= 0 && tok <= max_pos ? 16 : 0;
       cp_async16(Ks + (stage * TT + tt) * LD + col, Kh + (int64_t)tok * D + col, bytes);
       cp_async16(Vs + (stage * TT + tt) * LD + col, Vh + (int64_t)tok * D + col, bytes);
     }

@@ -237,12 +237,14 @@ __global__ void __launch_bounds__(32 * W, DecodeSmem<D, W, ST>::min_ctas) decode
   auto load_span = [&](int stage, int t) {                // span W t + w into this warp's part of `stage`
     const int e = W * t + w;
     const int st = cached ? spans[e - e0] : decode_span_start(a, h, e, n_spans, spb);
-    const int bytes = st < 0 ? 0 : 16;
     const int64_t src = (int64_t)(st < 0 ? 0 : st) * D + crow * D + ccol;
     __half* kd = Ks + (stage * kTT + 16 * w + crow) * LD + ccol;
     __half* vd = Vs + (stage * kTT + 16 * w + crow) * LD + ccol;
 #pragma unroll
     for (int i = 0; i < 16 / RPI; ++i) {
+      // Keys past max_pos are zero-filled, not read: they are masked, but a stale NaN or inf left
+      // in V by an earlier (truncated) sequence would still turn 0 x V into NaN in P.V.
+      const int bytes = st >= 0 && st + crow + i * RPI <= max_pos ? 16 : 0;
       cp_async16(kd + i * RPI * LD, Kh + src + i * RPI * D, bytes);
       cp_async16(vd + i * RPI * LD, Vh + src + i * RPI * D, bytes);
     }

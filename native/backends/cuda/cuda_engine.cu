@@ -130,6 +130,12 @@ struct CudaEngine::Impl {
   AttentionStats st;
   float theta_scale = 1.0f;
   int gemm_min_tokens = 65;
+  // Batched products (prefill, more than 64 tokens) take F16 activations; where one overflowed
+  // (f16_overflow, set by prepare_activations) the chunk is redone 64 tokens at a time with
+  // q8_only, on the int8 path with the CPU's Q8_K activations (run 13: a 100-token prompt of the
+  // 7B benchmark model gave NaN logits on the GPU only: its FFN inputs pass 65504).
+  bool q8_only = false;
+  DeviceBuffer f16_overflow;
   int matvec_max_tokens = 8;
   // One-token products that quantize their own input (matvec_rows_prep, no prepare kernel), by
   // product: PYRESA_CUDA_FUSE_NORM bits kFold* (docs/perf-cuda.md, run 10-fixed-fuse: slower on
@@ -296,6 +302,8 @@ struct CudaEngine::Impl {
       glu_counters = DeviceBuffer(sizeof(int) * (FF / QK_K), "gate+up block counters");
       PYRESA_CUDA_CHECK(cudaMemset(glu_counters.get(), 0, glu_counters.bytes()));
     }
+    f16_overflow = DeviceBuffer(sizeof(int), "F16 overflow flag");
+    PYRESA_CUDA_CHECK(cudaMemset(f16_overflow.get(), 0, sizeof(int)));
     ints = DeviceBuffer((4 + nb) * sizeof(int32_t), "positions");
     d_pos = ints.get<int>();
     d_nsel = d_pos + 1;
@@ -322,7 +330,7 @@ struct CudaEngine::Impl {
   static constexpr int kFoldQkv = 1, kFoldO = 2, kFoldGateUp = 4, kFoldLmHead = 8;
   Path path_for(const DeviceWeight& w, int n) const {
     if (n <= matvec_max_tokens || w.cols % 32) return Path::Matvec;
-    return n <= 64 && n < gemm_min_tokens ? Path::Small : Path::Gemm;
+    return n <= 64 && (n < gemm_min_tokens || q8_only) ? Path::Small : Path::Gemm;
   }
 
   // Several products of the same input in one launch when they can share it (decode: q, k, v;
@@ -341,7 +349,9 @@ struct CudaEngine::Impl {
   size_t activations(const ActPrep& prep, const void* src_id, GgmlType fmt, int n, int64_t cols) {
     const size_t rb = act_row_bytes(fmt, cols);
     if (act_src != src_id || act_fmt != fmt || act_rows != n) {
-      prepare_activations(prep, fmt, n, cols, act.get(), rb, stream);
+      ActPrep p = prep;
+      if (fmt == GgmlType::F16) p.f16_overflow = f16_overflow.get<int>();
+      prepare_activations(p, fmt, n, cols, act.get(), rb, stream);
       act_src = src_id;
       act_fmt = fmt;
       act_rows = n;
@@ -786,10 +796,24 @@ struct CudaEngine::Impl {
     }
   }
 
+  // Whether an F16 activation overflowed since the last call (and clears the flag).
+  bool take_f16_overflow() {
+    int v = 0;
+    PYRESA_CUDA_CHECK(cudaMemcpyAsync(&v, f16_overflow.get(), sizeof v, cudaMemcpyDeviceToHost, stream));
+    PYRESA_CUDA_CHECK(cudaStreamSynchronize(stream));
+    if (v) PYRESA_CUDA_CHECK(cudaMemsetAsync(f16_overflow.get(), 0, sizeof(int), stream));
+    return v != 0;
+  }
+
   void prefill(int n, float* logits, bool all_logits, bool on_device) {
+    struct Restore {  // q8_only holds for one prefill: the next one tries the F16 path again
+      bool& flag;
+      ~Restore() { flag = false; }
+    } restore{q8_only};
     const int64_t V = c.n_vocab;
-    for (int s = 0; s < n; s += nb) {
-      const int m = std::min(nb, n - s);
+    int step = nb;
+    for (int s = 0; s < n;) {
+      const int m = std::min(step, n - s);
       const bool last = s + m == n;
       float* dst = nullptr;
       if (all_logits || last) {
@@ -816,7 +840,18 @@ struct CudaEngine::Impl {
       if (last && !all_logits && dst != logits1.get<float>())
         PYRESA_CUDA_CHECK(cudaMemcpyAsync(logits1.get<float>(), dst, V * sizeof(float), cudaMemcpyDeviceToDevice, stream));
       PYRESA_CUDA_CHECK(cudaStreamSynchronize(stream));  // staging buffer reused by the next chunk
+      if (take_f16_overflow()) {
+        // Its K/V rows and logits are rewritten by the redo (n_past has not moved). Chunks of 64
+        // tokens or fewer already took the int8 path where the weight type has one.
+        if (q8_only || m <= 64)
+          throw UnsupportedError("CUDA engine: activations past F16's range (65504) in a batched product whose "
+                                 "weight type has no int8 path; the CPU backend computes this model exactly");
+        q8_only = true;
+        step = 64;
+        continue;
+      }
       n_past += m;
+      s += m;
     }
     if (logits && !all_logits && !on_device) {
       PYRESA_CUDA_CHECK(cudaMemcpyAsync(logits, logits1.get(), V * sizeof(float), cudaMemcpyDeviceToHost, stream));

@@ -196,8 +196,13 @@ __global__ void __launch_bounds__(32 * kPrepWarps) prepare_kernel(ActPrep p, int
     const int64_t i = b * 32 + lane;
     if (i < cols) {
       const float v = act_value<T>(p, xr, ur, i, scale);
-      if constexpr (A == GgmlType::F32) reinterpret_cast<float*>(o)[i] = v;
-      else reinterpret_cast<__half*>(o)[i] = __float2half_rn(v);
+      if constexpr (A == GgmlType::F32) {
+        reinterpret_cast<float*>(o)[i] = v;
+      } else {
+        const __half h = __float2half_rn(v);
+        reinterpret_cast<__half*>(o)[i] = h;
+        if (p.f16_overflow && __hisinf(h) && isfinite(v)) *p.f16_overflow = 1;
+      }
     }
   } else if constexpr (A == GgmlType::Q8_0 || A == GgmlType::Q8_1) {
     const ActLayout l = act_layout(A, cols);

@@ -45,6 +45,9 @@ struct ActPrep {
   const float* norm_w = nullptr; // RmsNorm: x / rms(x) * norm_w
   float eps = 1e-5f;
   int64_t ld_x = 0;
+  // F16 activations only: set to 1 (device memory) where a finite value is past F16's range
+  // (65504) and became inf; the engine then redoes the products on the Q8_K path.
+  int* f16_overflow = nullptr;
 };
 void prepare_activations(const ActPrep& p, GgmlType act_type, int n_rows, int64_t cols, void* out,
                          size_t out_row_bytes, cudaStream_t stream);
